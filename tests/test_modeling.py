@@ -1,0 +1,187 @@
+"""The MPEE model against transformers, against itself alone vs batched, and against DESIGN 1.1-1.4."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertModel
+
+from conftest import tiny_bert_config, tiny_model
+from mpee_export.config import MpeeConfig, default_prune_layers
+from mpee_export.errors import MpeeExportError
+from mpee_export.modeling import LayerState, keep_count, memories_to_probs, prune_tokens
+from mpee_runtime.policy import ExitPolicy, first_exit_layers
+
+LENGTHS = [23, 7, 16, 3, 30, 11]
+
+
+def random_batch(lengths, vocab=99, seed=1, pairs=False):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, vocab, (n,), generator=g)
+        ids[i, 0] = 2
+        mask[i, :n] = 1
+        if pairs:
+            types[i, n // 2:n] = 1
+    return ids, mask, types
+
+
+def test_layers_match_transformers_without_pruning():
+    model = tiny_model(layers=3, prune_layers=[])
+    ref = BertModel(model.config, add_pooling_layer=False)
+    ref.load_state_dict(model.bert.state_dict())
+    ref.eval()
+    ids, mask, types = random_batch(LENGTHS, pairs=True)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        state = model.embed(ids, mask, types)
+        for i in range(3):
+            state, _ = model.layer_step(i, state)
+    real = mask.bool()
+    assert torch.allclose(state.hidden[real], expected[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("layers,kw", [
+    (3, {}),
+    (4, {"prune_layers": [0, 1, 2], "keep_ratio": 0.5}),
+    (4, {"prune_layers": [0, 2], "keep_ratio": [0.3, 0.8], "scoring": "all"}),
+    (3, {"prune_layers": [0, 1], "keep_ratio": 0.5, "fuse_token": False}),
+    (3, {"prune_layers": [0, 1], "keep_ratio": 0.6, "prune_select": "bottom", "beta_schedule": "research"}),
+])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_batched_equals_alone(layers, kw, pairs):
+    model = tiny_model(layers=layers, **kw)
+    ids, mask, types = random_batch(LENGTHS, pairs=pairs)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    with torch.no_grad():
+        batch = model(ids, mask, types)
+        batch_loss = model.loss(batch, labels)
+        alone_losses = []
+        for i, n in enumerate(LENGTHS):
+            one = model(ids[i:i + 1, :n], mask[i:i + 1, :n], types[i:i + 1, :n])
+            torch.testing.assert_close(one.memories, batch.memories[i:i + 1], atol=2e-5, rtol=1e-4)
+            assert one.attn_lens.tolist() == batch.attn_lens[i:i + 1].tolist()
+            assert one.ffn_lens.tolist() == batch.ffn_lens[i:i + 1].tolist()
+            alone_losses.append(model.loss(one, labels[i:i + 1]))
+    # every loss term is a batch mean, so the batch loss is the mean of the per-sample losses
+    torch.testing.assert_close(batch_loss, torch.stack(alone_losses).mean(), atol=1e-5, rtol=1e-5)
+    if kw.get("prune_layers", [1]):
+        assert (batch.ffn_lens < batch.attn_lens).any(), "the schedule should prune something"
+
+
+def test_keep_count_rule():
+    n = torch.tensor([11, 11, 2, 3, 101])
+    # ceil(0.7 * 10) is 7, although 0.7 * 10 = 7.000000000000001 in float64
+    assert keep_count(n, 0.7).tolist() == [7, 7, 1, 2, 70]
+    assert keep_count(torch.tensor([11, 5]), 0.01).tolist() == [1, 1]       # k >= 1
+    assert keep_count(torch.tensor([11, 5]), 1.0).tolist() == [10, 4]      # nothing pruned
+
+
+def test_prune_tokens_by_hand():
+    d = 3
+    hidden = torch.arange(6 * d, dtype=torch.float32).view(1, 6, d)   # [CLS] + 5 tokens
+    scores = torch.tensor([[0.1, 0.4, 0.05, 0.3, 0.15]])               # memories of positions 1..5
+    state = LayerState(hidden, torch.ones(1, 6), scores)
+    out = prune_tokens(state, 0.6)                                      # k = ceil(0.6 * 5) = 3
+    # kept: positions 2, 4, 5 (scores 0.4, 0.3, 0.15) in descending order, then the fused token
+    assert torch.equal(out.hidden[0, :4], hidden[0, [0, 2, 4, 5]])
+    fused = 0.1 * hidden[0, 1] + 0.05 * hidden[0, 3]
+    torch.testing.assert_close(out.hidden[0, 4], fused)
+    # score memory is gathered by kept index; the fused token gets the mean of the dropped memories
+    torch.testing.assert_close(out.scores[0], torch.tensor([0.4, 0.3, 0.15, 0.075]))
+    assert out.mask.tolist() == [[1, 1, 1, 1, 1]]
+    dropped = prune_tokens(state, 0.6, fuse=False)
+    assert dropped.hidden.shape[1] == 4
+    bottom = prune_tokens(state, 0.6, select="bottom")
+    assert torch.equal(bottom.hidden[0, 1:4], hidden[0, [3, 1, 5]])     # lowest scores first
+
+
+def test_prune_tokens_nothing_to_drop():
+    state = LayerState(torch.randn(1, 3, 4), torch.ones(1, 3), torch.tensor([[0.2, 0.7]]))
+    out = prune_tokens(state, 0.7)                                      # k = ceil(1.4) = 2 = N - 1
+    assert out.hidden.shape[1] == 3                                     # no fused token appended
+
+
+def test_classifier_memory_recurrence():
+    raw = tiny_model(layers=3, lam=1.0)                                 # memories are the exit logits
+    blended = tiny_model(layers=3, lam=0.9)
+    blended.load_state_dict(raw.state_dict())
+    ids, mask, types = random_batch(LENGTHS)
+    with torch.no_grad():
+        z = raw(ids, mask, types).memories
+        m = blended(ids, mask, types).memories
+    torch.testing.assert_close(m[:, 0], z[:, 0])
+    for layer in range(1, 3):
+        torch.testing.assert_close(m[:, layer], 0.1 * m[:, layer - 1] + 0.9 * z[:, layer])
+
+
+def test_predict_stops_where_the_traces_say():
+    model = tiny_model(layers=4, prune_layers=[1, 2], keep_ratio=0.5)
+    ids, mask, types = random_batch(LENGTHS)
+    with torch.no_grad():
+        out = model(ids, mask, types)
+    probs, ent = memories_to_probs(out.memories)
+    for threshold in (0.0, 0.6, 0.69, 10.0):
+        expected = first_exit_layers(probs, ent, "entropy", threshold)
+        policy = ExitPolicy("entropy", threshold, 2)
+        for i, n in enumerate(LENGTHS):
+            pred = model.predict(ids[i:i + 1, :n], types[i:i + 1, :n], policy=policy)
+            assert pred.exit_layer == expected[i]
+            np.testing.assert_allclose(pred.probs, probs[i, pred.exit_layer - 1], atol=1e-5)
+            assert pred.attn_lens == out.attn_lens[i, :pred.exit_layer].tolist()
+    assert expected.tolist() == [1] * len(LENGTHS)          # threshold 10 > log 2 stops at layer 1
+
+
+def test_flops_formula_matches_flop_counter():
+    """DESIGN 1.4 against torch's FlopCounterMode on the eager model; tolerance: exact (0 FLOPs)."""
+    model = tiny_model(layers=4, prune_layers=[0, 2], keep_ratio=0.5)
+    ids, mask, types = random_batch([29])
+    with torch.no_grad():
+        model(ids, mask, types)  # warm-up outside the counter
+        with FlopCounterMode(display=False) as counter:
+            out = model(ids, mask, types)
+    attn, ffn = out.attn_lens[0].tolist(), out.ffn_lens[0].tolist()
+    assert ffn[0] < attn[0], "the check must include a pruning layer"
+    assert counter.get_total_flops() == model.flops_model.executed_flops(attn, ffn)
+
+
+def test_default_prune_layers():
+    assert default_prune_layers(12) == [3, 6, 9]
+    assert default_prune_layers(6) == [2, 3, 4]
+    assert default_prune_layers(3) == [1]
+    cfg = MpeeConfig.build(num_layers=12, labels=["0", "1"], beta_schedule="research")
+    assert cfg.betas == [1.0] * 4 + [0.5] * 8 and cfg.keep_ratios == [0.7] * 3
+
+
+@pytest.mark.parametrize("kw", [{"keep_ratio": 0.0}, {"keep_ratio": 1.2}, {"prune_layers": [7]},
+                                {"scoring": "max"}, {"lam": 0.0}])
+def test_bad_config_rejected(kw):
+    with pytest.raises(MpeeExportError):
+        MpeeConfig.build(num_layers=3, labels=["0", "1"], **kw)
+
+
+def test_ablation_switches_change_the_computation():
+    ids, mask, types = random_batch(LENGTHS)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    with torch.no_grad():
+        no_prune = tiny_model(layers=3, prune_layers=[])(ids, mask, types)
+        assert torch.equal(no_prune.attn_lens, no_prune.ffn_lens)
+        no_exit = tiny_model(layers=3, layer_exit=False)
+        out = no_exit(ids, mask, types)
+        assert no_exit.loss(out, labels) == torch.nn.functional.cross_entropy(out.memories[:, -1], labels)
+        full = tiny_model(layers=3)
+        plain = tiny_model(layers=3, self_distill=False)
+        o = full(ids, mask, types)
+        assert plain.loss(o, labels) < full.loss(o, labels)   # KD and teacher terms are positive
+
+
+def test_model_rejects_mismatched_config():
+    with pytest.raises(ValueError):
+        from mpee_export.modeling import MpeeModel
+        MpeeModel(tiny_bert_config(3), MpeeConfig.build(num_layers=4, labels=["0", "1"]))

@@ -1,0 +1,202 @@
+"""Training, resume, checkpoints, the converter and the CLIs, on a tiny random backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from conftest import tiny_model
+from mpee_export.checkpoint import load_checkpoint, save_checkpoint
+from mpee_export.cli import convert, evaluate, train
+from mpee_export.errors import MpeeExportError
+from mpee_export.train import TrainArgs
+from mpee_export.train import train as run_training
+
+POS = ["the movie is great", "a fun film", "very good acting", "great plot and fun", "it was good"]
+NEG = ["the movie is awful", "a boring film", "very bad acting", "awful plot and boring", "it was bad"]
+
+
+@pytest.fixture
+def sst_dir(tmp_path: Path) -> Path:
+    """A synthetic SST-2 folder in GLUE layout."""
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    rows = [(s, 1) for s in POS] + [(s, 0) for s in NEG]
+    train_rows = rows * 4
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in train_rows))
+    (folder / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    return folder.parent
+
+
+def _args(sst_dir, backbone, out, **kw) -> TrainArgs:
+    return TrainArgs(task="sst2", data=sst_dir, backbone=backbone, out=out, batch_size=8, lr=1e-3,
+                     save_every=2, seed=3, **kw)
+
+
+def test_resume_reproduces_uninterrupted_run(sst_dir, tiny_backbone, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(_args(sst_dir, tiny_backbone, straight, epochs=2), log=lambda m: None)
+    resumed = tmp_path / "resumed"
+    assert run_training(_args(sst_dir, tiny_backbone, resumed, epochs=2, max_steps=3),
+                        log=lambda m: None) == {"stopped_at_step": 3}
+    assert (resumed / "train_state" / "progress.json").is_file()
+    run_training(_args(sst_dir, tiny_backbone, resumed, epochs=2), log=lambda m: None)
+    assert not (resumed / "train_state").exists()
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = json.loads((straight / "train_log.json").read_text())
+    assert [h["epoch"] for h in log["history"]] == [1, 2]
+
+
+def test_resume_refuses_changed_settings(sst_dir, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    run_training(_args(sst_dir, tiny_backbone, out, max_steps=1), log=lambda m: None)
+    changed = _args(sst_dir, tiny_backbone, out)
+    changed.lr = 0.5
+    with pytest.raises(MpeeExportError, match="lr"):
+        run_training(changed, log=lambda m: None)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from transformers import BertTokenizerFast
+    model = tiny_model(layers=3)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n")
+    save_checkpoint(model, BertTokenizerFast(vocab_file=str(vocab)), tmp_path / "ckpt")
+    loaded, tok = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.mpee == model.mpee
+    ids = torch.tensor([[2, 5, 6, 5, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).memories, model(ids).memories, rtol=0, atol=0)
+    assert tok("a b")["input_ids"] == [2, 5, 6, 3]
+
+
+def research_state(model) -> dict[str, torch.Tensor]:
+    """The model's weights under the research code's key names (DESIGN 1.5), plus its untrained exit L."""
+    last = model.mpee.num_layers - 1
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("bert."):
+            out[key] = value
+        elif key.startswith(f"exits.{last}.pooler."):
+            out["bert.pooler.dense." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith(f"exits.{last}.classifier."):
+            out["classifier." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("exits."):
+            i, rest = key.split(".", 2)[1:]
+            rest = rest.replace("pooler.", "pooler.dense.")
+            out[f"bert.encoder.EElayer.{i}.{rest}"] = value
+        elif key.startswith("teacher.pre."):
+            out["loss_fct.atten.pre_pooling_linear." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("teacher.score."):
+            out["loss_fct.atten.pooling_linear." + key.rsplit(".", 1)[1]] = value
+    out[f"bert.encoder.EElayer.{last}.pooler.dense.weight"] = torch.randn(32, 32)   # never trained
+    out[f"bert.encoder.EElayer.{last}.pooler.dense.bias"] = torch.randn(32)
+    out[f"bert.encoder.EElayer.{last}.classifier.weight"] = torch.randn(2, 32)
+    out[f"bert.encoder.EElayer.{last}.classifier.bias"] = torch.randn(2)
+    return {k: v for k, v in out.items() if not k.endswith("position_ids")}
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_convert_research_checkpoint(tiny_backbone, tmp_path, fmt):
+    model = tiny_model(layers=3, beta_schedule="research", keep_ratio=0.7)
+    src = tmp_path / "research"
+    src.mkdir()
+    state = research_state(model)
+    if fmt == "bin":
+        torch.save(state, src / "pytorch_model.bin")
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(src / "model.safetensors"))
+    model.config.to_json_file(str(src / "config.json"))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (src / name).write_bytes((tiny_backbone / name).read_bytes())
+    result = CliRunner().invoke(convert, [str(src), str(tmp_path / "ckpt"), "--task", "sst2"])
+    assert result.exit_code == 0, result.output
+    converted, _ = load_checkpoint(tmp_path / "ckpt")
+    ids = torch.randint(5, 40, (1, 12))
+    ids[0, 0] = 2
+    with torch.no_grad():
+        torch.testing.assert_close(converted(ids).memories, model(ids).memories, rtol=0, atol=0)
+    assert converted.mpee.betas[:4] == [1.0, 1.0, 1.0] and converted.mpee.labels == ["0", "1"]
+
+
+def test_convert_refuses_plain_bert(tiny_backbone, tmp_path):
+    result = CliRunner().invoke(convert, [str(tiny_backbone), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "EElayer" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_and_eval_cli(sst_dir, tiny_backbone, tmp_path):
+    runner = CliRunner()
+    ckpt = tmp_path / "ckpt"
+    res = runner.invoke(train, ["--task", "sst2", "--data", str(sst_dir), "--backbone", str(tiny_backbone),
+                                "--out", str(ckpt), "--batch-size", "8", "--lr", "1e-3", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    js, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
+    res = runner.invoke(evaluate, [str(ckpt), "--data", str(sst_dir / "SST-2"), "--threshold", "0.3",
+                                   "--keep-ratio", "0.5", "--json", str(js), "--predictions", str(preds)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(js.read_text())
+    for key in ("metric", "accuracy", "mean_exit_layer", "exit_layer_histogram", "mean_tokens_per_layer",
+                "rho", "rho_pad128", "flops_convention"):
+        assert key in out
+    assert sum(out["exit_layer_histogram"].values()) == out["n"] == 10
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert [x["index"] for x in lines] == list(range(10))
+    hist = {str(k): sum(1 for x in lines if x["exit_layer"] == k) for k in (1, 2, 3)}
+    assert hist == out["exit_layer_histogram"]
+    assert out["full_model"]["mean_exit_layer"] == 3 and out["full_model"]["rho"] < 1
+    res = runner.invoke(evaluate, [str(ckpt), "--data", str(sst_dir), "--sweep", "--thresholds", "0,0.7",
+                                   "--keep-ratios", "0.5,1", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["keep_ratio"], r["threshold"]) for r in rows] == [(0.5, 0), (0.5, 0.7), (1.0, 0), (1.0, 0.7)]
+    # threshold 0.7 > log 2: every sample stops at layer 1
+    assert rows[1]["mean_exit_layer"] == 1 and rows[1]["rho"] > 2.5
+
+
+def _bad(runner, cmd, args, tmp_path):
+    res = runner.invoke(cmd, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0 and res.output.startswith("Error"), res.output
+    return res.output
+
+
+def test_bad_input_exits_2_and_writes_nothing(sst_dir, tiny_backbone, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "never"
+    base = ["--task", "sst2", "--data", str(sst_dir), "--out", str(out)]
+    assert "backbone" in _bad(runner, train, base + ["--backbone", str(tmp_path / "nope")], tmp_path)
+    assert "unknown task" in _bad(runner, train, ["--task", "cola", "--data", str(sst_dir),
+                                                  "--backbone", str(tiny_backbone), "--out", str(out)], tmp_path)
+    assert "keep ratio" in _bad(runner, train, base + ["--backbone", str(tiny_backbone), "--keep-ratio", "1.5"],
+                                tmp_path)
+    assert "GLUE" in _bad(runner, train, ["--task", "sst2", "--data", str(tmp_path / "empty"),
+                                          "--backbone", str(tiny_backbone), "--out", str(out)], tmp_path)
+    assert not out.exists()
+    # a checkpoint without the mpee block (a plain BERT folder), bad threshold and keep ratio
+    js = tmp_path / "e.json"
+    assert "mpee" in _bad(runner, evaluate, [str(tiny_backbone), "--data", str(sst_dir), "--json", str(js)],
+                          tmp_path)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(layers=3), _tokenizer(tiny_backbone), ckpt)
+    assert "threshold" in _bad(runner, evaluate, [str(ckpt), "--data", str(sst_dir), "--threshold", "-1",
+                                                  "--json", str(js)], tmp_path)
+    for r in ("0", "1.01"):
+        assert "keep ratio" in _bad(runner, evaluate, [str(ckpt), "--data", str(sst_dir), "--keep-ratio", r,
+                                                       "--json", str(js)], tmp_path)
+    assert "unknown task" in _bad(runner, evaluate, [str(ckpt), "--data", str(sst_dir), "--task", "xx",
+                                                     "--json", str(js)], tmp_path)
+    assert not js.exists()
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(folder))
