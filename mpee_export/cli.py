@@ -1,4 +1,4 @@
-"""Command-line entry points: mpee-train, mpee-eval, mpee-convert.
+"""Command-line entry points: mpee-train, mpee-eval, mpee-convert, mpee-export.
 
 User errors (bad paths, arguments, checkpoints) print one `Error: ...` line on stderr and exit 2;
 anything else is a bug and keeps its traceback. torch is imported inside the commands so that
@@ -249,5 +249,144 @@ def convert(source, out, task, force) -> None:
     click.echo(f"wrote {out}", err=True)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(evaluate())
+class ExportGroup(click.Group):
+    """`mpee-export CKPT OUT` runs the export; `mpee-export validate OUT CKPT` re-checks a bundle."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            raise UserError(str(e)) from None
+
+
+@click.group(cls=ExportGroup)
+def export() -> None:
+    """Export an MPEE checkpoint to a bundle of per-layer ONNX graphs (`mpee-export CKPT OUT`)."""
+
+
+def _load_for_export(checkpoint: Path, allow_untrained_exits: bool, task: str | None):
+    from .checkpoint import CONFIG_NAME, from_backbone, load_backbone_config, load_checkpoint, load_tokenizer
+    from .config import MpeeConfig
+    from .glue import get_task
+    config_path = Path(checkpoint) / CONFIG_NAME
+    is_mpee = config_path.is_file() and '"mpee"' in config_path.read_text(errors="replace")
+    if is_mpee or not allow_untrained_exits:
+        return load_checkpoint(checkpoint)
+    config = load_backbone_config(checkpoint)
+    labels = list(get_task(task).labels) if task else [config.id2label[i] for i in range(config.num_labels)]
+    mpee = MpeeConfig.build(num_layers=config.num_hidden_layers, labels=labels, task=task)
+    return from_backbone(checkpoint, mpee).eval(), load_tokenizer(checkpoint)
+
+
+def _dev_examples(data_dir: Path, model, task: str | None, limit: int | None):
+    from .glue import get_task, load_split
+    name = task or model.mpee.task
+    if name is None:
+        raise MpeeExportError("the checkpoint names no task: pass --task with --data")
+    glue_task = get_task(name)
+    return load_split(data_dir, glue_task, "dev", limit=limit), glue_task
+
+
+def _texts(examples) -> list[tuple[str, str | None]]:
+    return [(e.text_a, e.text_b) for e in examples]
+
+
+@export.command("run", cls=MpeeCommand)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Quantize the layer graphs.")
+@data_option
+@click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
+@click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="With --calibrate: accuracy points allowed below the fp32 full model.")
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--allow-untrained-exits", is_flag=True,
+              help="Export a plain BERT checkpoint with untrained exit heads (recorded in the manifest).")
+@click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Dev examples for the chain parity check.")
+def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset, force,
+               allow_untrained_exits, validation_examples) -> None:
+    """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
+    from .export import ExportOptions, check_opset, check_out_dir, export_bundle
+    if calibrate and (data is None or max_drop is None):
+        raise MpeeExportError("--calibrate needs --data and --max-drop")
+    if max_drop is not None and not calibrate:
+        raise MpeeExportError("--max-drop needs --calibrate")
+    check_out_dir(out, force)
+    check_opset(opset)
+    model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
+    opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits)
+    texts = labels = calibration = full_acc = None
+    if data is not None:
+        examples, glue_task = _dev_examples(Path(data), model, task, None)
+        texts, labels = _texts(examples[:validation_examples]), [e.label for e in examples[:validation_examples]]
+    if calibrate:
+        from .batching import encode
+        from .evaluate import full_model_row
+        from .export import validation_examples as to_ids
+        full_acc = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))["accuracy"]
+        calibration = {"max_drop": max_drop, "examples": to_ids(tokenizer, _texts(examples), model),
+                       "labels": [e.label for e in examples]}
+    record = export_bundle(model, tokenizer, out, opts, texts=texts, labels=labels, calibration=calibration,
+                           full_accuracy=full_acc, log=lambda m: click.echo(m, err=True))
+    click.echo(format_validation(record))
+    click.echo(f"wrote {out}")
+
+
+def format_validation(record: dict) -> str:
+    lines = []
+    for precision in ("fp32", "int8"):
+        v = record.get(precision)
+        if not v:
+            continue
+        c = v["chain"]
+        status = {True: "PASSED", False: "FAILED", None: "reported"}[v["passed"]]
+        line = (f"{precision}: {status}  graph max|diff| {v['graphs']['max_abs_diff_overall']:.2e}  chain on "
+                f"{c['examples']} examples (policy {c['policy']}, F={c['threshold']}): same exit layer "
+                f"{100 * c['same_exit_layer']:.1f}%, same label {100 * c['same_label']:.1f}%, max prob diff "
+                f"{c['max_prob_diff_same_exit']:.2e}")
+        if "accuracy_runtime" in c:
+            line += f", accuracy runtime {100 * c['accuracy_runtime']:.2f} vs PyTorch {100 * c['accuracy_pytorch']:.2f}"
+        lines.append(line)
+    if "calibration" in record:
+        ch = record["calibration"]["chosen"]
+        lines.append(f"calibrated threshold {ch['threshold']}: accuracy {100 * ch['accuracy']:.2f}, "
+                     f"mean exit layer {ch['mean_exit_layer']:.2f}, rho {ch['rho']:.2f}")
+    return "\n".join(lines)
+
+
+@export.command("validate", cls=MpeeCommand)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@data_option
+@click.option("--task", default=None)
+@click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full record as JSON.")
+def export_validate(bundle, checkpoint, data, task, validation_examples, json_path) -> None:
+    """Re-run the parity check of BUNDLE against CHECKPOINT (exit code 1 if fp32 parity fails)."""
+    from mpee_runtime.schema import load_manifest
+
+    from .checkpoint import load_checkpoint
+    from .export import validate_bundle
+    from .export import validation_examples as to_ids
+    manifest = load_manifest(bundle)
+    model, tokenizer = load_checkpoint(checkpoint)
+    texts = labels = None
+    if data is not None:
+        examples, _ = _dev_examples(Path(data), model, task, validation_examples)
+        texts, labels = _texts(examples), [e.label for e in examples]
+    precision = "int8" if any(g["precision"] == "int8" for g in manifest["graphs"]) else "fp32"
+    record = {precision: validate_bundle(model, bundle, to_ids(tokenizer, texts, model), labels,
+                                         precision=precision)}
+    click.echo(format_validation(record))
+    if json_path:
+        _write_text(json_path, json.dumps(record, indent=1) + "\n")
+    if record[precision]["passed"] is False:
+        sys.exit(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import sys
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +46,11 @@ class GlueExample:
 
 
 def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
+    return name.strip().lower().replace("-", "").replace("_", "")
 
 
 def get_task(name: str) -> GlueTask:
+    """The task named `name`, case-insensitive, with or without the dash ("sst2", "SST-2")."""
     task = TASKS.get(_key(name))
     if task is None:
         raise MpeeExportError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
@@ -57,10 +58,13 @@ def get_task(name: str) -> GlueTask:
 
 
 def infer_task(data_dir: Path) -> GlueTask | None:
-    return TASKS.get(_key(Path(data_dir).name))
+    """The task whose GLUE folder name `data_dir` has, or None."""
+    # abspath, not resolve: "." should give the folder's own name, but a symlink keeps the name it was given.
+    return TASKS.get(_key(Path(os.path.abspath(data_dir)).name))
 
 
 def resolve_task_dir(data: Path, task: GlueTask) -> Path:
+    """The task folder, given either the GLUE root or the task folder itself."""
     data = Path(data)
     if (data / task.folder).is_dir():
         return data / task.folder
@@ -70,55 +74,68 @@ def resolve_task_dir(data: Path, task: GlueTask) -> Path:
 
 
 def split_path(task_dir: Path, task: GlueTask, split: str) -> Path:
+    """The TSV file of `split` ("train" or "dev") in the task folder."""
     if split not in ("train", "dev"):
-        raise MpeeExportError(f"unknown split {split!r} (train or dev)")
+        raise MpeeExportError(f"unknown split {split!r} for {task.name} (known: train, dev)")
     return Path(task_dir) / ("train.tsv" if split == "train" else task.dev_file)
 
 
 def read_examples(path: Path, task: GlueTask, limit: int | None = None) -> list[GlueExample]:
+    """The examples of one GLUE TSV file, the first `limit` of them if given."""
     path = Path(path)
     if not path.is_file():
         raise MpeeExportError(f"{path} not found")
-    csv.field_size_limit(sys.maxsize)
     label_ids = {label: i for i, label in enumerate(task.labels)}
     examples: list[GlueExample] = []
+    # utf-8-sig: MRPC starts with a byte order mark that would otherwise glue onto the first header name.
     with path.open(encoding="utf-8-sig", newline="") as f:
+        # QUOTE_NONE: GLUE texts contain unbalanced quotes, which are text, not CSV quoting.
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, None)
-        if not header:
-            raise MpeeExportError(f"{path} is empty")
-        needed = [c for c in (task.text_a, task.text_b, task.label_column) if c is not None]
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise MpeeExportError(f"{path}: header has no column {missing[0]!r} (header: {header})")
-        ia, il = header.index(task.text_a), header.index(task.label_column)
-        ib = header.index(task.text_b) if task.text_b else None
-        for line, row in enumerate(rows, start=2):
-            if limit is not None and len(examples) >= limit:
-                break
-            if len(row) != len(header):
-                raise MpeeExportError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
-            label = row[il].strip()
-            if label not in label_ids:
-                raise MpeeExportError(f"{path}:{line}: label {label!r} not in {list(task.labels)}")
-            examples.append(GlueExample(len(examples), row[ia].strip(),
-                                        row[ib].strip() if ib is not None else None, label_ids[label]))
+        try:
+            header = [h.strip() for h in next(rows, [])]
+            if not any(header):
+                raise MpeeExportError(f"{path} is empty (expected a header line)")
+            for column in (task.text_a, task.text_b, task.label_column):
+                if column is not None and column not in header:
+                    raise MpeeExportError(f"{path}:1: header has no column {column!r} "
+                                          f"(needed by {task.name}; header: {header})")
+            ia, il = header.index(task.text_a), header.index(task.label_column)
+            ib = header.index(task.text_b) if task.text_b is not None else None
+            for row in rows:
+                if limit is not None and len(examples) >= limit:
+                    break
+                if not row:  # a blank line, e.g. a second newline at the end of the file
+                    continue
+                if len(row) != len(header):
+                    raise MpeeExportError(f"{path}:{rows.line_num}: {len(row)} tab-separated fields, "
+                                          f"the header has {len(header)}")
+                label = row[il].strip()
+                if label not in label_ids:
+                    raise MpeeExportError(f"{path}:{rows.line_num}: label {label!r} is not one of "
+                                          f"{list(task.labels)} (column {task.label_column!r})")
+                examples.append(GlueExample(len(examples), row[ia].strip(),
+                                            row[ib].strip() if ib is not None else None, label_ids[label]))
+        except csv.Error as e:
+            raise MpeeExportError(f"{path}:{rows.line_num}: unreadable TSV: {e}") from None
+        except UnicodeDecodeError as e:
+            raise MpeeExportError(f"{path}: not UTF-8 text ({e.reason})") from None
     return examples
 
 
 def load_split(data: Path, task: GlueTask, split: str, limit: int | None = None) -> list[GlueExample]:
+    """The examples of `split` under `data` (the GLUE root or the task folder)."""
     return read_examples(split_path(resolve_task_dir(data, task), task, split), task, limit)
 
 
 def compute_metrics(task: GlueTask, preds: Sequence[int], labels: Sequence[int]) -> dict:
-    if len(preds) != len(labels) or not preds:
-        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
-    acc = sum(int(p == y) for p, y in zip(preds, labels)) / len(labels)
-    out: dict = {"accuracy": acc}
-    if task.name in ("mrpc", "qqp"):
-        tp = sum(1 for p, y in zip(preds, labels) if p == 1 and y == 1)
-        fp = sum(1 for p, y in zip(preds, labels) if p == 1 and y != 1)
-        fn = sum(1 for p, y in zip(preds, labels) if p != 1 and y == 1)
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    """Accuracy, F1 of class 1 for the F1 tasks, and the task's primary metric, all as fractions."""
+    if len(preds) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need as many predictions as labels, and at least one: got {len(preds)} and {len(labels)}")
+    pairs = [(int(p), int(y)) for p, y in zip(preds, labels)]
+    out: dict = {"accuracy": sum(p == y for p, y in pairs) / len(pairs)}
+    if task.metric == "f1":
+        tp = sum(p == 1 and y == 1 for p, y in pairs)
+        wrong = sum((p == 1) != (y == 1) for p, y in pairs)  # false positives plus false negatives
+        out["f1"] = 2 * tp / (2 * tp + wrong) if tp else 0.0
     out["metric"] = {"name": task.metric, "value": out[task.metric]}
     return out

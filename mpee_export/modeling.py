@@ -31,7 +31,7 @@ from .config import MpeeConfig
 KEEP_EPS = 1e-4
 
 
-def keep_count(n_tokens: torch.Tensor, ratio: float) -> torch.Tensor:
+def keep_count(n_tokens: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
     """Non-[CLS] tokens kept at a pruning layer for current real lengths `n_tokens` (incl. [CLS])."""
     others = n_tokens - 1
     k = torch.ceil(others.to(torch.float32) * ratio - KEEP_EPS).to(torch.long)
@@ -69,7 +69,7 @@ class LayerState:
     """What flows from one layer to the next."""
 
     hidden: torch.Tensor                  # (B, N, d)
-    mask: torch.Tensor                    # (B, N) 1.0 for real tokens
+    mask: torch.Tensor | None             # (B, N) 1.0 for real tokens; None: batch 1 without padding
     scores: torch.Tensor | None = None    # (B, N-1) score memory of positions 1..N-1
     memory: torch.Tensor | None = None    # (B, C) classifier memory (logits)
 
@@ -96,7 +96,7 @@ class MpeePrediction:
     ffn_lens: list[int]
 
 
-def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor
+def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-attention, output dense, residual and LayerNorm of a `BertLayer`.
 
@@ -110,24 +110,29 @@ def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor
         return x.view(b, n, heads, head_dim).transpose(1, 2)
 
     q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
-    bias = (1.0 - mask)[:, None, None, :] * torch.finfo(hidden.dtype).min
-    probs = (q @ k.transpose(-1, -2) / math.sqrt(head_dim) + bias).softmax(dim=-1)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    if mask is not None:
+        logits = logits + (1.0 - mask)[:, None, None, :] * torch.finfo(hidden.dtype).min
+    probs = logits.softmax(dim=-1)
     context = (sa.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
     return layer.attention.output(context, hidden), probs
 
 
-def token_scores(probs: torch.Tensor, mask: torch.Tensor, scoring: str) -> torch.Tensor:
+def token_scores(probs: torch.Tensor, mask: torch.Tensor | None, scoring: str) -> torch.Tensor:
     """Attention received by positions 1..N-1, averaged over heads: (B, H, N, N) -> (B, N-1).
 
     "cls" reads the [CLS] query row; "all" averages over the real query rows.
     """
     if scoring == "cls":
         return probs[:, :, 0, 1:].mean(dim=1)
+    if mask is None:
+        return probs.mean(dim=(1, 2))[:, 1:]
     received = (probs.mean(dim=1) * mask[:, :, None]).sum(dim=1)  # (B, N)
     return received[:, 1:] / mask.sum(dim=1, keepdim=True)
 
 
-def prune_tokens(state: LayerState, ratio: float, *, fuse: bool = True, select: str = "top") -> LayerState:
+def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool = True, select: str = "top"
+                 ) -> LayerState:
     """Keep [CLS] and the top-k tokens by score memory; fuse the rest into one token (DESIGN 1.2).
 
     Every sample keeps k = ceil(r (n - 1)) of its own n real tokens. Kept tokens come in descending
@@ -135,6 +140,8 @@ def prune_tokens(state: LayerState, ratio: float, *, fuse: bool = True, select: 
     samples that dropped something). The fused token is sum_i s_i h_i over dropped tokens (weights
     unnormalised, as in the paper) and its score memory is the mean of theirs.
     """
+    if state.mask is None:
+        return _prune_unpadded(state, ratio, fuse=fuse, select=select)
     hidden, mask, scores = state.hidden, state.mask, state.scores
     valid = mask[:, 1:] > 0                                   # (B, N-1)
     n_valid = valid.sum(dim=1)                                # (B,)
@@ -165,6 +172,31 @@ def prune_tokens(state: LayerState, ratio: float, *, fuse: bool = True, select: 
         parts_s.append(fused_score * has_fused)
     return LayerState(torch.cat(parts_h, dim=1), torch.cat(parts_m, dim=1), torch.cat(parts_s, dim=1),
                       state.memory)
+
+
+def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool, select: str) -> LayerState:
+    """prune_tokens for one unpadded sample, in tensor ops only, so that ONNX export keeps N and k dynamic."""
+    hidden, scores = state.hidden, state.scores
+    others = torch._shape_as_tensor(hidden)[1] - 1
+    k = keep_count(others + 1, ratio)
+    order = torch.topk(scores if select == "top" else -scores, others, dim=1).indices   # full sort
+    kept = torch.index_select(order, 1, torch.arange(k))
+    dropped = torch.index_select(order, 1, torch.arange(k, others))
+    body = hidden[:, 1:]
+    width = hidden.shape[2]
+    parts_h = [hidden[:, :1], body.gather(1, kept[..., None].expand(-1, -1, width))]
+    parts_s = [scores.gather(1, kept)]
+    if not fuse:
+        return LayerState(torch.cat(parts_h, 1), None, torch.cat(parts_s, 1), state.memory)
+    weights = scores.gather(1, dropped)                                          # (1, n_dropped)
+    fused = (weights[..., None] * body.gather(1, dropped[..., None].expand(-1, -1, width))).sum(1, keepdim=True)
+    n_dropped = others - k
+    fused_score = weights.sum(1, keepdim=True) / torch.clamp(n_dropped, min=1).to(weights.dtype)
+    # The fused token exists only when something was dropped: slice it away otherwise.
+    n_new = k + torch.clamp(n_dropped, max=1)
+    hidden = torch.index_select(torch.cat(parts_h + [fused], 1), 1, torch.arange(n_new + 1))
+    scores = torch.index_select(torch.cat(parts_s + [fused_score], 1), 1, torch.arange(n_new))
+    return LayerState(hidden, None, scores, state.memory)
 
 
 class MpeeModel(nn.Module):
@@ -218,7 +250,7 @@ class MpeeModel(nn.Module):
                    ) -> tuple[LayerState, LayerStats]:
         """Run layer i (0-based): attention, score memory, pruning, FFN, exit head, classifier memory."""
         layer = self.bert.encoder.layer[i]
-        attn_len = state.mask.sum(dim=1)
+        attn_len = _lengths(state)
         attn_out, probs = attention_block(layer, state.hidden, state.mask)
         current = token_scores(probs, state.mask, self.mpee.scoring)
         beta = self.mpee.betas[i]
@@ -231,7 +263,7 @@ class MpeeModel(nn.Module):
         logits = self.exits[i](hidden)
         memory = logits if state.memory is None else (1 - self.lam) * state.memory + self.lam * logits
         new = LayerState(hidden, state.mask, state.scores, memory)
-        return new, LayerStats(attn_len, state.mask.sum(dim=1))
+        return new, LayerStats(attn_len, _lengths(state))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, keep_ratio: float | None = None) -> MpeeOutput:
@@ -270,6 +302,7 @@ class MpeeModel(nn.Module):
             raise ValueError(f"predict runs one sample at a time, got batch {input_ids.shape[0]}")
         policy.reset()
         state = self.embed(input_ids, None, token_type_ids)
+        state.mask = None  # the unpadded path, the same computation as the exported graphs
         attn_lens, ffn_lens = [], []
         for i in range(self.mpee.num_layers):
             state, stats = self.layer_step(i, state, keep_ratio)
@@ -282,6 +315,13 @@ class MpeeModel(nn.Module):
                 break
         probs = probs.numpy()
         return MpeePrediction(int(probs.argmax()), probs, i + 1, attn_lens, ffn_lens)
+
+
+def _lengths(state: LayerState) -> torch.Tensor:
+    """(B,) real tokens of each sample."""
+    if state.mask is None:
+        return torch._shape_as_tensor(state.hidden)[1:2]
+    return state.mask.sum(dim=1)
 
 
 def memories_to_probs(memories: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,69 @@
+"""Per-graph modules whose forward signatures are the bundle schema's: embeddings, one per layer, and
+the whole chain as one graph (the single-graph reference for size and latency comparisons).
+
+All run one unpadded sample (batch 1) through `MpeeModel.layer_step`, the same code as training and
+evaluation; the pruning step takes its tensor-only path so N and k stay dynamic in the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpee_runtime import schema as S
+
+from .modeling import LayerState, MpeeModel
+
+
+def blended_outputs(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and entropy (nats) of the classifier memory, computed stably."""
+    logp = memory.log_softmax(-1)
+    probs = logp.exp()
+    return probs, -(probs * logp).sum(-1)
+
+
+class EmbeddingsGraph(nn.Module):
+    def __init__(self, model: MpeeModel) -> None:
+        super().__init__()
+        self.embeddings = model.bert.embeddings
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+
+class LayerGraph(nn.Module):
+    """Layer i with its pruning step (if scheduled), score memory, exit head and classifier memory."""
+
+    def __init__(self, model: MpeeModel, i: int) -> None:
+        super().__init__()
+        self.model, self.i = model, i
+        self.prunes = i in model.mpee.prune_layers
+        self.input_names = S.layer_inputs(i, self.prunes)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, inputs))
+        state = LayerState(named[S.HIDDEN], None, named.get(S.SCORES), named.get(S.MEMORY))
+        state, _ = self.model.layer_step(self.i, state, named.get(S.KEEP_RATIO))
+        probs, entropy = blended_outputs(state.memory)
+        return state.hidden, state.scores, state.memory, probs, entropy
+
+
+class ChainGraph(nn.Module):
+    """Every layer in one graph, no early exit: outputs the probabilities after each layer (1, L, C)."""
+
+    input_names = (S.INPUT_IDS, S.TOKEN_TYPE_IDS, S.KEEP_RATIO)
+    output_names = ("layer_probs",)
+
+    def __init__(self, model: MpeeModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep_ratio: torch.Tensor
+                ) -> torch.Tensor:
+        hidden = self.model.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        state = LayerState(hidden, None)
+        probs = []
+        for i in range(self.model.mpee.num_layers):
+            state, _ = self.model.layer_step(i, state, keep_ratio)
+            probs.append(blended_outputs(state.memory)[0])
+        return torch.stack(probs, dim=1)

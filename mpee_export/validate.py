@@ -1,0 +1,119 @@
+"""Export validation: each graph against its PyTorch module, then the chain against the PyTorch model.
+
+Per graph, onnxruntime and PyTorch see the same inputs (random ones, and the real intermediate states of
+real examples) and every output's max |difference| is recorded. For the chain, `MpeeEngine` (the device
+runtime) and `MpeeModel.predict` classify the same token ids; exit layer and label must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from mpee_runtime import schema as S
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.policy import ExitPolicy
+
+from .modeling import MpeeModel
+from .subgraphs import EmbeddingsGraph, LayerGraph
+
+ATOL = {"fp32": 1e-4}          # per-graph max |diff| allowed in fp32; int8 is judged by agreement
+MIN_AGREEMENT = 0.995          # exit layer and label, fp32
+
+
+def _run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(v) for v in feeds.values()))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _compare(name: str, session: ort.InferenceSession, module: torch.nn.Module, feeds: dict, outputs: list[str],
+             worst: dict[str, float], errors: list[str]) -> list[np.ndarray]:
+    got = session.run(outputs, feeds)
+    want = _run_torch(module, feeds)
+    for out_name, g, w in zip(outputs, got, want):
+        key = f"{name}.{out_name}"
+        if g.shape != w.shape:
+            errors.append(f"{key}: shape {g.shape} != PyTorch {w.shape}")
+            worst[key] = float("inf")
+            continue
+        diff = float(np.abs(g.astype(np.float64) - w).max()) if g.size else 0.0
+        worst[key] = max(worst.get(key, 0.0), diff)
+    return want
+
+
+def random_feeds(model: MpeeModel, entry: S.GraphEntry, seq: int, ratio: float, rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    d, c = model.config.hidden_size, model.mpee.num_labels
+    if entry.layer is None:
+        ids = rng.integers(5, model.config.vocab_size, (1, seq))
+        ids[0, 0] = 101 if model.config.vocab_size > 101 else 2
+        return {S.INPUT_IDS: ids.astype(np.int64),
+                S.TOKEN_TYPE_IDS: (np.arange(seq)[None] >= seq // 2).astype(np.int64)}
+    scores = rng.random((1, seq - 1)).astype(np.float32)
+    values = {S.HIDDEN: rng.standard_normal((1, seq, d)).astype(np.float32),
+              S.SCORES: scores / scores.sum(), S.MEMORY: rng.standard_normal((1, c)).astype(np.float32),
+              S.KEEP_RATIO: np.asarray(ratio, dtype=np.float32)}
+    return {n: values[n] for n in entry.inputs}
+
+
+def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[S.GraphEntry],
+                 examples: Sequence[tuple[np.ndarray, np.ndarray]], *, seed: int = 0) -> dict:
+    """Max |ONNX - PyTorch| per output over random inputs and the real states of `examples`."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    sessions = [ort.InferenceSession(str(bundle / e.file), providers=["CPUExecutionProvider"]) for e in entries]
+    modules = [EmbeddingsGraph(model)] + [LayerGraph(model, i) for i in range(model.mpee.num_layers)]
+    worst: dict[str, float] = {}
+    errors: list[str] = []
+    for seq, ratio in ((16, 0.7), (7, 0.3), (33, 1.0)):
+        for e, sess, mod in zip(entries, sessions, modules):
+            _compare(e.name, sess, mod, random_feeds(model, e, seq, ratio, rng), e.outputs, worst, errors)
+    ratios = dict(zip(model.mpee.prune_layers, model.mpee.keep_ratios))
+    for ids, types in examples:   # real states: each layer gets what PyTorch's previous layer produced
+        (hidden,) = _compare(entries[0].name, sessions[0], modules[0],
+                             {S.INPUT_IDS: ids, S.TOKEN_TYPE_IDS: types}, entries[0].outputs, worst, errors)
+        state = {S.HIDDEN: hidden}
+        for i in range(model.mpee.num_layers):
+            state[S.KEEP_RATIO] = np.asarray(ratios.get(i, 1.0), dtype=np.float32)
+            e = entries[i + 1]
+            outs = _compare(e.name, sessions[i + 1], modules[i + 1], {n: state[n] for n in e.inputs},
+                            e.outputs, worst, errors)
+            state.update(zip((S.HIDDEN, S.SCORES, S.MEMORY), outs[:3]))
+    return {"max_abs_diff": worst, "max_abs_diff_overall": max(worst.values()), "errors": sorted(set(errors))}
+
+
+def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                policy: str, threshold: float, keep_ratio: float | None = None,
+                labels: Sequence[int] | None = None) -> dict:
+    """Runtime chain vs PyTorch model on the same token ids: agreement and probability differences."""
+    rule = ExitPolicy(policy, threshold, model.mpee.num_labels)
+    same_exit = same_label = 0
+    max_diff = 0.0
+    shifts: dict[str, int] = {}
+    correct_onnx = correct_torch = 0
+    for n, (ids, types) in enumerate(examples):
+        ref = model.predict(torch.from_numpy(ids), torch.from_numpy(types), policy=rule, keep_ratio=keep_ratio)
+        got = engine.run_ids(ids, types, threshold=threshold, policy=policy, keep_ratio=keep_ratio)
+        same_exit += got.exit_layer == ref.exit_layer
+        same_label += got.label_index == ref.label
+        shift = got.exit_layer - ref.exit_layer
+        shifts[str(shift)] = shifts.get(str(shift), 0) + 1
+        if got.exit_layer == ref.exit_layer:
+            max_diff = max(max_diff, float(np.abs(np.asarray(got.probs) - ref.probs).max()))
+        if labels is not None:
+            correct_onnx += got.label_index == labels[n]
+            correct_torch += ref.label == labels[n]
+    total = len(examples)
+    out = {"examples": total, "policy": policy, "threshold": threshold, "keep_ratio": keep_ratio,
+           "same_exit_layer": same_exit / total, "same_label": same_label / total,
+           "exit_layer_shift_histogram": dict(sorted(shifts.items(), key=lambda kv: int(kv[0]))),
+           "max_prob_diff_same_exit": max_diff}
+    if labels is not None:
+        out["accuracy_runtime"] = correct_onnx / total
+        out["accuracy_pytorch"] = correct_torch / total
+    return out

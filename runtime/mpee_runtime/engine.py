@@ -1,0 +1,153 @@
+"""MpeeEngine: load a bundle, chain the layer graphs, stop at the first confident exit (DESIGN 4)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter_ns
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from . import schema as S
+from .errors import MpeeRuntimeError
+from .flops import FlopsModel
+from .policy import ExitPolicy, check_threshold
+
+
+@dataclass
+class Prediction:
+    label: str
+    label_index: int
+    probs: list[float]
+    exit_layer: int                      # 1-based
+    tokens_per_layer: list[int]          # tokens entering each executed layer's attention
+    ffn_tokens_per_layer: list[int]      # tokens in each executed layer's FFN (after pruning)
+    flops: int
+    rho: float
+    rho_pad128: float
+    timings_us: dict = field(default_factory=dict)  # tokenize, embeddings, layers (list), total
+    layer_probs: list[list[float]] | None = None    # with record=True: every executed layer's probs
+    layer_entropies: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """Every SessionOptions choice in one place: explicit threads, no spinning by default."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Many small sessions run one after the other; spinning pools would burn the cores between calls.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
+class MpeeEngine:
+    """A loaded bundle. Create once, then call `predict` per request (batch 1)."""
+
+    def __init__(self, bundle: str | Path, *, threads: int | None = None, spinning: bool = False,
+                 warmup: int = 2, providers: list[str] | None = None) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = S.load_manifest(self.bundle, verify=True)   # before any session exists
+        m = self.manifest["model"]
+        self.labels: list[str] = list(m["labels"])
+        self.num_layers: int = m["num_layers"]
+        self.threads = threads or max(1, min(os.cpu_count() or 1, 4))
+        self.spinning = spinning
+        f = self.manifest["flops"]
+        self.flops_model = FlopsModel(f["hidden"], f["ffn"], f["num_labels"], f["num_layers"])
+        ex = self.manifest["exit"]
+        self.default_policy, self.default_threshold = ex["default_policy"], ex["default_threshold"]
+        self.layer_exit = ex.get("layer_exit", True)
+        self.default_keep_ratios = dict(zip(self.manifest["pruning"]["prune_layers"],
+                                            self.manifest["pruning"]["keep_ratios"]))
+        opts = session_options(self.threads, spinning)
+        providers = providers or ["CPUExecutionProvider"]
+        entries = S.graph_entries(self.manifest)
+        self._sessions = [ort.InferenceSession(str(self.bundle / g.file), opts, providers=providers)
+                          for g in entries]
+        self._inputs = [g.inputs for g in entries]
+        self._outputs = [g.outputs for g in entries]
+        self.tokenizer = Tokenizer.from_file(str(self.bundle / self.manifest["tokenizer"]["file"]))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=m["max_length"])
+        for _ in range(warmup):
+            self.predict("warm up the sessions", threshold=0.0, policy="entropy")
+
+    def encode(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and token type ids, int64 (1, T), truncated to the model's maximum length."""
+        enc = self.tokenizer.encode(text, text_pair) if text_pair is not None else self.tokenizer.encode(text)
+        return (np.asarray([enc.ids], dtype=np.int64), np.asarray([enc.type_ids], dtype=np.int64))
+
+    def predict(self, text: str, text_pair: str | None = None, *, threshold: float | None = None,
+                keep_ratio: float | None = None, policy: str | None = None) -> Prediction:
+        """Classify one text (or pair), stopping at the first layer the exit policy accepts."""
+        if not isinstance(text, str) or (text_pair is not None and not isinstance(text_pair, str)):
+            raise MpeeRuntimeError("text and text_pair must be strings")
+        start = perf_counter_ns()
+        ids, types = self.encode(text, text_pair)
+        tokenize_ns = perf_counter_ns() - start
+        pred = self.run_ids(ids, types, threshold=threshold, keep_ratio=keep_ratio, policy=policy)
+        pred.timings_us["tokenize"] = tokenize_ns / 1e3
+        pred.timings_us["total"] += tokenize_ns / 1e3
+        return pred
+
+    def exit_rule(self, policy: str | None, threshold: float | None) -> ExitPolicy:
+        policy = policy or self.default_policy
+        threshold = self.default_threshold if threshold is None else threshold
+        check_threshold(policy, threshold)
+        return ExitPolicy(policy, threshold, len(self.labels))
+
+    def keep_ratio_feeds(self, keep_ratio: float | None) -> dict[int, np.ndarray]:
+        if keep_ratio is not None and not 0 < keep_ratio <= 1:
+            raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+        return {i: np.asarray(r if keep_ratio is None else keep_ratio, dtype=np.float32)
+                for i, r in self.default_keep_ratios.items()}
+
+    def run_ids(self, input_ids: np.ndarray, token_type_ids: np.ndarray, *, threshold: float | None = None,
+                keep_ratio: float | None = None, policy: str | None = None, record: bool = False
+                ) -> Prediction:
+        """Run the chain on token ids (1, T) int64; `record` keeps every executed layer's prediction."""
+        rule = self.exit_rule(policy, threshold)
+        ratios = self.keep_ratio_feeds(keep_ratio)
+        sessions, inputs, outputs = self._sessions, self._inputs, self._outputs
+        layer_ns = []
+        t0 = perf_counter_ns()
+        (hidden,) = sessions[0].run(outputs[0], {S.INPUT_IDS: input_ids, S.TOKEN_TYPE_IDS: token_type_ids})
+        embed_ns = perf_counter_ns() - t0
+        state = {S.HIDDEN: hidden}
+        attn_lens, ffn_lens, trace_p, trace_h = [], [], [], []
+        for i in range(self.num_layers):
+            if i in ratios:
+                state[S.KEEP_RATIO] = ratios[i]
+            attn_lens.append(state[S.HIDDEN].shape[1])
+            t = perf_counter_ns()
+            hidden, scores, memory, probs, entropy = sessions[i + 1].run(
+                outputs[i + 1], {name: state[name] for name in inputs[i + 1]})
+            layer_ns.append(perf_counter_ns() - t)
+            ffn_lens.append(hidden.shape[1])
+            state[S.HIDDEN], state[S.SCORES], state[S.MEMORY] = hidden, scores, memory
+            if record:
+                trace_p.append([float(x) for x in probs[0]])
+                trace_h.append(float(entropy[0]))
+            if self.layer_exit and rule.should_exit(probs[0], float(entropy[0])):
+                break
+        total_ns = perf_counter_ns() - t0
+        p = probs[0].astype(float)
+        label = int(p.argmax())
+        fm = self.flops_model
+        flops = fm.executed_flops(attn_lens, ffn_lens)
+        rho, rho128 = fm.speedups(int(input_ids.shape[1]), attn_lens, ffn_lens)
+        return Prediction(self.labels[label], label, [float(x) for x in p], len(attn_lens), attn_lens, ffn_lens,
+                          flops, rho, rho128,
+                          {"embeddings": embed_ns / 1e3, "layers": [x / 1e3 for x in layer_ns],
+                           "total": total_ns / 1e3},
+                          trace_p if record else None, trace_h if record else None)

@@ -1,0 +1,213 @@
+"""mpee-export on tiny random models: parity, graph contract, bundle writing, int8, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import tiny_model
+from transformers import AutoTokenizer
+
+from mpee_export import export as export_mod
+from mpee_export.checkpoint import save_checkpoint
+from mpee_export.cli import export
+from mpee_export.errors import MpeeExportError
+from mpee_export.export import ExportOptions, export_bundle
+from mpee_runtime import schema as S
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.policy import ExitPolicy
+
+TEXTS = [("the movie is great", None), ("a boring film", "it was bad"), ("very good acting and plot", None),
+         ("it", "the plot is not fun , not very good , and the acting was awful !")]
+
+
+def _tokenizer(backbone: Path):
+    return AutoTokenizer.from_pretrained(str(backbone))
+
+
+def _bundle(tmp_path, backbone, name="bundle", **model_kw) -> tuple[Path, object]:
+    model = tiny_model(**model_kw)
+    out = tmp_path / name
+    export_bundle(model, _tokenizer(backbone), out, ExportOptions(), texts=TEXTS, log=lambda m: None)
+    return out, model
+
+
+@pytest.mark.parametrize("kw", [
+    {"layers": 2},
+    {"layers": 3, "prune_layers": [0, 1], "keep_ratio": 0.5},
+    {"layers": 5, "prune_layers": [1, 3], "keep_ratio": [0.3, 0.9], "scoring": "all"},
+    {"layers": 3, "prune_layers": [1], "fuse_token": False, "prune_select": "bottom"},
+])
+def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
+    out, model = _bundle(tmp_path, tiny_backbone, **kw)
+    record = json.loads((out / "validation.json").read_text())["fp32"]
+    assert record["passed"] and record["graphs"]["max_abs_diff_overall"] < 1e-4
+    engine = MpeeEngine(out, threads=1)
+    tok = _tokenizer(tiny_backbone)
+    # pairs, several keep ratios (a graph input) and thresholds: same exit, label, tokens and probs
+    for (a, b) in TEXTS:
+        enc = tok(a, b, return_tensors="pt")
+        for ratio in (None, 0.2, 0.6, 1.0):
+            for threshold in (0.0, 0.6, 0.69):
+                rule = ExitPolicy("entropy", threshold, 2)
+                ref = model.predict(enc["input_ids"], enc["token_type_ids"], policy=rule, keep_ratio=ratio)
+                got = engine.predict(a, b, threshold=threshold, keep_ratio=ratio, policy="entropy")
+                assert got.exit_layer == ref.exit_layer and got.label_index == ref.label
+                assert got.tokens_per_layer == ref.attn_lens and got.ffn_tokens_per_layer == ref.ffn_lens
+                np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)
+
+
+def test_graph_contract(tmp_path, tiny_backbone):
+    out, model = _bundle(tmp_path, tiny_backbone, layers=3, prune_layers=[1])
+    manifest = S.load_manifest(out)
+    assert manifest["schema_version"] == S.SCHEMA_VERSION
+    assert [g["file"] for g in manifest["graphs"]] == [S.EMBEDDINGS] + [S.layer_file(i) for i in range(3)]
+    for g in manifest["graphs"]:
+        proto = onnx.load(str(out / g["file"]))
+        onnx.checker.check_model(proto)
+        assert [i.name for i in proto.graph.input] == g["inputs"]
+        assert [o.name for o in proto.graph.output] == g["outputs"]
+        assert {op.domain for op in proto.opset_import} <= {"", "ai.onnx"}
+        assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+        assert any(op.version >= S.MIN_OPSET for op in proto.opset_import)
+        # the sequence axis is symbolic, never traced as a constant
+        first = proto.graph.input[0].type.tensor_type.shape.dim[1]
+        assert first.dim_param and not first.dim_value
+    assert manifest["graphs"][2]["inputs"] == [S.HIDDEN, S.SCORES, S.MEMORY, S.KEEP_RATIO]
+    assert manifest["graphs"][1]["inputs"] == [S.HIDDEN]
+    ops = {n.op_type for n in onnx.load(str(out / S.layer_file(1))).graph.node}
+    assert {"TopK", "Gather", "Concat"} <= ops
+    assert manifest["versions"]["onnxruntime"] and manifest["flops"]["hidden"] == 32
+
+
+def test_refuses_non_empty_out_and_force_replaces(tmp_path, tiny_backbone):
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(layers=2), _tokenizer(tiny_backbone), ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = CliRunner().invoke(export, [str(ckpt), str(out)])
+    assert res.exit_code == 2 and "not empty" in res.output
+    assert (out / "keep.txt").read_text() == "mine"
+    res = CliRunner().invoke(export, [str(ckpt), str(out), "--force"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / S.MANIFEST).is_file()
+    assert "PASSED" in res.output
+
+
+def test_failure_midway_leaves_nothing(tmp_path, tiny_backbone, monkeypatch):
+    calls = []
+    real = export_mod._torch_export
+
+    def flaky(*args, **kw):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash in the middle of the export")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(export_mod, "_torch_export", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_bundle(tiny_model(layers=3), _tokenizer(tiny_backbone), tmp_path / "out", ExportOptions(),
+                      log=lambda m: None)
+    assert len(calls) == 3
+    assert sorted(os.listdir(tmp_path)) == ["backbone"]     # neither out/ nor a temporary folder
+
+
+def test_failed_parity_leaves_no_bundle(tmp_path, tiny_backbone, monkeypatch):
+    monkeypatch.setattr(export_mod, "ATOL", {"fp32": 0.0})
+    monkeypatch.setitem(export_mod.ATOL, "fp32", -1.0)
+    with pytest.raises(MpeeExportError, match="parity"):
+        export_bundle(tiny_model(layers=2), _tokenizer(tiny_backbone), tmp_path / "out", ExportOptions(),
+                      log=lambda m: None)
+    assert sorted(os.listdir(tmp_path)) == ["backbone"]
+
+
+def test_int8_bundle_loads_and_predicts(tmp_path, tiny_backbone):
+    model = tiny_model(layers=3, prune_layers=[1])
+    out = tmp_path / "int8"
+    record = export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(quantize="int8"), texts=TEXTS,
+                           labels=[1, 0, 1, 0], log=lambda m: None)
+    manifest = S.load_manifest(out)
+    assert [g["precision"] for g in manifest["graphs"]] == ["fp32", "int8", "int8", "int8"]
+    assert manifest["export"]["quantization"] == "int8"
+    assert "accuracy_runtime" in record["int8"]["chain"]
+    ops = {n.op_type for n in onnx.load(str(out / S.layer_file(0))).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
+    assert pred.exit_layer == 3 and abs(sum(pred.probs) - 1) < 1e-5
+
+
+def test_validate_command(tmp_path, tiny_backbone):
+    tok = _tokenizer(tiny_backbone)
+    ckpt, other = tmp_path / "ckpt", tmp_path / "other"
+    model = tiny_model(layers=2, seed=0)
+    save_checkpoint(model, tok, ckpt)
+    save_checkpoint(tiny_model(layers=2, seed=1), tok, other)
+    out = tmp_path / "bundle"
+    assert CliRunner().invoke(export, [str(ckpt), str(out)]).exit_code == 0
+    res = CliRunner().invoke(export, ["validate", str(out), str(ckpt)])
+    assert res.exit_code == 0 and "PASSED" in res.output
+    res = CliRunner().invoke(export, ["validate", str(out), str(other)])   # other weights: must fail
+    assert res.exit_code == 1 and "FAILED" in res.output
+
+
+def _bad(args, needle):
+    res = CliRunner().invoke(export, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("Error") and res.output.strip().count("\n") == 0, res.output
+    assert needle in res.output, res.output
+
+
+def test_bad_input(tmp_path, tiny_backbone):
+    tok = _tokenizer(tiny_backbone)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(layers=2), tok, ckpt)
+    out = tmp_path / "out"
+    _bad([str(tmp_path / "missing"), str(out)], "not found")
+    _bad([str(ckpt), str(out), "--opset", "13"], "opset 13")
+    _bad([str(tiny_backbone), str(out)], "mpee")                          # plain BERT, no exits
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ckpt.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    _bad([str(broken), str(out)], "model.safetensors")
+    (broken / "model.safetensors").unlink()
+    _bad([str(broken), str(out)], "model.safetensors")
+    (broken / "config.json").write_text("{ not json")
+    _bad([str(broken), str(out)], "config.json")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):                                      # root can write anywhere
+        _bad([str(ckpt), str(locked / "out")], "not writable")
+    locked.chmod(0o700)
+    assert not out.exists()
+
+
+def test_plain_bert_with_explicit_flag(tmp_path, tiny_backbone):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(export, [str(tiny_backbone), str(out), "--allow-untrained-exits", "--task", "sst2"])
+    assert res.exit_code == 0, res.output
+    assert S.load_manifest(out)["export"]["untrained_exits"] is True
+
+
+def test_chain_graph_matches_layers(tmp_path):
+    model = tiny_model(layers=3, prune_layers=[0, 1], keep_ratio=0.5)
+    path = tmp_path / "chain.onnx"
+    export_mod.export_chain_graph(model, path)
+    assert not model.training          # exporting must not switch dropout on
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = torch.randint(5, 99, (1, 21))
+    (probs,) = sess.run(None, {"input_ids": ids.numpy(), "token_type_ids": np.zeros((1, 21), np.int64),
+                               "keep_ratio": np.asarray(0.5, np.float32)})
+    with torch.no_grad():
+        ref = model(ids, keep_ratio=0.5).memories.softmax(-1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
