@@ -309,10 +309,11 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--allow-untrained-exits", is_flag=True,
               help="Export a plain BERT checkpoint with untrained exit heads (recorded in the manifest).")
+@click.option("--optimize", is_flag=True, help="Apply onnxruntime's transformer fusions to the layer graphs.")
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
               help="Dev examples for the chain parity check.")
 def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset, force,
-               allow_untrained_exits, validation_examples) -> None:
+               allow_untrained_exits, optimize, validation_examples) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, check_out_dir, export_bundle
     if calibrate and (data is None or max_drop is None):
@@ -322,7 +323,8 @@ def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset
     check_out_dir(out, force)
     check_opset(opset)
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
-    opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits)
+    opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
+                         optimize=optimize)
     texts = labels = calibration = full_acc = None
     if data is not None:
         examples, glue_task = _dev_examples(Path(data), model, task, None)

@@ -40,6 +40,7 @@ class ExportOptions:
     quantize: str | None = None          # None or "int8"
     force: bool = False
     untrained_exits: bool = False        # the manifest records it
+    optimize: bool = False               # onnxruntime transformer fusions on the layer graphs
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -112,6 +113,16 @@ def export_chain_graph(model: MpeeModel, path: Path, opset: int = DEFAULT_OPSET)
     _torch_export(graph, dummy_inputs(model, names), path, names, list(graph.output_names), opset)
 
 
+def task_block(task_name: str | None) -> dict | None:
+    """What the runtime needs to read the task's GLUE TSV files and score them."""
+    if task_name is None:
+        return None
+    from .glue import get_task
+    t = get_task(task_name)
+    return {"name": t.name, "text_a": t.text_a, "text_b": t.text_b, "label_column": t.label_column,
+            "metric": t.metric}
+
+
 def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha: str, opts: ExportOptions,
                    extra: dict | None = None) -> dict:
     c, m = model.config, model.mpee
@@ -123,13 +134,15 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
                   "task": m.task, "max_length": m.max_length, "vocab_size": c.vocab_size},
         "pruning": {"prune_layers": m.prune_layers, "keep_ratios": m.keep_ratios, "scoring": m.scoring,
                     "prune_select": m.prune_select, "fuse_token": m.fuse_token, "betas": m.betas, "lam": m.lam},
+        "task": task_block(m.task),
         "exit": {"default_policy": m.default_policy, "default_threshold": m.default_threshold,
                  "layer_exit": m.layer_exit},
         "flops": {"hidden": c.hidden_size, "ffn": c.intermediate_size, "num_labels": m.num_labels,
                   "num_layers": m.num_layers, "convention": FLOPS_CONVENTION},
         "tokenizer": {"file": S.TOKENIZER, "sha256": tokenizer_sha},
         "graphs": [asdict(e) for e in entries],
-        "export": {"opset": opts.opset, "quantization": opts.quantize, "untrained_exits": opts.untrained_exits},
+        "export": {"opset": opts.opset, "quantization": opts.quantize, "optimized": opts.optimize,
+                   "untrained_exits": opts.untrained_exits},
         "versions": {"mpee_export": __version__, "mpee_runtime": runtime_version, "torch": torch.__version__,
                      "transformers": transformers.__version__, "onnx": onnx.__version__,
                      "onnxruntime": ort.__version__, "python": platform.python_version()},
@@ -243,6 +256,10 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
     tmp = make_temp_beside(out)
     try:
         entries = export_graphs(model, tmp, opts.opset)
+        if opts.optimize:
+            from .optimize import optimize_layers
+            entries = optimize_layers(tmp, entries, num_heads=model.config.num_attention_heads,
+                                      hidden=model.config.hidden_size)
         tokenizer.backend_tokenizer.save(str(tmp / S.TOKENIZER))
         tok_sha = S.sha256_of(tmp / S.TOKENIZER)
         write_manifest(tmp, build_manifest(model, entries, tok_sha, opts))

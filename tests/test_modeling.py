@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_bert_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel
 
-from conftest import tiny_bert_config, tiny_model
 from mpee_export.config import MpeeConfig, default_prune_layers
 from mpee_export.errors import MpeeExportError
 from mpee_export.modeling import LayerState, keep_count, memories_to_probs, prune_tokens

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
+from tiny import tiny_model
 
-from conftest import tiny_model
 from mpee_export.checkpoint import load_checkpoint, save_checkpoint
 from mpee_export.cli import convert, evaluate, train
 from mpee_export.errors import MpeeExportError

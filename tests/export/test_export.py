@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_model
+from tiny import tiny_model
 from transformers import AutoTokenizer
 
 from mpee_export import export as export_mod
@@ -64,7 +64,7 @@ def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
 
 
 def test_graph_contract(tmp_path, tiny_backbone):
-    out, model = _bundle(tmp_path, tiny_backbone, layers=3, prune_layers=[1])
+    out, _ = _bundle(tmp_path, tiny_backbone, layers=3, prune_layers=[1])
     manifest = S.load_manifest(out)
     assert manifest["schema_version"] == S.SCHEMA_VERSION
     assert [g["file"] for g in manifest["graphs"]] == [S.EMBEDDINGS] + [S.layer_file(i) for i in range(3)]
@@ -211,3 +211,13 @@ def test_chain_graph_matches_layers(tmp_path):
     with torch.no_grad():
         ref = model(ids, keep_ratio=0.5).memories.softmax(-1).numpy()
     np.testing.assert_allclose(probs, ref, atol=1e-5)
+
+
+def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
+    model = tiny_model(layers=3, prune_layers=[1])
+    record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(optimize=True),
+                           texts=TEXTS, log=lambda m: None)
+    assert record["fp32"]["passed"]
+    assert S.load_manifest(tmp_path / "opt")["export"]["optimized"] is True
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
+    assert "SkipLayerNormalization" in ops or "LayerNormalization" in ops

@@ -1,0 +1,7 @@
+"""`python -m mpee_runtime BUNDLE TEXT`: the same as mpee-run."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

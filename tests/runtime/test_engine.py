@@ -1,0 +1,144 @@
+"""The device runtime on the tiny bundle: same answers as PyTorch, refusals, robustness, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mpee_runtime import schema as S
+from mpee_runtime.cli import main as run_cli
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.errors import MpeeRuntimeError
+
+
+@pytest.fixture(scope="module")
+def engine(built) -> MpeeEngine:
+    return MpeeEngine(built / "bundle", threads=1)
+
+
+def test_same_answers_as_pytorch(engine, expected):
+    assert len(expected) == 25
+    for case in expected:
+        pred = engine.predict(case["text"], case["pair"], threshold=case["threshold"], keep_ratio=case["keep_ratio"],
+                              policy="entropy")
+        assert (pred.label, pred.exit_layer) == (case["label"], case["exit_layer"]), case
+        assert pred.tokens_per_layer == case["tokens_per_layer"]
+        np.testing.assert_allclose(pred.probs, case["probs"], atol=1e-5)
+
+
+def test_prediction_fields(engine):
+    pred = engine.predict("the movie is great", threshold=0.0)
+    assert pred.exit_layer == 3 and len(pred.timings_us["layers"]) == 3
+    assert {"tokenize", "embeddings", "layers", "total"} <= set(pred.timings_us)
+    assert pred.flops == engine.flops_model.executed_flops(pred.tokens_per_layer, pred.ffn_tokens_per_layer)
+    assert pred.rho == pytest.approx(engine.flops_model.full_flops(pred.tokens_per_layer[0]) / pred.flops)
+    early = engine.predict("the movie is great", threshold=10.0)     # above log 2: stops at layer 1
+    assert early.exit_layer == 1 and early.rho > 2
+    for policy, thr in (("normalized_entropy", 1.0), ("max_prob", 0.0), ("patience", 0)):
+        assert engine.predict("great", policy=policy, threshold=thr).exit_layer == 1
+
+
+def test_bad_knobs(engine):
+    with pytest.raises(MpeeRuntimeError, match="threshold"):
+        engine.predict("x", threshold=-1.0)
+    with pytest.raises(MpeeRuntimeError, match="keep ratio"):
+        engine.predict("x", keep_ratio=0.0)
+    with pytest.raises(MpeeRuntimeError, match="policy"):
+        engine.predict("x", policy="vote")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300), pair=st.one_of(st.none(), st.text(max_size=300)),
+       ratio=st.floats(0.01, 1.0), threshold=st.floats(0.0, 1.0))
+def test_arbitrary_unicode_never_crashes(engine, text, pair, ratio, threshold):
+    pred = engine.predict(text, pair, keep_ratio=ratio, threshold=threshold)
+    assert 1 <= pred.exit_layer <= 3 and abs(sum(pred.probs) - 1) < 1e-4
+    assert 2 <= pred.tokens_per_layer[0] <= engine.manifest["model"]["max_length"]
+
+
+@pytest.mark.parametrize("text,pair", [("", None), ("   \t\n ", None), ("x" * 10_000, None),
+                                       ("\x00\x01\x7f\u200b\ufeff", "\U0001F600 ñ 漢字 عربى"),
+                                       ("word " * 5000, "other " * 5000), ("", "")])
+def test_edge_inputs(engine, text, pair):
+    pred = engine.predict(text, pair, threshold=0.0)
+    assert pred.exit_layer == 3
+    assert pred.tokens_per_layer[0] <= engine.manifest["model"]["max_length"]
+
+
+def _refused(bundle: Path, monkeypatch, needle: str) -> None:
+    def no_session(*a, **k):
+        raise AssertionError("a session was created before the bundle was verified")
+    monkeypatch.setattr(ort, "InferenceSession", no_session)
+    with pytest.raises(MpeeRuntimeError, match=needle):
+        MpeeEngine(bundle)
+
+
+def test_tampered_graph_refused(bundle, monkeypatch):
+    path = bundle / S.layer_file(1)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _refused(bundle, monkeypatch, "sha256")
+
+
+def test_missing_file_refused(bundle, monkeypatch):
+    (bundle / S.TOKENIZER).unlink()
+    _refused(bundle, monkeypatch, "missing")
+
+
+def test_path_outside_bundle_refused(bundle, monkeypatch):
+    manifest = json.loads((bundle / S.MANIFEST).read_text())
+    manifest["graphs"][2]["file"] = "../elsewhere.onnx"
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _refused(bundle, monkeypatch, "outside")
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_unknown_schema_refused(bundle, monkeypatch, version):
+    manifest = json.loads((bundle / S.MANIFEST).read_text())
+    manifest["schema_version"] = version
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _refused(bundle, monkeypatch, "schema_version")
+
+
+def test_not_a_bundle(tmp_path, monkeypatch):
+    _refused(tmp_path, monkeypatch, "manifest")
+
+
+def test_cli_text_and_files(built, tmp_path, capsys):
+    bundle = built / "bundle"
+    assert run_cli([str(bundle), "the movie is great", "--threshold", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_layer"] == 3 and out["label"] in ("neg", "pos")
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "great film", "label": "pos"}\n{"text": "bad", "text_pair": "awful", "label": "neg"}\n')
+    preds = tmp_path / "preds.jsonl"
+    assert run_cli([str(bundle), "--input", str(jsonl), "--output", str(preds), "--threads", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 2 and 0 <= summary["accuracy"] <= 1 and summary["latency"]["p99_us"] > 0
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1] and set(lines[0]) == {"index", "label", "exit_layer", "probs"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--threshold", "-1", "x"], "threshold"), (["--keep-ratio", "2", "x"], "keep ratio"), ([], "TEXT"),
+    (["--input", "/nonexistent.jsonl"], "not found"), (["x", "--output", "o.jsonl"], "--input"),
+])
+def test_cli_bad_input(built, capsys, args, needle):
+    assert run_cli([str(built / "bundle"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error") and needle in err and err.count("\n") == 1
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, mpee_runtime.engine, mpee_runtime.cli, mpee_runtime.schema; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
