@@ -364,6 +364,20 @@ def format_validation(record: dict) -> str:
     return "\n".join(lines)
 
 
+@export.command("reference", cls=MpeeCommand)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--opset", default=17, show_default=True, type=int)
+def export_reference_cmd(checkpoint, out, opset) -> None:
+    """Export the full model the ordinary way (optimum): OUT/model.onnx and OUT/hf, the baseline for mpee-bench."""
+    from .checkpoint import load_checkpoint
+    from .export import check_opset
+    from .reference import export_reference
+    check_opset(opset)
+    model, tokenizer = load_checkpoint(checkpoint)
+    click.echo(f"wrote {export_reference(model, tokenizer, out, opset=opset)}")
+
+
 @export.command("validate", cls=MpeeCommand)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("checkpoint", type=click.Path(path_type=Path))

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpee_runtime.metrics import classification_metrics
+
 from .errors import MpeeExportError
 
 GLUE_HINT = ("download it with the standard GLUE script (download_glue_data.py, https://gluebenchmark.com/tasks) "
@@ -128,14 +130,6 @@ def load_split(data: Path, task: GlueTask, split: str, limit: int | None = None)
 
 
 def compute_metrics(task: GlueTask, preds: Sequence[int], labels: Sequence[int]) -> dict:
-    """Accuracy, F1 of class 1 for the F1 tasks, and the task's primary metric, all as fractions."""
-    if len(preds) != len(labels) or len(labels) == 0:
-        raise ValueError(f"need as many predictions as labels, and at least one: got {len(preds)} and {len(labels)}")
-    pairs = [(int(p), int(y)) for p, y in zip(preds, labels)]
-    out: dict = {"accuracy": sum(p == y for p, y in pairs) / len(pairs)}
-    if task.metric == "f1":
-        tp = sum(p == 1 and y == 1 for p, y in pairs)
-        wrong = sum((p == 1) != (y == 1) for p, y in pairs)  # false positives plus false negatives
-        out["f1"] = 2 * tp / (2 * tp + wrong) if tp else 0.0
-    out["metric"] = {"name": task.metric, "value": out[task.metric]}
-    return out
+    """Accuracy (and F1 of class 1 for MRPC/QQP) plus {"metric": {"name", "value"}}: the task's headline."""
+    out = classification_metrics(preds, labels, with_f1=task.metric == "f1")
+    return out | {"metric": {"name": task.metric, "value": out[task.metric]}}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (unit tests and the slow end-to-end tests on real GLUE data).
+# Set up, then run the whole test suite: ruff, unit tests and the slow end-to-end tests on real GLUE data,
+# then the runtime's tests again in a virtual environment that has no torch and no transformers.
 # Usage: GLUE_DIR=/path/to/glue scripts/test.sh [pytest args]   (-m "not slow" for the unit tests only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,3 +8,15 @@ scripts/setup.sh
 export GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
+
+# The device runtime alone: install it (not editable) where torch cannot be imported, and check it
+# against PyTorch's answers computed above for a tiny bundle.
+bundle_dir=$(mktemp -d)
+trap 'rm -rf "$bundle_dir"' EXIT
+.venv/bin/python tests/runtime/make_bundle.py "$bundle_dir"
+[ -x .venv-runtime/bin/python ] || "${PYTHON:-python3}" -m venv .venv-runtime
+.venv-runtime/bin/python -m pip install -q "./runtime[test]"
+if .venv-runtime/bin/python -c "import torch" 2>/dev/null || .venv-runtime/bin/python -c "import transformers" 2>/dev/null; then
+  echo "runtime venv must not contain torch or transformers" >&2; exit 1
+fi
+MPEE_TEST_BUNDLE="$bundle_dir" .venv-runtime/bin/python -m pytest -q -p no:cacheprovider tests/runtime
