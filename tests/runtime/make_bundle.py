@@ -36,7 +36,8 @@ def make_tiny_bundle(folder: Path) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=64)
-    mpee = MpeeConfig.build(num_layers=3, labels=["neg", "pos"], prune_layers=[0, 1], keep_ratio=0.6,
+    mpee = MpeeConfig.build(num_layers=3, labels=["entailment", "not_entailment"], task="rte",
+                            prune_layers=[0, 1], keep_ratio=0.6,
                             max_length=24)
     model = MpeeModel(config, mpee).eval()
     for p in model.bert.encoder.parameters():

@@ -47,8 +47,8 @@ def test_classification_metrics():
 
 def test_bench_smoke(built, tmp_path, capsys):
     data = tmp_path / "dev.jsonl"
-    rows = [("the movie is great", "pos"), ("a boring film", "neg"), ("very good acting", "pos"),
-            ("awful plot", "neg"), ("it was fun", "pos"), ("not good", "neg")] * 2
+    rows = [("the movie is great", "entailment"), ("a boring film", "not_entailment"), ("very good acting", "entailment"),
+            ("awful plot", "not_entailment"), ("it was fun", "entailment"), ("not good", "not_entailment")] * 2
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
     out = tmp_path / "bench"
     code = bench_main([str(built / "bundle"), "--input", str(data), "--out", str(out), "--threads", "1",

@@ -117,9 +117,9 @@ def test_cli_text_and_files(built, tmp_path, capsys):
     bundle = built / "bundle"
     assert run_cli([str(bundle), "the movie is great", "--threshold", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["exit_layer"] == 3 and out["label"] in ("neg", "pos")
+    assert out["exit_layer"] == 3 and out["label"] in ("entailment", "not_entailment")
     jsonl = tmp_path / "in.jsonl"
-    jsonl.write_text('{"text": "great film", "label": "pos"}\n{"text": "bad", "text_pair": "awful", "label": "neg"}\n')
+    jsonl.write_text('{"text": "great film", "label": "entailment"}\n{"text": "bad", "text_pair": "awful", "label": "not_entailment"}\n')
     preds = tmp_path / "preds.jsonl"
     assert run_cli([str(bundle), "--input", str(jsonl), "--output", str(preds), "--threads", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -142,3 +142,23 @@ def test_runtime_imports_no_torch():
     code = ("import sys, mpee_runtime.engine, mpee_runtime.cli, mpee_runtime.schema; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_glue_tsv_with_pairs(built, tmp_path, capsys):
+    """A GLUE TSV (RTE layout, the tiny bundle's task) is read by the columns the manifest names."""
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("index\tsentence1\tsentence2\tlabel\n0\tthe movie is great\tit was fun\tentailment\n"
+                   "1\ta boring film\tthe plot is not good\tnot_entailment\n2\tit\tit\tentailment\n")
+    preds = tmp_path / "preds.jsonl"
+    assert run_cli([str(built / "bundle"), "--input", str(tsv), "--output", str(preds), "--threshold", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 3 and summary["metric"]["name"] == "accuracy"
+    assert summary["mean_exit_layer"] == 3
+    engine = MpeeEngine(built / "bundle", threads=1, warmup=0)
+    got = [json.loads(x) for x in preds.read_text().splitlines()]
+    want = engine.predict("a boring film", "the plot is not good", threshold=0.0)
+    assert got[1]["label"] == want.label and got[1]["probs"] == [round(p, 6) for p in want.probs]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("index\tsentence1\tsentence2\tlabel\n0\tonly two\tfields\n")
+    assert run_cli([str(built / "bundle"), "--input", str(bad)]) == 2
+    assert "bad.tsv:2" in capsys.readouterr().err
