@@ -216,7 +216,8 @@ def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full
     """The threshold with the fewest FLOPs executed (measured by the runtime on `examples`) whose accuracy
     stays within `max_drop` points of `full_accuracy`. One full-depth pass, then the exit rule offline."""
     from mpee_runtime.policy import first_exit_layers
-    thresholds = thresholds if thresholds is not None else [round(x, 4) for x in np.linspace(0, 0.69, 70)]
+    if thresholds is None:   # entropy ranges over [0, log C]
+        thresholds = [round(float(x), 4) for x in np.linspace(0, np.log(len(engine.labels)), 70)]
     traces = [engine.run_ids(ids, types, threshold=0.0, policy="entropy", record=True) for ids, types in examples]
     probs = np.array([t.layer_probs for t in traces])             # (n, L, C)
     ents = np.array([t.layer_entropies for t in traces])

@@ -221,3 +221,26 @@ def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
     assert S.load_manifest(tmp_path / "opt")["export"]["optimized"] is True
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
     assert "SkipLayerNormalization" in ops or "LayerNormalization" in ops
+
+
+def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
+    model = tiny_model(layers=3, prune_layers=[1])
+    tok = _tokenizer(tiny_backbone)
+    examples = export_mod.validation_examples(tok, TEXTS * 3, model)
+    labels = [0, 1, 1, 0] * 3
+    record = export_bundle(model, tok, tmp_path / "cal", ExportOptions(), texts=TEXTS, log=lambda m: None,
+                           calibration={"max_drop": 5.0, "examples": examples, "labels": labels},
+                           full_accuracy=0.5)
+    cal = record["calibration"]
+    chosen = cal["chosen"]
+    assert chosen["accuracy"] >= 0.5 - 0.05
+    # the cheapest admissible point: nothing admissible is faster
+    assert all(c["rho"] <= chosen["rho"] for c in cal["candidates"] if c["accuracy"] >= 0.45)
+    manifest = S.load_manifest(tmp_path / "cal")
+    assert manifest["exit"]["default_threshold"] == chosen["threshold"]
+    assert manifest["exit"]["calibration"]["max_drop_points"] == 5.0
+    assert max(c["threshold"] for c in cal["candidates"]) == pytest.approx(np.log(2), abs=1e-4)
+    with pytest.raises(MpeeExportError, match="no threshold"):
+        export_bundle(model, tok, tmp_path / "none", ExportOptions(), log=lambda m: None,
+                      calibration={"max_drop": 0.0, "examples": examples, "labels": labels}, full_accuracy=1.01)
+    assert not (tmp_path / "none").exists()
