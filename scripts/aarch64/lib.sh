@@ -48,7 +48,8 @@ ensure_rootfs() {
   debs=$(mktemp -d "$AARCH64_CACHE/debs.tmp.XXXXXX")
   tmp=$(mktemp -d "$AARCH64_CACHE/rootfs.tmp.XXXXXX")
   log "downloading ${#ARM64_DEBS[@]} Debian arm64 packages"
-  (cd "$debs" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" "${ARM64_DEBS[@]/%/:arm64}")
+  local get=(apt-get download -qq -o APT::Sandbox::User="$(id -un)" "${ARM64_DEBS[@]/%/:arm64}")
+  (cd "$debs" && "${get[@]}") || { log "retrying after apt-get update"; as_root apt-get update -qq; (cd "$debs" && "${get[@]}"); }
   for f in "$debs"/*.deb; do dpkg -x "$f" "$tmp"; done
   (cd "$debs" && ls) > "$tmp/.debs"
   touch "$tmp/.complete"
@@ -71,13 +72,13 @@ fake_cpuinfo() {   # cpu model, number of processors
   done
 }
 
-# A private view of ROOTFS for one emulated CPU (hard links, so instant and the cache stays read-only)
+# A private view of ROOTFS for one emulated CPU (hard links where possible: instant; the cache stays as is)
 # with an x86 launcher at usr/bin/python3. The launcher passes its own path as argv[0] (qemu -0), so
 # sys.executable is the launcher and subprocesses of sys.executable are emulated too (no binfmt needed).
 # Prints the launcher's path.  Args: cpu model, folder, [fake cpuinfo: 1 (default) or 0].
 make_python() {
   local cpu=$1 dir=$2 fake=${3:-1}
-  rm -rf "$dir"; cp -al "$ROOTFS" "$dir"
+  rm -rf "$dir"; cp -al "$ROOTFS" "$dir" 2>/dev/null || { rm -rf "$dir"; cp -a "$ROOTFS" "$dir"; }   # other filesystem
   mkdir -p "$dir/proc"
   if [ "$fake" = 1 ]; then fake_cpuinfo "$cpu" "$(getconf _NPROCESSORS_CONF)" > "$dir/proc/cpuinfo"; fi
   cat > "$dir/usr/bin/python3" <<EOF
