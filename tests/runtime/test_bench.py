@@ -12,7 +12,7 @@ from mpee_runtime.metrics import classification_metrics, latency_summary
 
 
 def _pt(name, speedup, metric, p50_us):
-    return {"name": name, "speedup_p50": speedup, "metric": metric, "latency": {"p50_us": p50_us}}
+    return {"name": name, "speedup_mean": speedup, "metric": metric, "latency": {"p50_us": p50_us}}
 
 
 POINTS = [_pt("a", 1.0, 0.90, 1000), _pt("b", 2.0, 0.89, 500), _pt("c", 2.0, 0.85, 480),
