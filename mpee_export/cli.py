@@ -58,6 +58,8 @@ def _data_dir(data: str | None) -> Path:
 
 
 data_option = click.option("--data", envvar="GLUE_DIR", help="GLUE folder (root or task folder); env GLUE_DIR.")
+# Export validates on real data only when asked explicitly (not from the environment).
+export_data_option = click.option("--data", help="GLUE folder: validate on its dev set (and calibrate on it).")
 
 
 @click.command(cls=MpeeCommand)
@@ -300,7 +302,7 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Quantize the layer graphs.")
-@data_option
+@export_data_option
 @click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
 @click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
@@ -359,7 +361,9 @@ def format_validation(record: dict) -> str:
         lines.append(line)
     if "calibration" in record:
         ch = record["calibration"]["chosen"]
-        lines.append(f"calibrated threshold {ch['threshold']}: accuracy {100 * ch['accuracy']:.2f}, "
+        ratio = "the bundle's" if ch["keep_ratio"] is None else ch["keep_ratio"]
+        lines.append(f"calibrated threshold {ch['threshold']} (keep ratio {ratio}): accuracy "
+                     f"{100 * ch['accuracy']:.2f}, "
                      f"mean exit layer {ch['mean_exit_layer']:.2f}, rho {ch['rho']:.2f}")
     return "\n".join(lines)
 
@@ -381,7 +385,7 @@ def export_reference_cmd(checkpoint, out, opset) -> None:
 @export.command("validate", cls=MpeeCommand)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@data_option
+@export_data_option
 @click.option("--task", default=None)
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full record as JSON.")

@@ -214,23 +214,29 @@ def make_temp_beside(out: Path) -> Path:
 def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full_accuracy: float,
                         max_drop: float, policy: str = "entropy", thresholds=None) -> dict:
     """The threshold with the fewest FLOPs executed (measured by the runtime on `examples`) whose accuracy
-    stays within `max_drop` points of `full_accuracy`. One full-depth pass, then the exit rule offline."""
+    stays within `max_drop` points of `full_accuracy`. One full-depth pass per keep ratio, then the exit
+    rule offline. Keep ratios tried: the bundle's own and 1 (no pruning), because pruning alone can cost
+    more than `max_drop` on some tasks; the chosen one becomes the bundle's default."""
     from mpee_runtime.policy import first_exit_layers
     if thresholds is None:   # entropy ranges over [0, log C]
         thresholds = [round(float(x), 4) for x in np.linspace(0, np.log(len(engine.labels)), 70)]
-    traces = [engine.run_ids(ids, types, threshold=0.0, policy="entropy", record=True) for ids, types in examples]
-    probs = np.array([t.layer_probs for t in traces])             # (n, L, C)
-    ents = np.array([t.layer_entropies for t in traces])
+    ratios = [None] + ([1.0] if any(r != 1.0 for r in engine.default_keep_ratios.values()) else [])
     fm = engine.flops_model
     full = sum(fm.full_flops(int(ids.shape[1])) for ids, _ in examples)
     candidates = []
-    for thr in thresholds:
-        exits = first_exit_layers(probs, ents, policy, thr)
-        preds = probs[np.arange(len(exits)), exits - 1].argmax(-1)
-        flops = sum(fm.executed_flops(t.tokens_per_layer[:e], t.ffn_tokens_per_layer[:e])
-                    for t, e in zip(traces, exits.tolist()))
-        candidates.append({"threshold": thr, "accuracy": float((preds == np.array(labels)).mean()),
-                           "mean_exit_layer": float(exits.mean()), "rho": full / flops})
+    for ratio in ratios:
+        traces = [engine.run_ids(ids, types, threshold=0.0, policy="entropy", keep_ratio=ratio, record=True)
+                  for ids, types in examples]
+        probs = np.array([t.layer_probs for t in traces])             # (n, L, C)
+        ents = np.array([t.layer_entropies for t in traces])
+        for thr in thresholds:
+            exits = first_exit_layers(probs, ents, policy, thr)
+            preds = probs[np.arange(len(exits)), exits - 1].argmax(-1)
+            flops = sum(fm.executed_flops(t.tokens_per_layer[:e], t.ffn_tokens_per_layer[:e])
+                        for t, e in zip(traces, exits.tolist()))
+            candidates.append({"threshold": thr, "keep_ratio": ratio,
+                               "accuracy": float((preds == np.array(labels)).mean()),
+                               "mean_exit_layer": float(exits.mean()), "rho": full / flops})
     floor = full_accuracy - max_drop / 100
     ok = [c for c in candidates if c["accuracy"] >= floor]
     if not ok:
@@ -282,6 +288,8 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
                                       full_accuracy=full_accuracy, max_drop=calibration["max_drop"])
             extra["calibration"] = cal
             model.mpee.default_threshold = cal["chosen"]["threshold"]
+            if cal["chosen"]["keep_ratio"] is not None:
+                model.mpee.keep_ratios = [cal["chosen"]["keep_ratio"]] * len(model.mpee.prune_layers)
         summary = {k: {"passed": v["passed"], "graph_max_abs_diff": v["graphs"]["max_abs_diff_overall"],
                        **{f"chain_{x}": v["chain"][x] for x in ("examples", "same_exit_layer", "same_label",
                                                                 "max_prob_diff_same_exit")}}
