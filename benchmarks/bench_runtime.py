@@ -79,9 +79,10 @@ def footprint(bundle: Path, threads: int) -> dict:
     """Import time (median of 5 fresh interpreters) and peak RSS with the bundle loaded and one prediction."""
     code_import = "import time; t = time.perf_counter(); import mpee_runtime.engine; print(time.perf_counter() - t)"
     times = [float(subprocess.check_output([sys.executable, "-c", code_import])) for _ in range(5)]
-    code_rss = (f"import resource; from mpee_runtime.engine import MpeeEngine; "
+    # VmHWM of the child itself: getrusage's ru_maxrss would include the parent's peak from before exec.
+    code_rss = (f"from mpee_runtime.engine import MpeeEngine; "
                 f"e = MpeeEngine({str(bundle)!r}, threads={threads}); e.predict('a fine film'); "
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+                "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     rss_kb = int(subprocess.check_output([sys.executable, "-c", code_rss]))
     size = sum(p.stat().st_size for p in bundle.iterdir())
     return {"import_s_median": round(statistics.median(times), 3), "peak_rss_mb": round(rss_kb / 1024, 1),

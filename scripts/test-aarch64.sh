@@ -8,7 +8,7 @@
 #      and compare: same labels and exit layers, probabilities within AARCH64_ATOL.
 # It proves correctness on aarch64, not speed: measure latency on the device.
 #
-# Usage: scripts/test-aarch64.sh            (root, or sudo, for apt on the first run; see docs/raspberry-pi.md)
+# Usage: scripts/test-aarch64.sh            (root, or sudo, for apt on the first run; see "Deploying on a Raspberry Pi" in README.md)
 # Environment:
 #   MPEE_BUNDLE=DIR          also compare on this (real) bundle, with SST-2-like sentences
 #   AARCH64_CACHE=DIR        downloads and the assembled rootfs [~/.cache/mpee-aarch64]
