@@ -92,6 +92,10 @@ def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[n
                 labels: Sequence[int] | None = None) -> dict:
     """Runtime chain vs PyTorch model on the same token ids: agreement and probability differences."""
     rule = ExitPolicy(policy, threshold, model.mpee.num_labels)
+    if keep_ratio is None:
+        # Compare at the bundle's default keep ratio, which calibration may have changed from the config's.
+        defaults = set(engine.default_keep_ratios.values())
+        keep_ratio = defaults.pop() if len(defaults) == 1 else None
     same_exit = same_label = 0
     max_diff = 0.0
     shifts: dict[str, int] = {}

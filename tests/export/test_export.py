@@ -244,3 +244,18 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
         export_bundle(model, tok, tmp_path / "none", ExportOptions(), log=lambda m: None,
                       calibration={"max_drop": 0.0, "examples": examples, "labels": labels}, full_accuracy=1.01)
     assert not (tmp_path / "none").exists()
+
+
+def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone):
+    """After calibration moved the bundle's keep ratio, `validate` must compare at the bundle's setting."""
+    from mpee_export.validate import check_chain
+    model = tiny_model(layers=3, prune_layers=[0, 1], keep_ratio=0.3)
+    out = tmp_path / "b"
+    export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(), texts=TEXTS, log=lambda m: None)
+    manifest = json.loads((out / S.MANIFEST).read_text())
+    manifest["pruning"]["keep_ratios"] = [1.0, 1.0]
+    (out / S.MANIFEST).write_text(json.dumps(manifest))
+    examples = export_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
+    chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
+    assert chain["keep_ratio"] == 1.0 and chain["same_exit_layer"] == 1.0
+    assert chain["max_prob_diff_same_exit"] < 1e-5
