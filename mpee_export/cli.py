@@ -52,8 +52,8 @@ def default_backbone() -> Path | None:
 
 def _data_dir(data: str | None) -> Path:
     if data is None:
-        raise MpeeExportError("no GLUE data given: pass --data DIR or set GLUE_DIR (get the data with the "
-                              "standard GLUE script, download_glue_data.py, https://gluebenchmark.com/tasks)")
+        from .glue import GLUE_HINT
+        raise MpeeExportError(f"no GLUE data given: {GLUE_HINT}")
     return Path(data)
 
 

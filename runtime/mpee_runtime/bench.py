@@ -192,9 +192,6 @@ def add_speedups(rows: list[dict], reference: dict) -> None:
 
 
 # ---------------------------------------------------------------- reports
-TABLE_VARIANTS = ("pytorch", "onnx_full", "chain", "exits", "pruning", "mpee", "mpee_int8")
-
-
 def markdown_table(rows: list[dict], task: str) -> str:
     """Rows laid out like the paper's Table 1: method, metric, FLOPs speed-up, measured speed-up."""
     head = (f"| Method | {task} {rows[0].get('metric_name', 'metric')} | FLOPs speed-up rho | rho (pad 128) | "

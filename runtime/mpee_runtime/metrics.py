@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-METRICS = ("accuracy", "f1")
-
 
 def classification_metrics(preds: Sequence[int], labels: Sequence[int], *, with_f1: bool = False) -> dict:
     """Accuracy, and F1 of class 1 when `with_f1` (MRPC, QQP). Fractions in [0, 1]."""
