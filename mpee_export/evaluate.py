@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mpee_runtime.flops import FLOPS_CONVENTION
+from mpee_runtime.flops import FLOPS_CONVENTION, PAD_LEN
 from mpee_runtime.policy import check_threshold, first_exit_layers
 
 from .batching import Encoded, collate, eval_batches
 from .glue import GlueTask, compute_metrics
 from .modeling import MpeeModel, memories_to_probs
 
-PAD_LEN = 128  # the research code's baseline length (rho_pad128)
 DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_KEEP_RATIOS = (0.5, 0.7, 1.0)
 

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     from .cli import read_inputs
     from .engine import MpeeEngine
-    from .flops import FlopsModel
+    from .flops import PAD_LEN
     from .policy import check_threshold
     if args.max_drop is not None and args.budget_ms is not None:
         raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
@@ -333,8 +333,7 @@ def run(args: argparse.Namespace) -> dict:
     measure(variants, inputs, args.warmup)
     task = (engine.manifest.get("task") or {}).get("name", "task")
     metric = (engine.manifest.get("task") or {}).get("metric", "accuracy")
-    f = engine.manifest["flops"]
-    pad128 = FlopsModel(f["hidden"], f["ffn"], f["num_labels"], f["num_layers"]).full_flops(128)
+    pad128 = engine.flops_model.full_flops(PAD_LEN)
     rows = [summarize(v, labels, metric, pad128) for v in variants]
     table, sweep = rows[:n_main], rows[n_main:]
     reference = next((r for r in table if r["variant"] == "onnx_full"), table[0] if table[0]["variant"] != "pytorch"

@@ -69,6 +69,7 @@ class MpeeEngine:
         self.layer_exit = ex.get("layer_exit", True)
         self.default_keep_ratios = dict(zip(self.manifest["pruning"]["prune_layers"],
                                             self.manifest["pruning"]["keep_ratios"]))
+        self._default_ratio_feeds = {i: np.asarray(r, dtype=np.float32) for i, r in self.default_keep_ratios.items()}
         opts = session_options(self.threads, spinning)
         providers = providers or ["CPUExecutionProvider"]
         entries = S.graph_entries(self.manifest)
@@ -107,10 +108,13 @@ class MpeeEngine:
         return ExitPolicy(policy, threshold, len(self.labels))
 
     def keep_ratio_feeds(self, keep_ratio: float | None) -> dict[int, np.ndarray]:
-        if keep_ratio is not None and not 0 < keep_ratio <= 1:
+        """Keep-ratio input of each pruning layer: the bundle's defaults (built once) or one override."""
+        if keep_ratio is None:
+            return self._default_ratio_feeds
+        if not 0 < keep_ratio <= 1:
             raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {keep_ratio}")
-        return {i: np.asarray(r if keep_ratio is None else keep_ratio, dtype=np.float32)
-                for i, r in self.default_keep_ratios.items()}
+        value = np.asarray(keep_ratio, dtype=np.float32)
+        return dict.fromkeys(self.default_keep_ratios, value)
 
     def run_ids(self, input_ids: np.ndarray, token_type_ids: np.ndarray, *, threshold: float | None = None,
                 keep_ratio: float | None = None, policy: str | None = None, record: bool = False
@@ -145,7 +149,7 @@ class MpeeEngine:
         label = int(p.argmax())
         fm = self.flops_model
         flops = fm.executed_flops(attn_lens, ffn_lens)
-        rho, rho128 = fm.speedups(int(input_ids.shape[1]), attn_lens, ffn_lens)
+        rho, rho128 = fm.speedups(int(input_ids.shape[1]), flops)
         return Prediction(self.labels[label], label, [float(x) for x in p], len(attn_lens), attn_lens, ffn_lens,
                           flops, rho, rho128,
                           {"embeddings": embed_ns / 1e3, "layers": [x / 1e3 for x in layer_ns],

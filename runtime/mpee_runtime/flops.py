@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 FLOPS_PER_MAC = 2
+PAD_LEN = 128  # the research code's baseline length (rho_pad128)
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-adds of matrix products (QKV/output projections, QK^T, AV, FFN, exit heads); "
     "embeddings, softmax, LayerNorm, GELU, top-k and fusion not counted. rho = FLOPs of the full model "
@@ -54,8 +55,6 @@ class FlopsModel:
         """FLOPs of the ordinary full model: all L layers on `seq_len` tokens and one classifier head."""
         return self.num_layers * self.layer_flops(seq_len, seq_len) + self.exit_flops()
 
-    def speedups(self, seq_len: int, attn_lens: Sequence[int], ffn_lens: Sequence[int],
-                 pad_len: int = 128) -> tuple[float, float]:
-        """(rho, rho_pad128) of one executed sample of real length `seq_len`."""
-        executed = self.executed_flops(attn_lens, ffn_lens)
+    def speedups(self, seq_len: int, executed: int, pad_len: int = PAD_LEN) -> tuple[float, float]:
+        """(rho, rho_pad128) of one sample of real length `seq_len` that executed `executed` FLOPs."""
         return self.full_flops(seq_len) / executed, self.full_flops(pad_len) / executed

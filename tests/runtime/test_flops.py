@@ -15,8 +15,10 @@ def test_full_and_speedups():
     full = 2 * fm.layer_flops(5, 5) + fm.exit_flops()
     assert fm.full_flops(5) == full
     # exiting after layer 1 costs one layer and one head
-    rho, rho128 = fm.speedups(5, [5], [5])
-    assert rho == full / (fm.layer_flops(5, 5) + fm.exit_flops())
-    assert rho128 == fm.full_flops(128) / (fm.layer_flops(5, 5) + fm.exit_flops())
+    one_layer = fm.executed_flops([5], [5])
+    assert one_layer == fm.layer_flops(5, 5) + fm.exit_flops()
+    rho, rho128 = fm.speedups(5, one_layer)
+    assert rho == full / one_layer
+    assert rho128 == fm.full_flops(128) / one_layer
     # running everything with two exit heads is slightly more than the one-head full model
-    assert fm.speedups(5, [5, 5], [5, 5])[0] < 1
+    assert fm.speedups(5, fm.executed_flops([5, 5], [5, 5]))[0] < 1
