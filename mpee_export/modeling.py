@@ -212,7 +212,6 @@ class MpeeModel(nn.Module):
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.exits = nn.ModuleList(ExitHead(bert_config, mpee.num_labels) for _ in range(mpee.num_layers))
         self.teacher = Teacher(mpee.num_labels)
-        self._prune_ratio = dict(zip(mpee.prune_layers, mpee.keep_ratios))
         for module in (*self.exits, self.teacher):
             module.apply(self._init_linear)
 
@@ -233,9 +232,10 @@ class MpeeModel(nn.Module):
 
     def keep_ratio_at(self, layer: int, keep_ratio: float | None) -> float | None:
         """Keep ratio used at `layer` (None: no pruning); `keep_ratio` overrides the configured one."""
-        if layer not in self._prune_ratio:
+        # Read from the config each time: calibration may change its keep ratios after construction.
+        if layer not in self.mpee.prune_layers:
             return None
-        return self._prune_ratio[layer] if keep_ratio is None else keep_ratio
+        return self.mpee.keep_ratios[self.mpee.prune_layers.index(layer)] if keep_ratio is None else keep_ratio
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None) -> LayerState:
