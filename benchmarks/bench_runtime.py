@@ -5,8 +5,14 @@ Usage: python benchmarks/bench_runtime.py [--bundle BUNDLE] [--out benchmarks/re
 
 For each size (bert-base and MiniLM, random weights, or --bundle for a trained one), both are run in one
 process, interleaved call by call, with the same token ids, the same thread count and spinning off.
-Per-layer overhead = (median chain - median single graph) / L: everything the split costs, i.e. one
-session.run per layer plus the Python loop, on top of the kernels both variants run.
+Three overhead figures per (size, length), all medians over the interleaved repeats:
+- overhead_per_layer_us = (chain - single graph) / L: everything the split costs, i.e. one session.run
+  per layer (onnxruntime's per-call work and any kernel slow-down from running as separate sessions)
+  plus the Python loop;
+- python_loop_per_layer_us: the engine's own time between layers, outside every session.run call
+  ((engine total - embeddings run - layer runs) / L, from the engine's perf_counter_ns stamps);
+- python_per_request_us: the per-request Python work outside the layer loop (exit rule, keep-ratio
+  feeds, FLOPs, building the result): wall time of run_ids minus the engine's total.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
     types = np.zeros_like(ids)
     sess = ort.InferenceSession(str(single), session_options(threads, False), providers=["CPUExecutionProvider"])
     feeds = {"input_ids": ids, "token_type_ids": types, "keep_ratio": np.asarray(1.0, np.float32)}
-    chain_us, single_us, run_us = [], [], []
+    chain_us, single_us, loop_us, request_us = [], [], [], []
     for i in range(repeats + 30):
         t = time.perf_counter_ns()
         pred = engine.run_ids(ids, types, threshold=0.0, keep_ratio=1.0, policy="entropy")
@@ -66,13 +72,16 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
         if i >= 30:
             chain_us.append(chain)
             single_us.append(one)
-            run_us.append(pred.timings_us["embeddings"] + sum(pred.timings_us["layers"]))
+            t = pred.timings_us
+            loop_us.append((t["total"] - t["embeddings"] - sum(t["layers"])) / len(t["layers"]))
+            request_us.append(chain - t["total"])
     layers = engine.num_layers
     med_chain, med_single = statistics.median(chain_us), statistics.median(single_us)
     return {"seq": seq, "median_chain_us": round(med_chain, 1), "median_single_graph_us": round(med_single, 1),
             "ratio_chain_over_single": round(med_chain / med_single, 4),
             "overhead_per_layer_us": round((med_chain - med_single) / layers, 1),
-            "python_loop_per_layer_us": round((med_chain - statistics.median(run_us)) / (layers + 1), 1)}
+            "python_loop_per_layer_us": round(statistics.median(loop_us), 1),
+            "python_per_request_us": round(statistics.median(request_us), 1)}
 
 
 def footprint(bundle: Path, threads: int) -> dict:
@@ -99,7 +108,7 @@ def main(bundle: Path | None, out: Path, repeats: int, threads: int) -> None:
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(default_backbone()))
     results: dict = {"environment": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
-                                     "spinning": False, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                                     "spinning": False, "shared_arena": True, "onnxruntime": ort.__version__, "numpy": np.__version__,
                                      "python": platform.python_version()}, "repeats": repeats}
     for size in ("minilm-l6", "bert-base"):
         model = random_model(size)

@@ -47,12 +47,20 @@ def test_prediction_fields(engine):
 
 
 def test_bad_knobs(engine):
+    engine.predict("x", threshold=0.5, keep_ratio=0.5)      # valid knobs are cached; bad ones still refused
     with pytest.raises(MpeeRuntimeError, match="threshold"):
         engine.predict("x", threshold=-1.0)
     with pytest.raises(MpeeRuntimeError, match="keep ratio"):
         engine.predict("x", keep_ratio=0.0)
     with pytest.raises(MpeeRuntimeError, match="policy"):
         engine.predict("x", policy="vote")
+
+
+def test_patience_state_is_per_request(engine):
+    # Patience counts agreeing layers within one sample; a rule reused across requests would carry the count over.
+    first = [engine.predict(t, policy="patience", threshold=1).exit_layer for t in ("great", "a boring film")]
+    again = [engine.predict(t, policy="patience", threshold=1).exit_layer for t in ("great", "a boring film")]
+    assert first == again and all(e >= 2 for e in first)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

