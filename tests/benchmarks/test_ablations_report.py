@@ -39,7 +39,7 @@ def test_report_picks_fastest_point_within_one_point(tmp_path):
     # (0.6, 0.3) is faster but 2 points down.
     mpee = fake_run(ab, "mpee", 0.90, {(0.5, 0.5): 0.895, (0.6, 0.3): 0.88}, {(0.5, 0.5): 2.5, (0.6, 0.3): 3.0})
     # The ablation never gets within 1 point of the reference: no matched point.
-    worse = fake_run(ab, "no_layer_exit", 0.85, {}, {(0.2, 0.7): 1.3})
+    worse = fake_run(ab, "no_layer_exit", 0.85, {}, {(ab.FIXED["threshold"], ab.FIXED["keep_ratio"]): 1.3})
     for rec in (mpee, worse):
         (runs / f"sst2-s42-{rec['variant']}.json").write_text(json.dumps(rec))
     result = CliRunner().invoke(ab.cli, ["report", "--results", str(tmp_path)])
