@@ -178,6 +178,41 @@ def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, resul
                            f"train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s", err=True)
 
 
+@cli.command("cls-spread")
+@click.option("--data", envvar="GLUE_DIR", required=True, help="GLUE folder; env GLUE_DIR.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("artifacts/ablations/sst2-s42-mpee"),
+              show_default=True, help="A trained MPEE checkpoint (its task's dev set is read).")
+@click.option("--examples", default=200, show_default=True)
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results/ablations"),
+              show_default=True)
+def cls_spread(data: str, checkpoint: Path, examples: int, results: Path) -> None:
+    """How much the [CLS] vector after each layer varies across inputs, before and after training.
+
+    Spread = mean distance of each example's [CLS] vector from their mean / mean [CLS] norm. An exit head
+    reads [CLS] only, so a layer whose spread is near 0 cannot give an input-dependent exit.
+    """
+    from transformers import AutoModel
+
+    from mpee_export.batching import collate
+
+    model, tokenizer = load_checkpoint(checkpoint)
+    task = get_task(model.mpee.task)
+    batch = collate(encode(load_split(Path(data), task, "dev", limit=examples), tokenizer, model.mpee.max_length),
+                    list(range(examples)))
+    record = {"checkpoint": str(checkpoint), "task": task.name, "examples": examples}
+    for name, bert in (("pretrained", AutoModel.from_pretrained(str(default_backbone()))), ("trained", model.bert)):
+        with torch.no_grad():
+            out = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], output_hidden_states=True)
+        spreads = []
+        for h in out.hidden_states[1:]:
+            cls_vec = h[:, 0]
+            spreads.append(round(float((cls_vec - cls_vec.mean(0)).norm(dim=1).mean() / cls_vec.norm(dim=1).mean()), 4))
+        record[name] = spreads
+    (results / "cls_spread.json").write_text(json.dumps(record, indent=1) + "\n")
+    click.echo(json.dumps(record))
+
+
 def load_runs(results: Path) -> dict[tuple[str, int, str], dict]:
     runs = {}
     for path in sorted((results / "runs").glob("*.json")):
@@ -327,6 +362,17 @@ def report(results: Path) -> None:
            ("Metric by keep ratio with early exit off (threshold 0), mean over the seeds that ran: the full MPEE "
            "model keeping its top-scored tokens, the same model keeping its bottom-scored tokens, and a model "
            "trained with bottom selection."), ""]
+    spread_file = results / "cls_spread.json"
+    if spread_file.is_file():
+        sp = json.loads(spread_file.read_text())
+        md += ["## Why the exits of layers 1-3 stay at the majority class", "",
+               (f"Spread of the [CLS] vector across {sp['examples']} {sp['task'].upper()} dev inputs (mean distance "
+               "from the mean / mean norm) after each layer, from `python benchmarks/ablations.py cls-spread`:"), "",
+               "| | " + " | ".join(f"layer {i + 1}" for i in range(len(sp["trained"]))) + " |",
+               "|---|" + "---:|" * len(sp["trained"]),
+               "| pretrained all-MiniLM-L6-v2 | " + " | ".join(f"{v:.4f}" for v in sp["pretrained"]) + " |",
+               f"| trained (`{Path(sp['checkpoint']).name}`) | " + " | ".join(f"{v:.4f}" for v in sp["trained"]) + " |",
+               ""]
     total = sum(r["train_seconds"] + r["eval_seconds"] for r in runs.values())
     md += ["## Time", "", (f"{len(runs)} runs, {total / 3600:.2f} h of training and evaluation in all "
            f"(2 CPU threads; the per-run training seconds are in the tables and in `runs/*.json`)."), ""]
