@@ -259,7 +259,11 @@ def markdown_table2(rows: list[dict], metric: str) -> str:
              f"matched: {metric} | rho | (F, r) | accuracy of exits 1..L | train s |"),
              "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in rows:
-        mp = "-" if r["matched_point"] is None else f"({r['matched_point'][0]}, {r['matched_point'][1]})"
+        mp = "-"
+        if r["matched_point"] is not None:   # a knob the variant does not have is shown as "-"
+            f_, r_ = r["matched_point"]
+            ov = VARIANTS[r["variant"]]
+            mp = f"({'-' if ov.get('layer_exit') is False else f_}, {'-' if ov.get('prune_layers') == [] else r_})"
         mr = "-" if r["matched_rho"] is None else f"{r['matched_rho']:.2f}"
         exits = " ".join(f"{100 * a:.1f}" for a in r["per_exit_accuracy"]) if r["per_exit_accuracy"] else "-"
         lines.append(f"| {LABELS[r['variant']]} | {pct(r['full_model'])} | {pct(r['fixed_metric'])} | "
@@ -354,7 +358,7 @@ def report(results: Path) -> None:
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Figure 5: keep the top against the bottom tokens by score (no early exit)", fontsize=10)
+    fig.suptitle("Fig. 5: top vs bottom tokens by score, no early exit", fontsize=9)
     fig.tight_layout()
     fig.savefig(results / "fig5_top_vs_bottom.png", dpi=120)
     md += ["## Figure 5: top against bottom selection", "",
