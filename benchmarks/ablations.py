@@ -32,7 +32,8 @@ import torch
 from mpee_export.batching import encode
 from mpee_export.checkpoint import load_checkpoint
 from mpee_export.cli import default_backbone
-from mpee_export.evaluate import compute_traces, exit_layers, full_model_row, summarize
+from mpee_export.errors import MpeeExportError
+from mpee_export.evaluate import full_model_row, sweep
 from mpee_export.glue import get_task, load_split
 from mpee_export.train import TrainArgs, train
 
@@ -102,21 +103,12 @@ def evaluate_run(ckpt: Path, data: Path, task_name: str, variant: str) -> dict:
     task = get_task(task_name)
     model, tokenizer = load_checkpoint(ckpt)
     dev = encode(load_split(data, task, "dev"), tokenizer, model.mpee.max_length)
-    result = {"full_model": compact(full_model_row(model, task, dev)), "grid": []}
-    for ratio in KEEP_RATIOS:
-        traces = compute_traces(model, dev, keep_ratio=ratio)
-        for thr in THRESHOLDS:
-            row = summarize(model, task, traces, exit_layers(model, traces, "entropy", thr),
-                            policy="entropy", threshold=thr)
-            result["grid"].append(compact(row))
-    if variant == "mpee":   # Figure 5: the top-trained model evaluated with bottom selection
-        result["bottom_selection_no_exit"] = []
+    result = {"full_model": compact(full_model_row(model, task, dev)),
+              "grid": [compact(r) for r in sweep(model, task, dev, thresholds=THRESHOLDS, keep_ratios=KEEP_RATIOS)]}
+    if variant == "mpee":   # Figure 5: the top-trained model evaluated with bottom selection, no early exit
         with selection(model, "bottom"):
-            for ratio in KEEP_RATIOS:
-                traces = compute_traces(model, dev, keep_ratio=ratio)
-                exits = exit_layers(model, traces, "entropy", 0.0)
-                result["bottom_selection_no_exit"].append(
-                    compact(summarize(model, task, traces, exits, policy="entropy", threshold=0.0)))
+            result["bottom_selection_no_exit"] = [
+                compact(r) for r in sweep(model, task, dev, thresholds=(0.0,), keep_ratios=KEEP_RATIOS)]
     return result
 
 
@@ -146,7 +138,10 @@ def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, resul
         raise click.ClickException(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     (results / "runs").mkdir(parents=True, exist_ok=True)
     for task in tasks.split(","):
-        get_task(task)
+        try:
+            get_task(task)
+        except MpeeExportError as e:
+            raise click.ClickException(str(e)) from None
         for seed in (int(s) for s in seeds.split(",")):
             for variant in names:
                 name = run_name(task, seed, variant)

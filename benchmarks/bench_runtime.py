@@ -72,9 +72,9 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
         if i >= 30:
             chain_us.append(chain)
             single_us.append(one)
-            t = pred.timings_us
-            loop_us.append((t["total"] - t["embeddings"] - sum(t["layers"])) / len(t["layers"]))
-            request_us.append(chain - t["total"])
+            stamps = pred.timings_us
+            loop_us.append((stamps["total"] - stamps["embeddings"] - sum(stamps["layers"])) / len(stamps["layers"]))
+            request_us.append(chain - stamps["total"])
     layers = engine.num_layers
     med_chain, med_single = statistics.median(chain_us), statistics.median(single_us)
     return {"seq": seq, "median_chain_us": round(med_chain, 1), "median_single_graph_us": round(med_single, 1),
