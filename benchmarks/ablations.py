@@ -374,7 +374,9 @@ def report(results: Path) -> None:
                ""]
     total = sum(r["train_seconds"] + r["eval_seconds"] for r in runs.values())
     md += ["## Time", "", (f"{len(runs)} runs, {total / 3600:.2f} h of training and evaluation in all "
-           f"(2 CPU threads; the per-run training seconds are in the tables and in `runs/*.json`)."), ""]
+           f"(2 CPU threads; the per-run training seconds are in the tables and in `runs/*.json`). These are "
+           "wall-clock seconds on a shared 2-core machine: runs that overlapped other jobs (a CI rehearsal, "
+           "latency benchmarks that paused training) took up to 3x longer than the 5-6 minutes of a quiet SST-2 run."), ""]
     (results / "ablations.md").write_text("\n".join(md))
     (results / "ablations.json").write_text(json.dumps({"fixed": FIXED, "match_points": MATCH_POINTS,
                                                         "rows": all_rows, "figure5": fig5}, indent=1) + "\n")
