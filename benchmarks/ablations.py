@@ -273,15 +273,17 @@ def keep_ratio_curve(run: dict, key: str = "grid") -> dict[float, float]:
 
 
 def seed_summary(runs: dict, task: str, seeds: list[int]) -> str:
-    """Mean and spread over seeds of the fixed-point metric, when more than one seed ran."""
-    lines = ["| variant | seeds | fixed-point metric mean | min | max | full model mean |", "|---|---:|---:|---:|---:|---:|"]
+    """Mean and range over seeds of the fixed-point metric and rho, when more than one seed ran."""
+    lines = ["| variant | seeds | fixed-point metric mean | min | max | fixed-point rho mean | full model mean |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for variant in VARIANTS:
-        vals = [point(runs[(task, s, variant)]["grid"], FIXED["threshold"], FIXED["keep_ratio"])["metric"]["value"]
-                for s in seeds if (task, s, variant) in runs]
-        full = [runs[(task, s, variant)]["full_model"]["metric"]["value"] for s in seeds if (task, s, variant) in runs]
+        done = [runs[(task, s, variant)] for s in seeds if (task, s, variant) in runs]
+        fixed = [point(r["grid"], FIXED["threshold"], FIXED["keep_ratio"]) for r in done]
+        vals = [f["metric"]["value"] for f in fixed]
         if len(vals) > 1:
             lines.append(f"| {LABELS[variant]} | {len(vals)} | {pct(statistics.mean(vals))} | {pct(min(vals))} | "
-                         f"{pct(max(vals))} | {pct(statistics.mean(full))} |")
+                         f"{pct(max(vals))} | {statistics.mean(f['rho'] for f in fixed):.2f} | "
+                         f"{pct(statistics.mean(r['full_model']['metric']['value'] for r in done))} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
