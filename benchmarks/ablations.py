@@ -268,8 +268,8 @@ def markdown_table2(rows: list[dict], metric: str) -> str:
 
 
 def keep_ratio_curve(run: dict, key: str = "grid") -> dict[float, float]:
-    rows = run[key] if key != "grid" else [r for r in run["grid"] if r["threshold"] == 0.0]
-    return {r["keep_ratio"]: r["metric"]["value"] for r in rows}
+    """Metric by keep ratio with early exit off (threshold 0) from one of the run's row lists."""
+    return {r["keep_ratio"]: r["metric"]["value"] for r in run[key] if r["threshold"] == 0.0}
 
 
 def seed_summary(runs: dict, task: str, seeds: list[int]) -> str:
