@@ -339,7 +339,7 @@ def report(results: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     fig5 = {}
     for ax, task in zip(axes[0], tasks):
-        seeds = sorted({k[1] for k in runs if k[0] == task and k[2] == "mpee"})
+        seeds = sorted({k[1] for k in runs if k[0] == task})
         curves = {}
         for label, variant, key in (("top-k (trained top)", "mpee", "grid"),
                                     ("bottom-k (trained top)", "mpee", "bottom_selection_no_exit"),
@@ -347,14 +347,17 @@ def report(results: Path) -> None:
             per_seed = [keep_ratio_curve(runs[(task, s, variant)], key) for s in seeds if (task, s, variant) in runs]
             if per_seed:
                 curves[label] = {r: statistics.mean(c[r] for c in per_seed) for r in KEEP_RATIOS}
-                ax.plot(KEEP_RATIOS, [100 * curves[label][r] for r in KEEP_RATIOS], marker="o", label=label)
+                n = len(per_seed)   # seeds can differ per curve (e.g. RTE: bottom-trained seed 42 only)
+                ax.plot(KEEP_RATIOS, [100 * curves[label][r] for r in KEEP_RATIOS], marker="o",
+                        label=f"{label}, {n} seed{'s' * (n > 1)}")
         fig5[task] = {label: {str(r): v for r, v in c.items()} for label, c in curves.items()}
         metric = next(r for k, r in runs.items() if k[0] == task)["full_model"]["metric"]["name"]
-        ax.set_title(f"{task.upper()} (seeds {seeds})")
+        ax.set_title(task.upper())
         ax.set_xlabel("keep ratio r at each pruning layer")
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     fig.suptitle("Fig. 5: top vs bottom tokens by score, no early exit", fontsize=9)
     fig.tight_layout()
     fig.savefig(results / "fig5_top_vs_bottom.png", dpi=120)
