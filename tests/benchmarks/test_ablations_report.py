@@ -25,7 +25,7 @@ def fake_run(ab, variant: str, full: float, acc: dict, rho: dict) -> dict:
                 "rho": speed, "rho_pad128": 5 * speed, "mean_exit_layer": 6.0}
     grid = [row(t, r, acc.get((t, r), full), rho.get((t, r), 1.0)) for r in ab.KEEP_RATIOS for t in ab.THRESHOLDS]
     rec = {"task": "sst2", "seed": 42, "variant": variant, "full_model": row(0.0, 1.0, full, 1.0), "grid": grid,
-           "train_seconds": 10.0, "eval_seconds": 1.0}
+           "train_seconds": 10.0, "eval_seconds": 1.0, "environment": {"cpu_threads": 2}}
     if variant == "mpee":
         rec["bottom_selection_no_exit"] = [row(0.0, r, 0.5, 1.0) for r in ab.KEEP_RATIOS]
     return rec
