@@ -19,7 +19,6 @@ Operating points, chosen the same way for every variant (stated in the report):
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ from mpee_export.errors import MpeeExportError
 from mpee_export.evaluate import full_model_row, sweep
 from mpee_export.glue import get_task, load_split
 from mpee_export.train import TrainArgs, train
+from mpee_runtime.env import environment
+from mpee_runtime.files import write_text
 
 # Variant -> MpeeConfig.build overrides (the same switches as `mpee-train --no-...`).
 VARIANTS: dict[str, dict] = {
@@ -47,6 +48,7 @@ VARIANTS: dict[str, dict] = {
     "no_layer_exit": {"layer_exit": False},
     "no_token_pruning": {"prune_layers": []},
     "scoring_all": {"scoring": "all"},          # Table 3
+    "scoring_mean": {"scoring": "mean"},        # Table 3: attention of the mean-pooled query (O(N d) on the side)
     "prune_bottom": {"prune_select": "bottom"},  # Figure 5, trained with bottom selection
 }
 TABLE2 = ("mpee", "no_score_memory", "no_classifier_memory", "no_self_distill", "no_fuse_token",
@@ -55,6 +57,7 @@ LABELS = {"mpee": "MPEE (full)", "no_score_memory": "w/o score memory (beta=1)",
           "no_classifier_memory": "w/o classifier memory (lambda=1)", "no_self_distill": "w/o self-distillation",
           "no_fuse_token": "w/o fused token (drop)", "no_layer_exit": "w/o layer exits",
           "no_token_pruning": "w/o token pruning", "scoring_all": "all-token attention scoring",
+          "scoring_mean": "mean-query attention scoring",
           "prune_bottom": "bottom-70% selection (trained)"}
 
 # One schedule per task, the same for every variant and seed.
@@ -71,6 +74,8 @@ KEEP_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 # F = 0.5 nats (72% of log 2): with these schedules no exit is confident below F = 0.4, so a lower fixed
 # threshold would show no early exit at all.
 FIXED = {"threshold": 0.5, "keep_ratio": 0.7}
+SCORING_VARIANTS = (("class attention ([CLS] row)", "mpee"), ("all-token attention", "scoring_all"),
+                    ("mean-query attention", "scoring_mean"))
 MATCH_POINTS = 1.0   # points of the dev metric (x100) the matched operating point may lose
 ROW_KEYS = ("threshold", "keep_ratio", "metric", "accuracy", "f1", "rho", "rho_pad128", "mean_exit_layer")
 
@@ -126,7 +131,10 @@ def cli() -> None:
 @click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results/ablations"),
               show_default=True)
 @click.option("--threads", default=2, show_default=True)
-def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, results: Path, threads: int) -> None:
+@click.option("--exit-pooling", type=click.Choice(["cls", "mean"]), default="cls", show_default=True,
+              help="Exit head input of every variant (use another --results/--artifacts per pooling).")
+def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, results: Path, threads: int,
+        exit_pooling: str) -> None:
     """Train and evaluate every (task, seed, variant) that has no result file yet."""
     torch.set_num_threads(threads)
     backbone = default_backbone()
@@ -150,8 +158,9 @@ def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, resul
                     continue
                 click.echo(f"== {name}", err=True)
                 ckpt = artifacts / name
+                overrides = {"exit_pooling": exit_pooling} | VARIANTS[variant]
                 args = TrainArgs(task=task, data=Path(data), backbone=backbone, out=ckpt, seed=seed,
-                                 mpee=VARIANTS[variant], **COMMON, **SCHEDULES[task])
+                                 mpee=overrides, **COMMON, **SCHEDULES[task])
                 t0 = time.time()
                 log_file = ckpt / "train_log.json"
                 if log_file.is_file() and json.loads(log_file.read_text())["args"] != args.fingerprint():
@@ -162,12 +171,11 @@ def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, resul
                 record = evaluate_run(ckpt, Path(data), task, variant)
                 # Each exit's own accuracy after the last epoch (configured keep ratios, every sample to every layer).
                 record["per_exit_accuracy"] = json.loads(log_file.read_text())["history"][-1]["per_exit_accuracy"]
-                record |= {"task": task, "seed": seed, "variant": variant, "overrides": VARIANTS[variant],
+                record |= {"task": task, "seed": seed, "variant": variant, "overrides": overrides,
                            "schedule": COMMON | SCHEDULES[task],
                            "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
-                           "environment": {"cpu_threads": threads, "torch": torch.__version__,
-                                           "python": platform.python_version()}}
-                target.write_text(json.dumps(record, indent=1) + "\n")
+                           "environment": environment(threads=threads)}
+                write_text(target, json.dumps(record, indent=1) + "\n")
                 fm = record["full_model"]
                 click.echo(f"   {name}: full-model {fm['metric']['name']} {fm['metric']['value']:.4f}, "
                            f"train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s", err=True)
@@ -204,7 +212,7 @@ def cls_spread(data: str, checkpoint: Path, examples: int, results: Path) -> Non
             cls_vec = h[:, 0]
             spreads.append(round(float((cls_vec - cls_vec.mean(0)).norm(dim=1).mean() / cls_vec.norm(dim=1).mean()), 4))
         record[name] = spreads
-    (results / "cls_spread.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_text(results / "cls_spread.json", json.dumps(record, indent=1) + "\n")
     click.echo(json.dumps(record))
 
 
@@ -301,17 +309,19 @@ def report(results: Path) -> None:
         raise click.ClickException(f"no run files under {results / 'runs'}: run `ablations.py run` first")
     tasks = [t for t in SCHEDULES if any(k[0] == t for k in runs)]
     metrics = {k[0]: r["full_model"]["metric"]["name"] for k, r in runs.items()}   # dev metric per task
-    md = ["# MPEE ablations (paper Table 2, Table 3, Figure 5) on all-MiniLM-L6-v2", "",
+    poolings = sorted({r["overrides"].get("exit_pooling", "cls") for r in runs.values()})
+    md = [(f"# MPEE ablations (paper Table 2, Table 3, Figure 5) on all-MiniLM-L6-v2, exit pooling "
+          f"{'/'.join(poolings)}"), "",
           ("Generated by `python benchmarks/ablations.py report` from `runs/*.json` "
           "(written by `python benchmarks/ablations.py run --data $GLUE_DIR`)."), "",
           (f"Schedule (same for every variant): {json.dumps(COMMON)}; per task {json.dumps(SCHEDULES)}. "
-          "Prune layers are DESIGN 1.2's defaults for 6 layers ([2, 3, 4]) with r = 0.7, "
+          "Prune layers are docs/design.md 2.2's defaults for 6 layers ([2, 3, 4]) with r = 0.7, "
           "lambda = 0.9, beta = 0.5, tau = 3. Dev set metric: accuracy (SST-2, RTE), F1 (MRPC)."), "",
           (f"Operating points: **fixed** = entropy threshold F = {FIXED['threshold']} nats, keep ratio "
           f"{FIXED['keep_ratio']}; **matched** = the largest FLOPs speed-up rho on the grid (F in {list(THRESHOLDS)}, "
           f"r in {list(KEEP_RATIOS)}) whose metric is within {MATCH_POINTS:g} point of the full MPEE model's "
           "full-model row (last exit, no pruning) for the same task and seed. rho = FLOPs of the full model at "
-          "the real length / FLOPs executed (DESIGN 1.4)."), ""]
+          "the real length / FLOPs executed (docs/design.md 2.4)."), ""]
     all_rows = []
     for task in tasks:
         seeds = sorted({k[1] for k in runs if k[0] == task})
@@ -321,13 +331,13 @@ def report(results: Path) -> None:
             all_rows += rows
             md += [f"## {task.upper()}, seed {seed}: Table 2", "",
                    markdown_table2([r for r in rows if r["variant"] in TABLE2], metric), ""]
-            cls_, all_ = runs.get((task, seed, "mpee")), runs.get((task, seed, "scoring_all"))
-            if cls_ and all_:
-                c, a = keep_ratio_curve(cls_), keep_ratio_curve(all_)
+            scorings = [(label, runs[(task, seed, v)]) for label, v in SCORING_VARIANTS if (task, seed, v) in runs]
+            if len(scorings) > 1:
                 md += [f"### {task.upper()}, seed {seed}: Table 3, scoring (no early exit, {metric} by keep ratio)", "",
                        "| scoring | " + " | ".join(f"r={r}" for r in KEEP_RATIOS) + " | fixed point | rho |",
                        "|---|" + "---:|" * (len(KEEP_RATIOS) + 2)]
-                for label, run_, curve in (("class attention ([CLS] row)", cls_, c), ("all-token attention", all_, a)):
+                for label, run_ in scorings:
+                    curve = keep_ratio_curve(run_)
                     fx = point(run_["grid"], FIXED["threshold"], FIXED["keep_ratio"])
                     md.append(f"| {label} | " + " | ".join(pct(curve[r]) for r in KEEP_RATIOS)
                               + f" | {pct(fx['metric']['value'])} | {fx['rho']:.2f} |")
@@ -378,13 +388,14 @@ def report(results: Path) -> None:
                f"| trained (`{Path(sp['checkpoint']).name}`) | " + " | ".join(f"{v:.4f}" for v in sp["trained"]) + " |",
                ""]
     total = sum(r["train_seconds"] + r["eval_seconds"] for r in runs.values())
-    threads = sorted({r["environment"]["cpu_threads"] for r in runs.values()})
+    # "cpu_threads": the key of run files written before the shared environment record
+    threads = sorted({r["environment"].get("threads", r["environment"].get("cpu_threads")) for r in runs.values()})
     md += ["## Time", "", (f"{len(runs)} runs, {total / 3600:.2f} h of training and evaluation in all "
            f"({'/'.join(map(str, threads))} CPU threads; the per-run training seconds are in the tables and in `runs/*.json`). These are "
            "wall-clock seconds on a shared 2-core machine: runs that overlapped other jobs (a CI rehearsal, "
            "latency benchmarks that paused training) took up to 3x longer than the 5-6 minutes of a quiet SST-2 run."), ""]
-    (results / "ablations.md").write_text("\n".join(md))
-    (results / "ablations.json").write_text(json.dumps({"fixed": FIXED, "match_points": MATCH_POINTS,
+    write_text(results / "ablations.md", "\n".join(md))
+    write_text(results / "ablations.json", json.dumps({"fixed": FIXED, "match_points": MATCH_POINTS,
                                                         "rows": all_rows, "figure5": fig5}, indent=1) + "\n")
     click.echo("\n".join(md))
     click.echo(f"wrote {results}/ablations.md, ablations.json, fig5_top_vs_bottom.png", err=True)

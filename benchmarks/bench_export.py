@@ -8,14 +8,12 @@ Random weights; sizes: bert-base (12 x 768, FFN 3072, 12 heads) and all-MiniLM-L
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import AutoTokenizer, BertConfig
@@ -28,6 +26,8 @@ from mpee_export.optimize import optimize_layers
 from mpee_export.quantize import quantize_layers
 from mpee_runtime import schema as S
 from mpee_runtime.engine import session_options
+from mpee_runtime.env import environment
+from mpee_runtime.files import write_text
 
 SIZES = {
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -68,9 +68,7 @@ def main(out: Path, repeats: int, threads: int) -> None:
     torch.set_num_threads(threads)
     backbone = default_backbone()
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    results: dict = {"environment": {"cpu": platform.processor() or platform.machine(), "threads": threads,
-                                     "torch": torch.__version__, "onnxruntime": ort.__version__,
-                                     "python": platform.python_version()}}
+    results: dict = {"environment": environment(threads=threads)}
     for size in SIZES:
         model = random_model(size)
         with tempfile.TemporaryDirectory() as tmp:
@@ -106,19 +104,16 @@ def main(out: Path, repeats: int, threads: int) -> None:
             d, prune_at = model.config.hidden_size, model.mpee.prune_layers[0]
             for layer in (1, prune_at):
                 for seq in (16, 64):
-                    rng = np.random.default_rng(0)
-                    feeds = {S.HIDDEN: rng.standard_normal((1, seq, d)).astype(np.float32),
-                             S.SCORES: np.full((1, seq - 1), 1 / seq, np.float32),
-                             S.MEMORY: np.zeros((1, 2), np.float32)}
                     names = S.layer_inputs(layer, layer in model.mpee.prune_layers)
-                    feeds = {k: feeds.get(k, np.asarray(0.7, np.float32)) for k in names}
+                    feeds = S.dummy_feeds(names, hidden=d, num_labels=2, vocab_size=model.config.vocab_size,
+                                          seq=seq)
                     lat = layer_latency_us({k: v / S.layer_file(layer) for k, v in variants.items()}, feeds,
                                            repeats, threads)
                     row[f"layer{layer}_seq{seq}_median_us"] = {k: round(v, 1) for k, v in lat.items()}
             results[size] = row
             click.echo(f"{size}: {json.dumps(row)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(out, json.dumps(results, indent=1) + "\n")
     click.echo(f"wrote {out}")
 
 

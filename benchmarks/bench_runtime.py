@@ -18,8 +18,6 @@ Three overhead figures per (size, length), all medians over the interleaved repe
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,8 @@ import onnxruntime as ort
 import torch
 
 from mpee_runtime.engine import MpeeEngine, session_options
+from mpee_runtime.env import environment
+from mpee_runtime.files import write_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import random_model
@@ -42,16 +42,6 @@ from mpee_export.export import ExportOptions, export_bundle, export_chain_graph
 
 TEXT = ("a gripping , beautifully acted drama that never loses its nerve , even when the plot takes "
         "one turn too many in the final act")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: int) -> dict:
@@ -107,9 +97,8 @@ def main(bundle: Path | None, out: Path, repeats: int, threads: int) -> None:
     torch.set_num_threads(threads)
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(default_backbone()))
-    results: dict = {"environment": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
-                                     "spinning": False, "shared_arena": True, "onnxruntime": ort.__version__, "numpy": np.__version__,
-                                     "python": platform.python_version()}, "repeats": repeats}
+    results: dict = {"environment": environment(threads=threads, spinning=False, shared_arena=True),
+                     "repeats": repeats}
     for size in ("minilm-l6", "bert-base"):
         model = random_model(size)
         with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +115,7 @@ def main(bundle: Path | None, out: Path, repeats: int, threads: int) -> None:
         results["trained_bundle"] = {"path": str(bundle), **footprint(bundle, threads)}
         click.echo(json.dumps(results["trained_bundle"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(out, json.dumps(results, indent=1) + "\n")
     click.echo(f"wrote {out}")
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint folders (DESIGN 1.5): build from a backbone, save, and load with one call.
+"""Checkpoint folders (docs/design.md 3): build from a backbone, save, and load with one call.
 
 A checkpoint is a Hugging Face style folder: config.json (a BertConfig with an `mpee` block),
 model.safetensors and the tokenizer files. Loading never unpickles.
@@ -6,9 +6,7 @@ model.safetensors and the tokenizer files. Loading never unpickles.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 import torch
@@ -17,12 +15,19 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from mpee_runtime.files import AtomicFolder
+from mpee_runtime.schema import sha256_of
+
 from .config import MpeeConfig
 from .errors import MpeeExportError
 from .modeling import MpeeModel
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")   # either lets a BERT tokenizer load
+# config.json key holding the sha256 of model.safetensors: safetensors has no checksum of its own, so a
+# flipped byte in the tensor data would otherwise load silently.
+WEIGHTS_SHA_KEY = "mpee_weights_sha256"
 
 
 def _check_folder(path: Path, what: str, required: tuple[str, ...]) -> None:
@@ -41,9 +46,12 @@ def load_bert_config(path: Path) -> BertConfig:
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise MpeeExportError(f"{path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(str(path), use_fast=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:   # TypeError: transformers' reaction to some missing files
         raise MpeeExportError(f"{path}: no usable tokenizer files ({e.__class__.__name__})") from None
 
 
@@ -55,6 +63,36 @@ def load_backbone_config(backbone: Path) -> BertConfig:
     if config.model_type != "bert":
         raise MpeeExportError(f"backbone {backbone} is a {config.model_type!r} model; MPEE needs BERT")
     return config
+
+
+def backbone_pooling(backbone: Path) -> str | None:
+    """The pooling a sentence-transformers folder declares ("mean" or "cls"), or None when it declares none.
+
+    sentence-transformers folders list their modules in modules.json; the Pooling module's folder holds
+    config.json with pooling_mode_* switches. Other pooling modes (max, weighted mean) have no exit head
+    here, so they count as undeclared.
+    """
+    backbone = Path(backbone)
+    try:
+        modules = json.loads((backbone / "modules.json").read_text(encoding="utf-8"))
+        folder = next(m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        config = json.loads((backbone / folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        return None
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def default_exit_pooling(backbone: Path) -> tuple[str, str]:
+    """The exit pooling to train with when none is given, and why: the backbone's own where it declares
+    one (a mean-pooled sentence encoder's [CLS] vector carries little before its last layers), else cls."""
+    declared = backbone_pooling(backbone)
+    if declared is not None:
+        return declared, f"declared by {Path(backbone).name}'s sentence-transformers pooling config"
+    return "cls", "the backbone declares no pooling"
 
 
 def from_backbone(backbone: Path, mpee: MpeeConfig) -> MpeeModel:
@@ -84,30 +122,26 @@ def from_backbone(backbone: Path, mpee: MpeeConfig) -> MpeeModel:
 
 
 def save_checkpoint(model: MpeeModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Write the checkpoint folder atomically: a temporary folder beside `out`, renamed at the end."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        config = model.config
-        config.mpee = model.mpee.to_dict()
-        config.architectures = ["MpeeModel"]
-        config.to_json_file(str(tmp / CONFIG_NAME))
+    """Write the checkpoint folder atomically (config.json last, with the weights' sha256). Files of an
+    existing `out` are replaced one by one, so that other content, such as a training state, survives."""
+    with AtomicFolder(out, merge=True, last=CONFIG_NAME) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            # Replace file by file (config.json last) so that other content, such as a training
-            # state, survives; each file is swapped atomically.
-            names = sorted((p.name for p in tmp.iterdir()), key=lambda n: n == CONFIG_NAME)
-            for name in names:
-                os.replace(tmp / name, out / name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        config = model.config
+        config.mpee = model.mpee.to_dict()
+        config.architectures = ["MpeeModel"]
+        setattr(config, WEIGHTS_SHA_KEY, sha256_of(tmp / WEIGHTS_NAME))
+        config.to_json_file(str(tmp / CONFIG_NAME))
+
+
+def is_mpee_checkpoint(path: Path) -> bool:
+    """Whether `path`/config.json parses and has an `mpee` block (without building any model)."""
+    try:
+        config = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("mpee"), dict)
 
 
 def read_mpee_config(path: Path) -> tuple[BertConfig, MpeeConfig]:
@@ -132,6 +166,10 @@ def load_checkpoint(path: Path) -> tuple[MpeeModel, PreTrainedTokenizerBase]:
     config, mpee = read_mpee_config(path)
     _check_folder(path, "checkpoint", (CONFIG_NAME, WEIGHTS_NAME))
     model = MpeeModel(config, mpee)
+    digest = getattr(config, WEIGHTS_SHA_KEY, None)   # absent in checkpoints written before it was recorded
+    if digest is not None and sha256_of(path / WEIGHTS_NAME) != digest:
+        raise MpeeExportError(f"{path / WEIGHTS_NAME} does not match the sha256 in {CONFIG_NAME} (corrupted or "
+                              "replaced after saving)")
     try:
         state = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError) as e:

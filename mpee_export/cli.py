@@ -14,9 +14,10 @@ from pathlib import Path
 
 import click
 
+from mpee_runtime.files import check_output_file, check_output_folder, write_text
 from mpee_runtime.policy import POLICIES, check_threshold
 
-from .config import check_keep_ratio
+from .config import DEFAULT_SCORING, EXIT_POOLINGS, SCORINGS, check_keep_ratio
 from .errors import USER_ERRORS, MpeeExportError
 
 
@@ -24,14 +25,19 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-class MpeeCommand(click.Command):
-    """A click command that turns MpeeExportError / MpeeRuntimeError into exit code 2."""
+class _UserErrors:
+    """Mixin for click commands and groups: MpeeExportError / MpeeRuntimeError become one `Error:` line
+    and exit code 2 (the one place this mapping is written on the torch side)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
             raise UserError(str(e)) from None
+
+
+class MpeeCommand(_UserErrors, click.Command):
+    pass
 
 
 def _floats(text: str) -> list[float]:
@@ -81,11 +87,17 @@ export_data_option = click.option("--data", help="GLUE folder: validate on its d
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N steps in total (resumable).")
 @click.option("--keep-ratio", default="0.7", show_default=True,
               help="Keep ratio, one value or one per prune layer (comma-separated).")
-@click.option("--prune-layers", default=None, help="0-based pruning layers, comma-separated [default: DESIGN 1.2].")
+@click.option("--prune-layers", default=None,
+              help="0-based pruning layers, comma-separated [default: round(L/4), round(L/2), round(3L/4)].")
 @click.option("--lam", default=0.9, show_default=True, type=float, help="Classifier memory weight.")
 @click.option("--beta", default=0.5, show_default=True, type=float, help="Score memory weight.")
 @click.option("--beta-schedule", type=click.Choice(["paper", "research"]), default="paper", show_default=True)
-@click.option("--scoring", type=click.Choice(["cls", "all"]), default="cls", show_default=True)
+@click.option("--exit-pooling", type=click.Choice(EXIT_POOLINGS), default=None,
+              help="Exit head input: the [CLS] vector or the mean of the tokens [default: the backbone's own "
+                   "pooling where its folder declares one (sentence-transformers), else cls].")
+@click.option("--scoring", type=click.Choice(SCORINGS), default=None,
+              help="Token scoring for pruning [default: " + ", ".join(f"{s} with {p} pooling"
+                                                                   for p, s in DEFAULT_SCORING.items()) + "].")
 @click.option("--prune-select", type=click.Choice(["top", "bottom"]), default="top", show_default=True)
 @click.option("--kd-weight", default=1.0, show_default=True, type=float)
 @click.option("--kd-temperature", default=3.0, show_default=True, type=float)
@@ -95,11 +107,21 @@ export_data_option = click.option("--data", help="GLUE folder: validate on its d
 @click.option("--no-fuse-token", is_flag=True, help="Ablation: drop pruned tokens instead of fusing them.")
 @click.option("--no-layer-exit", is_flag=True, help="Ablation: one exit at the last layer.")
 @click.option("--no-token-pruning", is_flag=True, help="Ablation: no pruning layers.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="auto: cuda if available, else mps, else cpu. Under torchrun, cuda means cuda:LOCAL_RANK.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast dtype (fp16 adds loss scaling); the checkpoint is fp32 either way.")
+@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Micro-batches per global batch (per process); the update is unchanged.")
 def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_length, max_train_samples,
           max_eval_samples, seed, save_every, max_steps, keep_ratio, prune_layers, lam, beta, beta_schedule,
-          scoring, prune_select, kd_weight, kd_temperature, no_score_memory, no_classifier_memory,
-          no_self_distill, no_fuse_token, no_layer_exit, no_token_pruning) -> None:
-    """Fine-tune an MPEE model on a GLUE task and write a checkpoint folder to --out."""
+          exit_pooling, scoring, prune_select, kd_weight, kd_temperature, no_score_memory, no_classifier_memory,
+          no_self_distill, no_fuse_token, no_layer_exit, no_token_pruning, device, precision, grad_accum) -> None:
+    """Fine-tune an MPEE model on a GLUE task and write a checkpoint folder to --out.
+
+    Data-parallel: `torchrun --nproc_per_node N -m mpee_export.cli train ...`; --batch-size is the
+    global batch, shared by the N processes.
+    """
     from .glue import get_task
     get_task(task)
     data_dir = _data_dir(data)
@@ -113,9 +135,18 @@ def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_l
     layers = None if prune_layers is None else [int(x) for x in _floats(prune_layers)]
     if no_token_pruning:
         layers = []
+    from .checkpoint import default_exit_pooling
+    why = "--exit-pooling" if exit_pooling else None
+    if exit_pooling is None:
+        exit_pooling, why = default_exit_pooling(Path(backbone))
+    scoring_why = "--scoring" if scoring else f"the default with {exit_pooling} pooling"
+    scoring = scoring or DEFAULT_SCORING[exit_pooling]
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 speaks for all
+        click.echo(f"exit pooling: {exit_pooling} ({why}); token scoring: {scoring} ({scoring_why})", err=True)
     mpee = {"keep_ratio": ratios[0] if len(ratios) == 1 else ratios, "prune_layers": layers,
             "lam": 1.0 if no_classifier_memory else lam, "beta": 1.0 if no_score_memory else beta,
             "beta_schedule": "paper" if no_score_memory else beta_schedule, "scoring": scoring,
+            "exit_pooling": exit_pooling,
             "prune_select": prune_select, "kd_weight": kd_weight, "kd_temperature": kd_temperature,
             "self_distill": not no_self_distill, "fuse_token": not no_fuse_token,
             "layer_exit": not no_layer_exit}
@@ -124,7 +155,8 @@ def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_l
     args = TrainArgs(task=task, data=data_dir, backbone=Path(backbone), out=out, epochs=epochs,
                      batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio, max_length=max_length,
                      max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, seed=seed,
-                     save_every=save_every, max_steps=max_steps, mpee=mpee)
+                     save_every=save_every, max_steps=max_steps, mpee=mpee, device=device,
+                     precision=precision, grad_accum=grad_accum)
     run_training(args, log=lambda msg: click.echo(msg, err=True))
 
 
@@ -143,9 +175,13 @@ def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_l
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option("--predictions", type=click.Path(path_type=Path), help="Write one JSON line per example.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="With --sweep: write the trade-off plot (metric against rho, with the static-depth points).")
 def evaluate(checkpoint, data, task, split, threshold, keep_ratio, policy, sweep, thresholds, keep_ratios,
-             max_eval_samples, batch_size, json_path, predictions) -> None:
-    """Evaluate an MPEE checkpoint: metric, exit layers, tokens per layer and FLOPs speed-up (rho)."""
+             max_eval_samples, batch_size, json_path, predictions, plot_path) -> None:
+    """Evaluate an MPEE checkpoint: metric, exit layers, tokens per layer and FLOPs speed-up (rho).
+
+    --sweep also evaluates the static-depth alternative: the same model always leaving at exit k."""
     from .checkpoint import read_mpee_config
     from .glue import get_task, infer_task, resolve_task_dir
     _, mpee = read_mpee_config(checkpoint)
@@ -164,6 +200,11 @@ def evaluate(checkpoint, data, task, split, threshold, keep_ratio, policy, sweep
         raise MpeeExportError("--thresholds/--keep-ratios need --sweep")
     if sweep and predictions:
         raise MpeeExportError("--predictions writes one operating point; drop --sweep")
+    if plot_path is not None and not sweep:
+        raise MpeeExportError("--plot needs --sweep")
+    for path in (json_path, predictions, plot_path):
+        if path is not None:
+            check_output_file(path)
     data_dir = _data_dir(data)
     name = task or mpee.task or getattr(infer_task(data_dir), "name", None)
     if name is None:
@@ -194,9 +235,13 @@ def evaluate(checkpoint, data, task, split, threshold, keep_ratio, policy, sweep
     if sweep:
         rows = run_sweep(model, glue_task, data_enc, thresholds=grid_t or DEFAULT_THRESHOLDS,
                          keep_ratios=grid_r or DEFAULT_KEEP_RATIOS, policy=policy, batch_size=batch_size,
-                         progress=True)
+                         progress=True, static=True)
         result = {"checkpoint": str(checkpoint), "full_model": full, "rows": rows}
         click.echo(format_table([full] + rows))
+        if plot_path is not None:
+            from .evaluate import plot_tradeoff
+            plot_tradeoff(plot_path, [(checkpoint.name, [full] + rows)],
+                          title=f"{glue_task.name} dev: MPEE against static depth")
     else:
         traces = compute_traces(model, data_enc, keep_ratio=keep_ratio, batch_size=batch_size)
         exits = exit_layers(model, traces, policy, threshold)
@@ -204,35 +249,21 @@ def evaluate(checkpoint, data, task, split, threshold, keep_ratio, policy, sweep
         result = row | {"checkpoint": str(checkpoint), "full_model": full}
         click.echo(format_table([full, row]))
         if predictions:
-            _write_text(predictions, "".join(json.dumps(line) + "\n"
-                                             for line in prediction_lines(traces, exits, mpee.labels)))
+            write_text(predictions, "".join(json.dumps(line) + "\n"
+                                            for line in prediction_lines(traces, exits, mpee.labels)))
     if json_path:
-        _write_text(json_path, json.dumps(result, indent=1) + "\n")
+        write_text(json_path, json.dumps(result, indent=1) + "\n")
 
 
 def format_table(rows: list[dict]) -> str:
     """Rows as an aligned text table (metric in percent)."""
-    head = f"{'row':<12} {'policy':<9} {'F':>6} {'r':>5} {'metric':>14} {'acc':>7} {'exit':>5} " \
-           f"{'rho':>6} {'rho128':>7}"
-    lines = [head]
-    for r in rows:
-        kind = r.get("row", "mpee")
-        ratio = "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:.2f}"
-        metric = f"{r['metric']['name']} {100 * r['metric']['value']:.2f}"
-        lines.append(f"{kind:<12} {r['policy']:<9} {r['threshold']:>6.3g} {ratio:>5} {metric:>14} "
-                     f"{100 * r['accuracy']:>7.2f} {r['mean_exit_layer']:>5.2f} {r['rho']:>6.2f} "
-                     f"{r['rho_pad128']:>7.2f}")
-    return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a failure leaves no half-written file."""
-    path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise MpeeExportError(f"folder of {path} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from tabulate import tabulate
+    body = [[r.get("row", "mpee"), r["policy"], f"{r['threshold']:.3g}",
+             "-" if r["keep_ratio"] is None else f"{r['keep_ratio']:.2f}",
+             f"{r['metric']['name']} {100 * r['metric']['value']:.2f}", f"{100 * r['accuracy']:.2f}",
+             f"{r['mean_exit_layer']:.2f}", f"{r['rho']:.2f}", f"{r['rho_pad128']:.2f}"] for r in rows]
+    return tabulate(body, headers=["row", "policy", "F", "r", "metric", "acc", "exit", "rho", "rho128"],
+                    tablefmt="simple", disable_numparse=True, colalign=("left", "left") + ("right",) * 7)
 
 
 @click.command(cls=MpeeCommand)
@@ -242,8 +273,7 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite a non-empty OUT.")
 def convert(source, out, task, force) -> None:
     """Convert a checkpoint saved by the MPEE research code (JunKong5/MPEE) into an MPEE checkpoint."""
-    if out.exists() and any(out.iterdir()) and not force:
-        raise MpeeExportError(f"{out} is not empty (pass --force to overwrite)")
+    check_output_folder(out, force=force)
     from .convert import convert_research_checkpoint
     from .glue import get_task
     labels = list(get_task(task).labels) if task else None
@@ -251,19 +281,42 @@ def convert(source, out, task, force) -> None:
     click.echo(f"wrote {out}", err=True)
 
 
-class ExportGroup(click.Group):
-    """`mpee-export CKPT OUT` runs the export; `mpee-export validate OUT CKPT` re-checks a bundle."""
+def _takes_value(commands: dict[str, click.Command]) -> set[str]:
+    """Option names (of any subcommand) that consume the next word."""
+    names = set()
+    for cmd in commands.values():
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.is_flag:
+                names.update(param.opts)
+    return names
+
+
+class ExportGroup(_UserErrors, click.Group):
+    """`mpee-export CKPT OUT` runs the export; `mpee-export validate OUT CKPT` re-checks a bundle.
+
+    The export itself is the subcommand `run`, inserted when the words do not name another subcommand.
+    A first word that names a subcommand is read as one only when two more positional words follow (the
+    other subcommands take two paths), so a checkpoint folder named `validate` still exports."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+        if args and args[0] not in ("--help", "-h") and not self._names_subcommand(args):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except USER_ERRORS as e:
-            raise UserError(str(e)) from None
+    def _names_subcommand(self, args: list[str]) -> bool:
+        if args[0] not in self.commands:
+            return False
+        if args[0] == "run":
+            return True
+        takes_value, positional, skip = _takes_value(self.commands), 0, False
+        for word in args[1:]:
+            if skip:
+                skip = False
+            elif word.startswith("-"):
+                skip = word in takes_value          # "--opt=value" consumes nothing more
+            else:
+                positional += 1
+        return positional != 1 or any(w in ("--help", "-h") for w in args[1:])
 
 
 @click.group(cls=ExportGroup)
@@ -272,12 +325,17 @@ def export() -> None:
 
 
 def _load_for_export(checkpoint: Path, allow_untrained_exits: bool, task: str | None):
-    from .checkpoint import CONFIG_NAME, from_backbone, load_backbone_config, load_checkpoint, load_tokenizer
+    """An MPEE checkpoint, or (with --allow-untrained-exits) a plain BERT folder with fresh exit heads."""
+    from .checkpoint import (
+        from_backbone,
+        is_mpee_checkpoint,
+        load_backbone_config,
+        load_checkpoint,
+        load_tokenizer,
+    )
     from .config import MpeeConfig
     from .glue import get_task
-    config_path = Path(checkpoint) / CONFIG_NAME
-    is_mpee = config_path.is_file() and '"mpee"' in config_path.read_text(errors="replace")
-    if is_mpee or not allow_untrained_exits:
+    if not allow_untrained_exits or is_mpee_checkpoint(checkpoint):
         return load_checkpoint(checkpoint)
     config = load_backbone_config(checkpoint)
     labels = list(get_task(task).labels) if task else [config.id2label[i] for i in range(config.num_labels)]
@@ -314,8 +372,11 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--optimize", is_flag=True, help="Apply onnxruntime's transformer fusions to the layer graphs.")
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
               help="Dev examples for the chain parity check.")
+@click.option("--keep-failed", is_flag=True,
+              help="Publish the bundle even if fp32 parity fails (marked unvalidated: mpee-run then needs "
+                   "--allow-unvalidated).")
 def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset, force,
-               allow_untrained_exits, optimize, validation_examples) -> None:
+               allow_untrained_exits, optimize, validation_examples, keep_failed) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, check_out_dir, export_bundle
     if calibrate and (data is None or max_drop is None):
@@ -326,7 +387,7 @@ def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset
     check_opset(opset)
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
-                         optimize=optimize)
+                         optimize=optimize, keep_failed=keep_failed)
     texts = labels = calibration = full_acc = None
     if data is not None:
         examples, glue_task = _dev_examples(Path(data), model, task, None)
@@ -334,7 +395,7 @@ def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset
     if calibrate:
         from .batching import encode
         from .evaluate import full_model_row
-        from .export import validation_examples as to_ids
+        from .validate import validation_examples as to_ids
         full_acc = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))["accuracy"]
         calibration = {"max_drop": max_drop, "examples": to_ids(tokenizer, _texts(examples), model),
                        "labels": [e.label for e in examples]}
@@ -372,14 +433,31 @@ def format_validation(record: dict) -> str:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--opset", default=17, show_default=True, type=int)
-def export_reference_cmd(checkpoint, out, opset) -> None:
-    """Export the full model the ordinary way (optimum): OUT/model.onnx and OUT/hf, the baseline for mpee-bench."""
+@click.option("--recipe", type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]), default="auto",
+              show_default=True, help="optimum's int8 recipe (auto: from this machine's CPU flags).")
+@click.option("--per-channel", is_flag=True, help="Per-channel int8 weights (optimum-cli's --per_channel).")
+def export_reference_cmd(checkpoint, out, opset, recipe, per_channel) -> None:
+    """Export the full model as users deploy it: OUT/hf (PyTorch), OUT/model.onnx (optimum, plain),
+    OUT/model_fused.onnx (onnxruntime's offline transformer fusions), OUT/model_fused_int8.onnx (optimum's
+    dynamic int8 recipe for this CPU) and OUT/reference.json: the baselines of mpee-bench."""
     from .checkpoint import load_checkpoint
     from .export import check_opset
     from .reference import export_reference
     check_opset(opset)
+    check_output_folder(out)
     model, tokenizer = load_checkpoint(checkpoint)
-    click.echo(f"wrote {export_reference(model, tokenizer, out, opset=opset)}")
+    record = export_reference(model, tokenizer, out, opset=opset, per_channel=per_channel,
+                              recipe=None if recipe == "auto" else recipe)
+    fused, quant = record["fusion"]["fused_nodes"], record["quantization"]
+    click.echo(f"fused: {fused['attention']} Attention, {fused['skip_layer_norm']} SkipLayerNormalization, "
+               f"{fused['gelu']} Gelu, {fused['embed_layer_norm']} EmbedLayerNormalization; "
+               f"{fused['nodes']} nodes (plain export: {record['fusion']['plain_nodes']})")
+    click.echo(f"int8: optimum recipe {quant['recipe']} ({quant['recipe_reason']}), per_channel "
+               f"{quant['settings']['per_channel']}, quantizer {quant['quantizer']}"
+               + (f" ({quant['fallback_reason']})" if "fallback_reason" in quant else ""))
+    for warning in record["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out}: {', '.join(record['files'])}, reference.json, hf/")
 
 
 @export.command("validate", cls=MpeeCommand)
@@ -391,22 +469,36 @@ def export_reference_cmd(checkpoint, out, opset) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full record as JSON.")
 def export_validate(bundle, checkpoint, data, task, validation_examples, json_path) -> None:
     """Re-run the parity check of BUNDLE against CHECKPOINT (exit code 1 if fp32 parity fails)."""
-    from mpee_runtime.schema import load_manifest
+    from mpee_runtime.schema import Manifest
 
     from .checkpoint import load_checkpoint
-    from .export import validate_bundle
-    from .export import validation_examples as to_ids
-    manifest = load_manifest(bundle)
+    from .validate import validate_bundle
+    from .validate import validation_examples as to_ids
+    if json_path is not None:
+        check_output_file(json_path)
+    manifest = Manifest.load(bundle)
     model, tokenizer = load_checkpoint(checkpoint)
     texts = labels = None
     if data is not None:
         examples, _ = _dev_examples(Path(data), model, task, validation_examples)
         texts, labels = _texts(examples), [e.label for e in examples]
-    precision = "int8" if any(g["precision"] == "int8" for g in manifest["graphs"]) else "fp32"
-    record = {precision: validate_bundle(model, bundle, to_ids(tokenizer, texts, model), labels,
+    precision = manifest.precision
+    record = {precision: validate_bundle(model, bundle, manifest, to_ids(tokenizer, texts, model), labels,
                                          precision=precision)}
     click.echo(format_validation(record))
     if json_path:
-        _write_text(json_path, json.dumps(record, indent=1) + "\n")
+        write_text(json_path, json.dumps(record, indent=1) + "\n")
     if record[precision]["passed"] is False:
         sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """MPEE commands as subcommands: `python -m mpee_export.cli train ...` (torchrun launches modules)."""
+
+
+for _command in (train, evaluate, convert, export):
+    main.add_command(_command)
+
+if __name__ == "__main__":
+    main()

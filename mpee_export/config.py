@@ -1,4 +1,4 @@
-"""MpeeConfig: every MPEE hyper-parameter (DESIGN 1.1-1.3), stored as the `mpee` block of config.json."""
+"""MpeeConfig: every MPEE hyper-parameter (docs/design.md 2.1-2.3), stored as the `mpee` block of config.json."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import MpeeExportError
 
-SCORINGS = ("cls", "all")
+SCORINGS = ("cls", "all", "mean")
+EXIT_POOLINGS = ("cls", "mean")
+# mpee-train's token scoring for each exit pooling when --scoring is not given.
+DEFAULT_SCORING = {"cls": "cls", "mean": "cls"}
 SELECTIONS = ("top", "bottom")
 BETA_SCHEDULES = ("paper", "research")
 
@@ -21,7 +24,7 @@ class MpeeConfig:
     betas: list[float] = field(default_factory=list)  # score memory weight per layer (layer 0 unused)
     prune_layers: list[int] = field(default_factory=list)  # 0-based layers that prune after attention
     keep_ratios: list[float] = field(default_factory=list)  # one per prune layer
-    scoring: str = "cls"                   # "cls": [CLS] row; "all": mean over all query rows
+    scoring: str = "cls"                   # "cls": [CLS] row; "all": mean over all query rows; "mean": mean query
     prune_select: str = "top"              # "bottom" keeps the lowest-scored tokens (paper Fig. 5)
     fuse_token: bool = True                # False: dropped tokens are discarded (ablation)
     layer_exit: bool = True                # False: one exit at the last layer, no early exit (ablation)
@@ -31,6 +34,7 @@ class MpeeConfig:
     max_length: int = 128
     default_policy: str = "entropy"
     default_threshold: float = 0.1
+    exit_pooling: str = "cls"              # exit head input: [CLS] ("cls") or the mean of the tokens ("mean")
 
     @property
     def num_labels(self) -> int:
@@ -53,6 +57,8 @@ class MpeeConfig:
             raise MpeeExportError(f"prune layers {bad} outside 0..{self.num_layers - 1}")
         if self.scoring not in SCORINGS:
             raise MpeeExportError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.exit_pooling not in EXIT_POOLINGS:
+            raise MpeeExportError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
         if self.prune_select not in SELECTIONS:
             raise MpeeExportError(f"prune_select must be one of {SELECTIONS}, got {self.prune_select!r}")
         if not 0 < self.lam <= 1 or not all(0 < b <= 1 for b in self.betas):
@@ -64,7 +70,7 @@ class MpeeConfig:
     def build(cls, *, num_layers: int, labels: list[str], task: str | None = None, beta: float = 0.5,
               beta_schedule: str = "paper", prune_layers: list[int] | None = None,
               keep_ratio: float | list[float] = 0.7, **kwargs) -> MpeeConfig:
-        """Config with DESIGN's defaults for a backbone of `num_layers` layers.
+        """Config with the design's defaults for a backbone of `num_layers` layers.
 
         beta_schedule "research" reproduces the research code: beta = 1 (no memory) for layers 0-3.
         """
@@ -89,7 +95,7 @@ class MpeeConfig:
 
 
 def default_prune_layers(num_layers: int) -> list[int]:
-    """DESIGN 1.2: [3, 6, 9] for 12 layers; otherwise round(L/4), round(L/2), round(3L/4) clipped to 0..L-2."""
+    """docs/design.md 2.2: [3, 6, 9] for 12 layers; otherwise round(L/4), round(L/2), round(3L/4) clipped to 0..L-2."""
     if num_layers == 12:
         return [3, 6, 9]
     if num_layers < 2:

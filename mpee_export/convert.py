@@ -1,4 +1,4 @@
-"""Converter for checkpoints saved by the MPEE research code (JunKong5/MPEE, DESIGN 1.5).
+"""Converter for checkpoints saved by the MPEE research code (JunKong5/MPEE, docs/design.md 3).
 
 Key layout read: backbone `bert.embeddings.*`, `bert.encoder.layer.*`; exit heads
 `bert.encoder.EElayer.{i}.pooler.dense.*` / `.classifier.*`; final head `bert.pooler.dense.*` +

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mpee_runtime.flops import FLOPS_CONVENTION, PAD_LEN
+from mpee_runtime.bench import pareto_front
+from mpee_runtime.flops import FLOPS_CONVENTION
 from mpee_runtime.policy import check_threshold, first_exit_layers
 
 from .batching import Encoded, collate, eval_batches
@@ -75,9 +76,8 @@ def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarra
     preds = final.argmax(-1)
     metrics = compute_metrics(task, preds.tolist(), traces.labels.tolist())
     fm = model.flops_model
-    executed = sum(fm.executed_flops(traces.attn_lens[i, :e], traces.ffn_lens[i, :e])
-                   for i, e in enumerate(exits.tolist()))
-    full = sum(fm.full_flops(int(s)) for s in traces.seq_lens)
+    executed = [fm.executed_flops(traces.attn_lens[i, :e], traces.ffn_lens[i, :e]) for i, e in enumerate(exits.tolist())]
+    rho, rho128 = fm.dataset_speedups(traces.seq_lens.tolist(), executed)
     ran = np.arange(1, layers + 1)[None, :] <= exits[:, None]   # (n, L) layer executed
     reached = ran.sum(0)
 
@@ -94,9 +94,9 @@ def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarra
         "mean_tokens_per_layer": mean_per_layer(traces.attn_lens),
         "mean_ffn_tokens_per_layer": mean_per_layer(traces.ffn_lens),
         "mean_input_tokens": float(traces.seq_lens.mean()),
-        "flops_executed_per_example": executed / n,
-        "rho": full / executed,
-        "rho_pad128": len(traces.seq_lens) * fm.full_flops(PAD_LEN) / executed,
+        "flops_executed_per_example": sum(executed) / n,
+        "rho": rho,
+        "rho_pad128": rho128,
         "flops_convention": FLOPS_CONVENTION,
     }
 
@@ -110,15 +110,53 @@ def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_siz
 
 def sweep(model: MpeeModel, task: GlueTask, data: Encoded, *, thresholds: Sequence[float],
           keep_ratios: Sequence[float], policy: str = "entropy", batch_size: int = 64,
-          progress: bool = False) -> list[dict]:
-    """One row per (keep ratio, threshold); one model pass per keep ratio."""
+          progress: bool = False, static: bool = False) -> list[dict]:
+    """One row per (keep ratio, threshold); one model pass per keep ratio. With `static`, also one row per
+    (keep ratio, depth k): the same model always leaving at exit k (policy "depth", "row": "static"),
+    the simplest alternative to early exit."""
     rows = []
     for ratio in keep_ratios:
         traces = compute_traces(model, data, keep_ratio=ratio, batch_size=batch_size, progress=progress)
         for thr in thresholds:
             exits = exit_layers(model, traces, policy, thr)
             rows.append(summarize(model, task, traces, exits, policy=policy, threshold=thr))
+        for k in range(1, model.mpee.num_layers + 1) if static else ():
+            exits = exit_layers(model, traces, "depth", k)
+            rows.append(summarize(model, task, traces, exits, policy="depth", threshold=k) | {"row": "static"})
     return rows
+
+
+def plot_tradeoff(path, models: Sequence[tuple[str, Sequence[dict]]], *, title: str) -> None:
+    """Metric against FLOPs rho: per model, the Pareto front of its early-exit rows, its static-depth rows
+    ("row": "static") as separate markers, and its full-model row ("row": "full model") as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, rows in models:
+        exits = [{"rho": r["rho"], "metric": r["metric"]["value"]} for r in rows
+                 if r.get("row") not in ("static", "full model")]
+        front = pareto_front(exits, x="rho", y="metric")
+        line, = ax.plot([p["rho"] for p in front], [100 * p["metric"] for p in front], "o-", ms=3,
+                        label=f"{label}: MPEE front")
+        static = sorted((r for r in rows if r.get("row") == "static"), key=lambda r: r["rho"])
+        if static:
+            ax.plot([r["rho"] for r in static], [100 * r["metric"]["value"] for r in static], "s--",
+                    color=line.get_color(), alpha=0.6, label=f"{label}: static depth (exit k, each r)")
+        full = next((r for r in rows if r.get("row") == "full model"), None)
+        if full:
+            ax.axhline(100 * full["metric"]["value"], color=line.get_color(), lw=0.8, ls=":",
+                       label=f"{label}: full model")
+    any_rows = next(iter(models))[1]
+    ax.set_xlabel("FLOPs speed-up rho over the full model (x)")
+    ax.set_ylabel(f"dev {any_rows[0]['metric']['name']} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
 
 
 def per_exit_accuracy(traces: Traces) -> list[float]:

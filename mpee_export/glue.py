@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpee_runtime.data import Columns
+from mpee_runtime.data import read_examples as read_labelled
+from mpee_runtime.errors import MpeeRuntimeError
 from mpee_runtime.metrics import classification_metrics
 
 from .errors import MpeeExportError
@@ -83,45 +85,14 @@ def split_path(task_dir: Path, task: GlueTask, split: str) -> Path:
 
 
 def read_examples(path: Path, task: GlueTask, limit: int | None = None) -> list[GlueExample]:
-    """The examples of one GLUE TSV file, the first `limit` of them if given."""
-    path = Path(path)
-    if not path.is_file():
-        raise MpeeExportError(f"{path} not found")
+    """The examples of one GLUE TSV file, the first `limit` of them if given (the runtime's strict reader)."""
+    columns = Columns(task.text_a, task.text_b, task.label_column)
+    try:
+        rows = read_labelled(path, columns, labels=task.labels, require_label=True, limit=limit)
+    except MpeeRuntimeError as e:
+        raise MpeeExportError(str(e)) from None
     label_ids = {label: i for i, label in enumerate(task.labels)}
-    examples: list[GlueExample] = []
-    # utf-8-sig: MRPC starts with a byte order mark that would otherwise glue onto the first header name.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        # QUOTE_NONE: GLUE texts contain unbalanced quotes, which are text, not CSV quoting.
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = [h.strip() for h in next(rows, [])]
-            if not any(header):
-                raise MpeeExportError(f"{path} is empty (expected a header line)")
-            for column in (task.text_a, task.text_b, task.label_column):
-                if column is not None and column not in header:
-                    raise MpeeExportError(f"{path}:1: header has no column {column!r} "
-                                          f"(needed by {task.name}; header: {header})")
-            ia, il = header.index(task.text_a), header.index(task.label_column)
-            ib = header.index(task.text_b) if task.text_b is not None else None
-            for row in rows:
-                if limit is not None and len(examples) >= limit:
-                    break
-                if not row:  # a blank line, e.g. a second newline at the end of the file
-                    continue
-                if len(row) != len(header):
-                    raise MpeeExportError(f"{path}:{rows.line_num}: {len(row)} tab-separated fields, "
-                                          f"the header has {len(header)}")
-                label = row[il].strip()
-                if label not in label_ids:
-                    raise MpeeExportError(f"{path}:{rows.line_num}: label {label!r} is not one of "
-                                          f"{list(task.labels)} (column {task.label_column!r})")
-                examples.append(GlueExample(len(examples), row[ia].strip(),
-                                            row[ib].strip() if ib is not None else None, label_ids[label]))
-        except csv.Error as e:
-            raise MpeeExportError(f"{path}:{rows.line_num}: unreadable TSV: {e}") from None
-        except UnicodeDecodeError as e:
-            raise MpeeExportError(f"{path}: not UTF-8 text ({e.reason})") from None
-    return examples
+    return [GlueExample(i, r.text, r.pair, label_ids[r.label]) for i, r in enumerate(rows)]
 
 
 def load_split(data: Path, task: GlueTask, split: str, limit: int | None = None) -> list[GlueExample]:

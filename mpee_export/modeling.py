@@ -1,7 +1,7 @@
 """The MPEE model on Hugging Face `BertModel`: exit heads with classifier memory, token pruning with
 class-attention score memory and a fused token, the self-distillation teacher and the training loss.
 
-Everything follows DESIGN section 1. Each layer is computed from the `BertLayer`'s own sub-modules so
+Everything follows docs/design.md section 2. Each layer is computed from the `BertLayer`'s own sub-modules so
 that the attention probabilities (before dropout) are available and the pruning step can sit between
 the attention block and the FFN. Batches are right-padded; every per-sample quantity (keep count,
 ranking, fused token) is computed from the sample's own real length, so a sample gives the same result
@@ -39,16 +39,34 @@ def keep_count(n_tokens: torch.Tensor, ratio: float | torch.Tensor) -> torch.Ten
 
 
 class ExitHead(nn.Module):
-    """Pooler (Linear d->d on position 0, tanh) -> dropout -> Linear d->C."""
+    """Pooling -> pooler (Linear d->d, tanh) -> dropout -> Linear d->C.
 
-    def __init__(self, config: BertConfig, num_labels: int) -> None:
+    Pooling "cls" reads position 0 (the paper's choice, right for NSP-pretrained BERTs). "mean" averages
+    the current sequence's real tokens, each with weight 1: [CLS], the kept tokens and the fused token.
+    Why weight 1 for all: (a) sentence-transformers' mean pooling, which mean-pooled backbones such as
+    all-MiniLM-L6-v2 were trained with, averages every real token including [CLS] and [SEP], so before
+    any pruning the head sees exactly the backbone's sentence embedding; (b) the fused token is already a
+    sum of the dropped tokens weighted by their (unnormalised) score memories, not their average, so
+    weighting it again by how many tokens it stands for would scale an already-summed vector; (c) it needs
+    no per-token count carried from layer to layer, so the bundle's graph inputs stay the same.
+    """
+
+    def __init__(self, config: BertConfig, num_labels: int, pooling: str = "cls") -> None:
         super().__init__()
+        self.pooling = pooling
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, C)
-        return self.classifier(self.dropout(torch.tanh(self.pooler(hidden[:, 0]))))
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # (B, N, d) -> (B, d)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if mask is None:                     # batch 1 without padding (the exported graphs)
+            return hidden.mean(dim=1)
+        return (hidden * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # -> (B, C)
+        return self.classifier(self.dropout(torch.tanh(self.pooler(self.pool(hidden, mask)))))
 
 
 class Teacher(nn.Module):
@@ -96,11 +114,14 @@ class MpeePrediction:
     ffn_lens: list[int]
 
 
-def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None
+def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None, scoring: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-attention, output dense, residual and LayerNorm of a `BertLayer`.
+    """Self-attention, output dense, residual and LayerNorm of a `BertLayer`, and this layer's token scores.
 
-    Returns the block output (B, N, d) and the attention probabilities before dropout (B, H, N, N).
+    Returns the block output (B, N, d) and the scores of positions 1..N-1 (B, N-1). The scores of "cls"
+    and "mean" are computed on the side from the queries and keys (one query row per head, O(N d)),
+    not read from the attention probabilities, so that the main attention is the standard pattern an
+    optimizer can fuse; "all" needs the whole probability matrix.
     """
     sa = layer.attention.self
     b, n, _ = hidden.shape
@@ -110,21 +131,38 @@ def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor |
         return x.view(b, n, heads, head_dim).transpose(1, 2)
 
     q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
+    bias = None if mask is None else ((1.0 - mask) * torch.finfo(hidden.dtype).min)[:, None, None, :]
     logits = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
-    if mask is not None:
-        logits = logits + (1.0 - mask)[:, None, None, :] * torch.finfo(hidden.dtype).min
-    probs = logits.softmax(dim=-1)
+    probs = (logits if bias is None else logits + bias).softmax(dim=-1)
     context = (sa.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
-    return layer.attention.output(context, hidden), probs
+    out = layer.attention.output(context, hidden)
+    if scoring == "all":
+        return out, received_attention(probs, mask)
+    return out, query_scores(q, k, bias, mask, scoring)
 
 
-def token_scores(probs: torch.Tensor, mask: torch.Tensor | None, scoring: str) -> torch.Tensor:
-    """Attention received by positions 1..N-1, averaged over heads: (B, H, N, N) -> (B, N-1).
+def query_scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None,
+                 scoring: str) -> torch.Tensor:
+    """Attention of one query per head over the keys, averaged over heads: (B, H, N, dh) -> (B, N-1).
 
-    "cls" reads the [CLS] query row; "all" averages over the real query rows.
+    "cls": the [CLS] query (the [CLS] row of the attention probabilities, the paper's class attention);
+    "mean": the mean of the real tokens' queries (the query of the mean-pooled input, as W_q is linear).
     """
     if scoring == "cls":
-        return probs[:, :, 0, 1:].mean(dim=1)
+        query = q[:, :, :1]                                                       # (B, H, 1, dh)
+    elif mask is None:
+        query = q.mean(dim=2, keepdim=True)
+    else:
+        query = (q * mask[:, None, :, None]).sum(dim=2, keepdim=True) / mask.sum(dim=1)[:, None, None, None]
+    # An elementwise product and sum, not a matmul: like the fused-token sum, these d*N multiply-adds per
+    # layer (under 0.1% of a layer's) stay out of the FLOPs count, which keeps the paper's formula.
+    logits = (query * k).sum(dim=-1)[:, :, None, :] / math.sqrt(q.shape[-1])      # (B, H, 1, N)
+    probs = (logits if bias is None else logits + bias).softmax(dim=-1)
+    return probs[:, :, 0, 1:].mean(dim=1)
+
+
+def received_attention(probs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """"all": attention received by positions 1..N-1, averaged over heads and real query rows."""
     if mask is None:
         return probs.mean(dim=(1, 2))[:, 1:]
     received = (probs.mean(dim=1) * mask[:, :, None]).sum(dim=1)  # (B, N)
@@ -133,7 +171,7 @@ def token_scores(probs: torch.Tensor, mask: torch.Tensor | None, scoring: str) -
 
 def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool = True, select: str = "top"
                  ) -> LayerState:
-    """Keep [CLS] and the top-k tokens by score memory; fuse the rest into one token (DESIGN 1.2).
+    """Keep [CLS] and the top-k tokens by score memory; fuse the rest into one token (docs/design.md 2.2).
 
     Every sample keeps k = ceil(r (n - 1)) of its own n real tokens. Kept tokens come in descending
     score order, then padding up to the batch's largest k, then the fused token (present only for
@@ -210,7 +248,8 @@ class MpeeModel(nn.Module):
         self.config = bert_config
         self.mpee = mpee
         self.bert = BertModel(bert_config, add_pooling_layer=False)
-        self.exits = nn.ModuleList(ExitHead(bert_config, mpee.num_labels) for _ in range(mpee.num_layers))
+        self.exits = nn.ModuleList(ExitHead(bert_config, mpee.num_labels, mpee.exit_pooling)
+                                   for _ in range(mpee.num_layers))
         self.teacher = Teacher(mpee.num_labels)
         for module in (*self.exits, self.teacher):
             module.apply(self._init_linear)
@@ -251,8 +290,7 @@ class MpeeModel(nn.Module):
         """Run layer i (0-based): attention, score memory, pruning, FFN, exit head, classifier memory."""
         layer = self.bert.encoder.layer[i]
         attn_len = _lengths(state)
-        attn_out, probs = attention_block(layer, state.hidden, state.mask)
-        current = token_scores(probs, state.mask, self.mpee.scoring)
+        attn_out, current = attention_block(layer, state.hidden, state.mask, self.mpee.scoring)
         beta = self.mpee.betas[i]
         scores = current if state.scores is None else (1 - beta) * state.scores + beta * current
         state = LayerState(attn_out, state.mask, scores, state.memory)
@@ -260,7 +298,7 @@ class MpeeModel(nn.Module):
         if ratio is not None:
             state = prune_tokens(state, ratio, fuse=self.mpee.fuse_token, select=self.mpee.prune_select)
         hidden = layer.output(layer.intermediate(state.hidden), state.hidden)
-        logits = self.exits[i](hidden)
+        logits = self.exits[i](hidden, state.mask)
         memory = logits if state.memory is None else (1 - self.lam) * state.memory + self.lam * logits
         new = LayerState(hidden, state.mask, state.scores, memory)
         return new, LayerStats(attn_len, _lengths(state))
@@ -279,7 +317,7 @@ class MpeeModel(nn.Module):
                           torch.stack(ffn_lens, 1).long())
 
     def loss(self, out: MpeeOutput, labels: torch.Tensor) -> torch.Tensor:
-        """DESIGN 1.3: sum_l CE(m_l) + w_kd sum_l tau^2 KL(softmax(t/tau) || softmax(m_l/tau)) + CE(t)."""
+        """docs/design.md 2.3: sum_l CE(m_l) + w_kd sum_l tau^2 KL(softmax(t/tau) || softmax(m_l/tau)) + CE(t)."""
         mem = out.memories
         if not self.mpee.layer_exit:
             return F.cross_entropy(mem[:, -1], labels)

@@ -16,7 +16,8 @@ from mpee_runtime import schema as S
 
 def optimize_layers(folder: Path, entries: list[S.GraphEntry], *, num_heads: int, hidden: int
                     ) -> list[S.GraphEntry]:
-    """Apply the offline transformer fusions to every layer graph in place; return updated entries."""
+    """Apply the offline transformer fusions to every layer graph in place; return the entries (the caller
+    seals them: export.seal_graphs stamps and hashes the rewritten files)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
     options = FusionOptions("bert")
@@ -24,14 +25,10 @@ def optimize_layers(folder: Path, entries: list[S.GraphEntry], *, num_heads: int
     # trying to (the default) leaves a broken graph ("Graph is not a DAG").
     options.enable_attention = False
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    out = []
     for e in entries:
-        if e.layer is None:
-            out.append(e)
-            continue
-        path = folder / e.file
-        optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
-                                   optimization_options=options, opt_level=0)
-        optimized.save_model_to_file(str(path))
-        out.append(S.GraphEntry(**{**e.__dict__, "sha256": S.sha256_of(path)}))
-    return out
+        if e.layer is not None:
+            path = folder / e.file
+            optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
+                                       optimization_options=options, opt_level=0)
+            optimized.save_model_to_file(str(path))
+    return entries

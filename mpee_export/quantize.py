@@ -8,6 +8,7 @@ their probabilities decide where samples stop.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -23,7 +24,8 @@ def exit_head_nodes(path: Path) -> list[str]:
 
 
 def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True) -> list[S.GraphEntry]:
-    """Quantize every layer graph in place; return the updated manifest entries."""
+    """Quantize every layer graph in place; return the entries with their new precision (the caller seals
+    them: export.seal_graphs stamps and hashes the rewritten files)."""
     out = []
     logging.getLogger("root").setLevel(logging.ERROR)   # quantize_dynamic logs per-node chatter
     for e in entries:
@@ -36,5 +38,5 @@ def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bo
                          nodes_to_exclude=exit_head_nodes(src) if exits_fp32 else [],
                          extra_options={"MatMulConstBOnly": True})
         tmp.replace(src)
-        out.append(S.GraphEntry(**{**e.__dict__, "sha256": S.sha256_of(src), "precision": "int8"}))
+        out.append(replace(e, precision="int8"))
     return out

@@ -1,20 +1,24 @@
-"""Training on GLUE (DESIGN 1.3): one stage, AdamW on all parameters, linear decay with warm-up,
+"""Training on GLUE (docs/design.md 2.3): one stage, AdamW on all parameters, linear decay with warm-up,
 dev evaluation each epoch, and resumable state.
 
 OUT/ receives the checkpoint (written at each epoch end and when stopped by --max-steps);
 OUT/train_state/ holds what resuming needs (weights, optimizer, scheduler, RNG, position) and is
 removed when training completes. Data order is a function of (seed, epoch) and the RNG state is
 saved, so an interrupted and resumed run reproduces the uninterrupted one.
+
+Training runs on cpu, cuda or mps, in fp32 or under bf16/fp16 autocast (the weights, the optimizer and
+the checkpoint stay fp32), and data-parallel under torchrun (see distributed.py for how a global batch
+is shared). Only rank 0 evaluates and writes OUT/; all ranks read OUT/train_state/ when resuming. Under
+torchrun each step reseeds dropout from (seed, step, rank), so resuming needs no per-rank RNG state.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,9 +26,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .batching import collate, encode, train_batches
+from mpee_runtime.files import AtomicFolder, write_text
+
+from .batching import Encoded, collate, encode, train_batches
 from .checkpoint import from_backbone, load_backbone_config, load_state, load_tokenizer, save_checkpoint
 from .config import MpeeConfig
+from .distributed import (
+    DistEnv,
+    autocast,
+    check_precision,
+    choose_device,
+    dropout_seed,
+    eval_view,
+    grad_scaler,
+    process_group,
+    weighted_micro_batches,
+)
 from .errors import MpeeExportError
 from .evaluate import compute_traces, full_model_row, per_exit_accuracy
 from .glue import get_task, load_split
@@ -52,13 +69,38 @@ class TrainArgs:
     save_every: int = 200           # optimizer steps between resumable states
     max_steps: int | None = None    # stop (resumable) after this many steps in total
     mpee: dict = field(default_factory=dict)  # MpeeConfig.build keyword arguments
+    device: str = "cpu"             # cpu, cuda, mps, or auto (mpee-train's default; cuda:LOCAL_RANK under torchrun)
+    precision: str = "fp32"         # autocast dtype: fp32, bf16, fp16
+    grad_accum: int = 1             # micro-batches per process per global batch
 
     def fingerprint(self) -> dict:
-        """What must not change between an interrupted run and its resumption."""
+        """What must not change between an interrupted run and its resumption.
+
+        The device may change (a GPU run can be resumed on CPU); precision and gradient accumulation
+        change the arithmetic, so they may not. They are left out at their defaults, so that states
+        written before these settings existed still resume.
+        """
         d = asdict(self)
-        for key in ("out", "save_every", "max_steps", "max_eval_samples"):
+        for key in ("out", "save_every", "max_steps", "max_eval_samples", "device"):
             d.pop(key)
+        for key, default in (("precision", "fp32"), ("grad_accum", 1)):
+            if d[key] == default:
+                d.pop(key)
         return json.loads(json.dumps(d, default=str))
+
+
+@dataclass
+class _Run:
+    """What one optimizer step needs."""
+
+    args: TrainArgs
+    env: DistEnv
+    device: torch.device
+    model: MpeeModel                 # the module itself (losses, checkpoints, evaluation)
+    net: torch.nn.Module             # what the forward pass goes through: the model or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -76,37 +118,77 @@ def _optimizer(model: MpeeModel, args: TrainArgs) -> torch.optim.AdamW:
                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
 
 
-def _save_state(out: Path, model: MpeeModel, opt: torch.optim.Optimizer, sched, progress: dict) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=out))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()},
-               tmp / "optimizer.pt")
-    (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
-    final = out / STATE_DIR
-    old = out / f".{STATE_DIR}.old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _rng_state(device: torch.device) -> dict:
+    """The CPU generator, plus the accelerator's (dropout draws from it when training on a GPU)."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state |= {"device_type": "cuda", "device_rng": torch.cuda.get_rng_state(device)}
+    elif device.type == "mps":
+        state |= {"device_type": "mps", "device_rng": torch.mps.get_rng_state()}
+    return state
 
 
-def _load_state(out: Path, model: MpeeModel, opt: torch.optim.Optimizer, sched, fingerprint: dict) -> dict:
+def _set_rng_state(saved: dict, device: torch.device) -> None:
+    torch.set_rng_state(saved["rng"])
+    if saved.get("device_type") == device.type == "cuda":
+        torch.cuda.set_rng_state(saved["device_rng"], device)
+    elif saved.get("device_type") == device.type == "mps":
+        torch.mps.set_rng_state(saved["device_rng"])
+
+
+def _save_state(out: Path, run: _Run, progress: dict) -> None:
+    with AtomicFolder(out / STATE_DIR, force=True) as tmp:   # replaces the previous state whole
+        save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(tmp / "model.safetensors"))
+        extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
+        torch.save({"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+                    **_rng_state(run.device), **extra}, tmp / "optimizer.pt")
+        write_text(tmp / "progress.json", json.dumps(progress, indent=1))
+
+
+def _load_state(out: Path, run: _Run, fingerprint: dict) -> dict:
     state_dir = out / STATE_DIR
     progress = json.loads((state_dir / "progress.json").read_text())
     if progress["args"] != fingerprint:
-        changed = sorted(k for k in fingerprint if progress["args"].get(k) != fingerprint[k])
+        keys = set(fingerprint) | set(progress["args"])
+        changed = sorted(k for k in keys if progress["args"].get(k) != fingerprint.get(k))
         raise MpeeExportError(f"{out} holds an interrupted run with different settings ({', '.join(changed)}); "
                               "rerun with the same settings to resume, or choose another --out")
-    load_state(model, load_file(str(state_dir / "model.safetensors")), state_dir / "model.safetensors")
-    saved = torch.load(state_dir / "optimizer.pt", weights_only=True)
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
+    load_state(run.model, load_file(str(state_dir / "model.safetensors")), state_dir / "model.safetensors")
+    saved = torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
+    run.opt.load_state_dict(saved["optimizer"])
+    run.sched.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and "scaler" in saved:
+        run.scaler.load_state_dict(saved["scaler"])
+    _set_rng_state(saved, run.device)
     return progress
 
 
+def check_batching(args: TrainArgs, env: DistEnv) -> None:
+    """Every micro-batch of a full global batch must hold at least one example."""
+    if args.grad_accum < 1:
+        raise MpeeExportError(f"--grad-accum must be at least 1, got {args.grad_accum}")
+    if args.grad_accum > args.batch_size:
+        raise MpeeExportError(f"--grad-accum {args.grad_accum} is larger than --batch-size {args.batch_size}: "
+                              "a micro-batch needs at least one example")
+    if args.batch_size < env.world_size * args.grad_accum:
+        raise MpeeExportError(f"--batch-size {args.batch_size} is smaller than {env.world_size} processes x "
+                              f"--grad-accum {args.grad_accum}: some micro-batches would be empty")
+
+
 def train(args: TrainArgs, log=print) -> dict:
-    """Train an MPEE model; returns the last epoch's dev results."""
+    """Train an MPEE model; returns the last epoch's dev results.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; only rank 0 logs and writes.
+    """
+    env = DistEnv.from_env()
+    device = choose_device(args.device, env)
+    check_precision(args.precision, device)
+    check_batching(args, env)
+    with process_group(env, device):
+        return _train(args, env, device, log if env.is_main else (lambda msg: None))
+
+
+def _train(args: TrainArgs, env: DistEnv, device: torch.device, log) -> dict:
     task = get_task(args.task)
     out = Path(args.out)
     resuming = (out / STATE_DIR / "progress.json").is_file()
@@ -117,7 +199,7 @@ def train(args: TrainArgs, log=print) -> dict:
     torch.manual_seed(args.seed)
     mpee = MpeeConfig.build(num_layers=load_backbone_config(args.backbone).num_hidden_layers, labels=list(task.labels), task=task.name,
                             max_length=args.max_length, **args.mpee)
-    model = from_backbone(args.backbone, mpee)
+    model = from_backbone(args.backbone, mpee).to(device)
     tokenizer = load_tokenizer(args.backbone)
     train_data = encode(train_examples, tokenizer, args.max_length)
     dev_data = encode(dev_examples, tokenizer, args.max_length)
@@ -127,55 +209,146 @@ def train(args: TrainArgs, log=print) -> dict:
     warmup = int(args.warmup_ratio * total)
     opt = _optimizer(model, args)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
+    run = _Run(args, env, device, model, model, opt, sched, grad_scaler(args.precision, device))
     progress = {"args": args.fingerprint(), "step": 0, "epoch": 0, "history": []}
-    out.mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     if resuming:
-        progress = _load_state(out, model, opt, sched, args.fingerprint())
+        progress = _load_state(out, run, args.fingerprint())
         log(f"resuming {out} at step {progress['step']}/{total}")
+    _check_same_start(env, resuming, progress["step"], out)
+    run.net = _wrap(model, env, device)
     log(f"{task.name}: {len(train_data)} train / {len(dev_data)} dev examples, {args.epochs} epoch(s), "
         f"{total} steps, batch {args.batch_size}, prune layers {mpee.prune_layers} r={mpee.keep_ratios}")
+    log(f"device {device}, precision {args.precision}, {env.world_size} process(es), "
+        f"grad-accum {args.grad_accum}")
 
     step = progress["step"]
     result: dict = {}
+    t_run, first_step = time.time(), step
     while progress["epoch"] < args.epochs:
         epoch = progress["epoch"]
         batches = train_batches(train_data, args.batch_size, torch.Generator().manual_seed(args.seed + epoch))
         start = step - epoch * steps_per_epoch
         model.train()
         bar = tqdm(batches[start:], desc=f"epoch {epoch + 1}/{args.epochs}", initial=start,
-                   total=len(batches), dynamic_ncols=True, mininterval=2)
+                   total=len(batches), dynamic_ncols=True, mininterval=2, disable=not env.is_main)
         t0 = time.time()
         for idx in bar:
-            b = collate(train_data, idx)
-            out_ = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-            loss = model.loss(out_, b["labels"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            opt.step()
-            sched.step()
+            if env.distributed:
+                torch.manual_seed(dropout_seed(args.seed, step, env.rank))
+            loss = _train_step(run, train_data, idx)
             step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
             progress["step"] = step
             stop = args.max_steps is not None and step >= args.max_steps
-            if step % args.save_every == 0 or stop:
-                _save_state(out, model, opt, sched, progress)
+            if env.is_main and (step % args.save_every == 0 or stop):
+                _save_state(out, run, progress)
             if stop:
                 bar.close()
-                save_checkpoint(model, tokenizer, out)
-                log(f"stopped at step {step} (--max-steps); rerun the same command to resume")
+                if env.is_main:
+                    log(_rate(step - first_step, time.time() - t_run))
+                    save_checkpoint(model, tokenizer, out)
+                    log(f"stopped at step {step} (--max-steps); rerun the same command to resume")
+                _barrier(env)
                 return {"stopped_at_step": step}
         bar.close()
-        result = _dev_eval(model, task, dev_data) | {"epoch": epoch + 1, "train_seconds": time.time() - t0}
-        progress["history"].append(result)
+        if env.is_main:
+            result = _dev_eval(eval_view(model, device), task, dev_data) | {
+                "epoch": epoch + 1, "train_seconds": time.time() - t0}
+            progress["history"].append(result)
+            progress["epoch"] = epoch + 1
+            log(f"epoch {epoch + 1}: dev {result['metric']['name']} {result['metric']['value']:.4f} (full model), "
+                f"per-exit accuracy {[round(a, 4) for a in result['per_exit_accuracy']]}")
+            save_checkpoint(model, tokenizer, out)
+            _save_state(out, run, progress)
+        result = _from_main(env, result)   # the other ranks wait here while rank 0 evaluates and saves
         progress["epoch"] = epoch + 1
-        log(f"epoch {epoch + 1}: dev {result['metric']['name']} {result['metric']['value']:.4f} (full model), "
-            f"per-exit accuracy {[round(a, 4) for a in result['per_exit_accuracy']]}")
-        save_checkpoint(model, tokenizer, out)
-        _save_state(out, model, opt, sched, progress)
-    (out / "train_log.json").write_text(json.dumps(progress, indent=1))
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    if env.is_main:
+        write_text(out / "train_log.json", json.dumps(progress, indent=1))
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    _barrier(env)
     return result
+
+
+def _train_step(run: _Run, data: Encoded, batch: list[int]) -> float:
+    """One optimizer step on a global batch; returns the mean loss over this process's examples.
+
+    Each micro-batch's mean loss is weighted by its share of the global batch (times the world size,
+    which DDP's average divides away), so the gradient is the global batch mean however it is split.
+    """
+    env, args = run.env, run.args
+    parts = weighted_micro_batches(batch, env.rank, env.world_size, args.grad_accum)
+    run.opt.zero_grad(set_to_none=True)
+    shown = 0.0
+    for i, (part, weight) in enumerate(parts):
+        last = i == len(parts) - 1
+        with nullcontext() if last or run.net is run.model else run.net.no_sync():
+            loss = _micro_loss(run, data, part)
+            scaled = loss if weight == 1.0 else loss * weight
+            (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
+        shown += loss.detach() * len(part)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.opt)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+    if run.scaler is None:
+        run.opt.step()
+    else:
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    run.sched.step()
+    return float(shown) / sum(len(p) for p, _ in parts)
+
+
+def _rate(steps: int, seconds: float) -> str:
+    """Optimizer steps per second since this process started training (the measure of scaling)."""
+    return f"{steps} optimizer steps in {seconds:.1f} s: {steps / max(seconds, 1e-9):.3f} steps/s"
+
+
+def _micro_loss(run: _Run, data: Encoded, part: list[int]) -> torch.Tensor:
+    b = {k: v.to(run.device, non_blocking=True) for k, v in collate(data, part).items()}
+    with autocast(run.args.precision, run.device):
+        out = run.net(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        return run.model.loss(out, b["labels"])
+
+
+def _wrap(model: MpeeModel, env: DistEnv, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun; the model itself otherwise."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    # Ablations leave heads out of the loss: DDP must then look for parameters without gradients.
+    unused = not (model.mpee.layer_exit and model.mpee.self_distill)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False, find_unused_parameters=unused)
+
+
+def _check_same_start(env: DistEnv, resuming: bool, step: int, out: Path) -> None:
+    """All ranks must start from the same step (each reads OUT/train_state/ itself)."""
+    if not env.distributed:
+        return
+    import torch.distributed as dist
+    seen: list = [None] * env.world_size
+    dist.all_gather_object(seen, (resuming, step))
+    if len(set(seen)) > 1:
+        raise MpeeExportError(f"processes disagree on resuming {out} (resuming, step per rank: {seen}): "
+                              "--out must be a folder that every node sees")
+
+
+def _from_main(env: DistEnv, value):
+    """Rank 0's value on every rank (a barrier too)."""
+    if not env.distributed:
+        return value
+    import torch.distributed as dist
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.distributed:
+        import torch.distributed as dist
+        dist.barrier()
 
 
 def _dev_eval(model: MpeeModel, task, dev_data) -> dict:
@@ -183,4 +356,3 @@ def _dev_eval(model: MpeeModel, task, dev_data) -> dict:
     traces = compute_traces(model, dev_data)  # configured keep ratios, all exits
     return {"metric": full["metric"], "accuracy": full["accuracy"],
             "per_exit_accuracy": per_exit_accuracy(traces)}
-

@@ -3,6 +3,7 @@
 Per graph, onnxruntime and PyTorch see the same inputs (random ones, and the real intermediate states of
 real examples) and every output's max |difference| is recorded. For the chain, `MpeeEngine` (the device
 runtime) and `MpeeModel.predict` classify the same token ids; exit layer and label must agree.
+This module also holds the verdict (`verdict`): the export publishes an fp32 bundle only when it passes.
 """
 
 from __future__ import annotations
@@ -48,17 +49,8 @@ def _compare(name: str, session: ort.InferenceSession, module: torch.nn.Module, 
 
 def random_feeds(model: MpeeModel, entry: S.GraphEntry, seq: int, ratio: float, rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
-    d, c = model.config.hidden_size, model.mpee.num_labels
-    if entry.layer is None:
-        ids = rng.integers(5, model.config.vocab_size, (1, seq))
-        ids[0, 0] = 101 if model.config.vocab_size > 101 else 2
-        return {S.INPUT_IDS: ids.astype(np.int64),
-                S.TOKEN_TYPE_IDS: (np.arange(seq)[None] >= seq // 2).astype(np.int64)}
-    scores = rng.random((1, seq - 1)).astype(np.float32)
-    values = {S.HIDDEN: rng.standard_normal((1, seq, d)).astype(np.float32),
-              S.SCORES: scores / scores.sum(), S.MEMORY: rng.standard_normal((1, c)).astype(np.float32),
-              S.KEEP_RATIO: np.asarray(ratio, dtype=np.float32)}
-    return {n: values[n] for n in entry.inputs}
+    return S.dummy_feeds(entry.inputs, hidden=model.config.hidden_size, num_labels=model.mpee.num_labels,
+                         vocab_size=model.config.vocab_size, seq=seq, keep_ratio=ratio, rng=rng)
 
 
 def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[S.GraphEntry],
@@ -121,3 +113,62 @@ def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[n
         out["accuracy_runtime"] = correct_onnx / total
         out["accuracy_pytorch"] = correct_torch / total
     return out
+
+
+def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, model: MpeeModel,
+                        n_random: int = 24) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids of real texts (when given) or of random token sequences of varied length."""
+    if texts:
+        examples = []
+        for a, b in texts:
+            enc = tokenizer(a, b, truncation=True, max_length=model.mpee.max_length)
+            examples.append((np.asarray([enc["input_ids"]], dtype=np.int64),
+                             np.asarray([enc["token_type_ids"]], dtype=np.int64)))
+        return examples
+    rng = np.random.default_rng(1)
+    out = []
+    for n in rng.integers(3, min(64, model.mpee.max_length), n_random):
+        ids = rng.integers(5, model.config.vocab_size, (1, n)).astype(np.int64)
+        ids[0, 0] = tokenizer.cls_token_id
+        ids[0, -1] = tokenizer.sep_token_id
+        out.append((ids, np.zeros_like(ids)))
+    return out
+
+
+def verdict(graphs: dict, chain: dict) -> list[str]:
+    """The fp32 pass/fail decision: every graph output within ATOL of PyTorch, and the chain agreeing with
+    the PyTorch model on exit layer and label for at least MIN_AGREEMENT of the examples. Returns the problems."""
+    bad = [f"{k}: {v:.2e}" for k, v in graphs["max_abs_diff"].items() if v > ATOL["fp32"]]
+    problems = graphs["errors"] + bad
+    if chain["same_exit_layer"] < MIN_AGREEMENT or chain["same_label"] < MIN_AGREEMENT:
+        problems.append(f"chain agreement exit {chain['same_exit_layer']:.4f} label {chain['same_label']:.4f} "
+                        f"< {MIN_AGREEMENT}")
+    return problems
+
+
+def validate_bundle(model: MpeeModel, folder: Path, manifest: S.Manifest, examples, labels=None, *,
+                    precision: str = "fp32") -> dict:
+    """Graph-level and chain-level checks of the bundle at `folder` (described by `manifest`) against `model`.
+
+    fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None): its accuracy and exit shift
+    are the point, not bit parity."""
+    graphs = check_graphs(model, folder, manifest.graphs, examples[:8])
+    engine = MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True)
+    policy, threshold = manifest.exit.default_policy, manifest.exit.default_threshold
+    chain = check_chain(model, engine, examples, policy=policy, threshold=threshold, labels=labels)
+    full = check_chain(model, engine, examples, policy="entropy", threshold=0.0, labels=labels)
+    result = {"precision": precision, "graphs": graphs, "chain": chain, "chain_full_depth": full}
+    if precision == "fp32":
+        result["problems"] = verdict(graphs, chain)
+        result["passed"] = not result["problems"]
+    else:
+        result["passed"] = None
+    return result
+
+
+def summary_of(record: dict) -> dict:
+    """The manifest's validation checks: per precision, the verdict and the headline figures."""
+    return {k: {"passed": v["passed"], "graph_max_abs_diff": v["graphs"]["max_abs_diff_overall"],
+                **{f"chain_{x}": v["chain"][x] for x in ("examples", "same_exit_layer", "same_label",
+                                                         "max_prob_diff_same_exit")}}
+            for k, v in record.items()}

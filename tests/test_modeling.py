@@ -1,4 +1,4 @@
-"""The MPEE model against transformers, against itself alone vs batched, and against DESIGN 1.1-1.4."""
+"""The MPEE model against transformers, against itself alone vs batched, and against docs/design.md 2.1-2.4."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def test_layers_match_transformers_without_pruning():
     (4, {"prune_layers": [0, 2], "keep_ratio": [0.3, 0.8], "scoring": "all"}),
     (3, {"prune_layers": [0, 1], "keep_ratio": 0.5, "fuse_token": False}),
     (3, {"prune_layers": [0, 1], "keep_ratio": 0.6, "prune_select": "bottom", "beta_schedule": "research"}),
+    (4, {"prune_layers": [0, 1, 2], "keep_ratio": 0.5, "exit_pooling": "mean", "scoring": "mean"}),
+    (3, {"prune_layers": [0, 1], "keep_ratio": 0.5, "fuse_token": False, "exit_pooling": "mean"}),
 ])
 @pytest.mark.parametrize("pairs", [False, True])
 def test_batched_equals_alone(layers, kw, pairs):
@@ -73,6 +75,39 @@ def test_batched_equals_alone(layers, kw, pairs):
     torch.testing.assert_close(batch_loss, torch.stack(alone_losses).mean(), atol=1e-5, rtol=1e-5)
     if kw.get("prune_layers", [1]):
         assert (batch.ffn_lens < batch.attn_lens).any(), "the schedule should prune something"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_side_scores_match_the_attention_probabilities(padded):
+    """The scores computed on the side from queries and keys equal the attention probabilities of the
+    unfused layer (transformers' eager attention): the [CLS] row for "cls", every real row for "all", and
+    the softmax of the mean query for "mean"; fp32 tolerance."""
+    from mpee_export.modeling import attention_block
+    model = tiny_model(layers=2)
+    layer = model.bert.encoder.layer[0]
+    lengths = [9, 5] if padded else [9]
+    ids, mask, types = random_batch(lengths)
+    with torch.no_grad():
+        hidden = model.bert.embeddings(input_ids=ids, token_type_ids=types)
+        ref = BertModel._from_config(model.config, add_pooling_layer=False, attn_implementation="eager").eval()
+        ref.load_state_dict(model.bert.state_dict())
+        probs = ref(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                    output_attentions=True).attentions[0]                              # (B, H, N, N)
+        m = mask.float() if padded else None
+        _, cls = attention_block(layer, hidden, m, "cls")
+        _, every = attention_block(layer, hidden, m, "all")
+        _, mean = attention_block(layer, hidden, m, "mean")
+        sa = layer.attention.self
+        for i, n in enumerate(lengths):
+            torch.testing.assert_close(cls[i, :n - 1], probs[i, :, 0, 1:n].mean(0), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(every[i, :n - 1], probs[i, :, :n, 1:n].mean((0, 1)), atol=1e-6, rtol=1e-5)
+            h = hidden[i, :n]
+            q = sa.query(h.mean(0)).view(4, 8)                    # the query of the mean-pooled input
+            kk = sa.key(h).view(n, 4, 8).transpose(0, 1)          # (H, n, dh)
+            want = ((kk @ q[:, :, None])[..., 0] / 8 ** 0.5).softmax(-1)[:, 1:].mean(0)
+            torch.testing.assert_close(mean[i, :n - 1], want, atol=1e-6, rtol=1e-5)
+            if padded:
+                assert (cls[i, n - 1:] == 0).all() and (mean[i, n - 1:] == 0).all()   # padding gets nothing
 
 
 def test_keep_count_rule():
@@ -108,6 +143,24 @@ def test_prune_tokens_nothing_to_drop():
     assert out.hidden.shape[1] == 3                                     # no fused token appended
 
 
+def test_mean_pooled_exit_by_hand():
+    """Mean pooling averages the real tokens with weight 1 each ([CLS], kept and fused tokens), never padding."""
+    model = tiny_model(layers=3, prune_layers=[0], keep_ratio=0.5, exit_pooling="mean")
+    head = model.exits[0]
+    hidden = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1.0, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    want = torch.stack([hidden[0].mean(0), hidden[1, :3].mean(0)])
+    torch.testing.assert_close(head.pool(hidden, mask), want)
+    torch.testing.assert_close(head.pool(hidden[1:, :3], None), want[1:])         # unpadded path
+    cls_head = tiny_model(layers=3).exits[0]
+    torch.testing.assert_close(cls_head.pool(hidden, mask), hidden[:, 0])
+    ids, mask_ids, types = random_batch(LENGTHS)
+    with torch.no_grad():                                # the pooling changes the prediction
+        other = tiny_model(layers=3, prune_layers=[0], keep_ratio=0.5, exit_pooling="cls")
+        other.load_state_dict(model.state_dict())
+        assert not torch.allclose(model(ids, mask_ids, types).memories, other(ids, mask_ids, types).memories)
+
+
 def test_classifier_memory_recurrence():
     raw = tiny_model(layers=3, lam=1.0)                                 # memories are the exit logits
     blended = tiny_model(layers=3, lam=0.9)
@@ -139,7 +192,7 @@ def test_predict_stops_where_the_traces_say():
 
 
 def test_flops_formula_matches_flop_counter():
-    """DESIGN 1.4 against torch's FlopCounterMode on the eager model; tolerance: exact (0 FLOPs)."""
+    """docs/design.md 2.4 against torch's FlopCounterMode on the eager model; tolerance: exact (0 FLOPs)."""
     model = tiny_model(layers=4, prune_layers=[0, 2], keep_ratio=0.5)
     ids, mask, types = random_batch([29])
     with torch.no_grad():
@@ -160,7 +213,7 @@ def test_default_prune_layers():
 
 
 @pytest.mark.parametrize("kw", [{"keep_ratio": 0.0}, {"keep_ratio": 1.2}, {"prune_layers": [7]},
-                                {"scoring": "max"}, {"lam": 0.0}])
+                                {"scoring": "max"}, {"lam": 0.0}, {"exit_pooling": "max"}])
 def test_bad_config_rejected(kw):
     with pytest.raises(MpeeExportError):
         MpeeConfig.build(num_layers=3, labels=["0", "1"], **kw)

@@ -79,7 +79,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def research_state(model) -> dict[str, torch.Tensor]:
-    """The model's weights under the research code's key names (DESIGN 1.5), plus its untrained exit L."""
+    """The model's weights under the research code's key names (docs/design.md 3), plus its untrained exit L."""
     last = model.mpee.num_layers - 1
     out = {}
     for key, value in model.state_dict().items():
@@ -125,6 +125,7 @@ def test_convert_research_checkpoint(tiny_backbone, tmp_path, fmt):
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).memories, model(ids).memories, rtol=0, atol=0)
     assert converted.mpee.betas[:4] == [1.0, 1.0, 1.0] and converted.mpee.labels == ["0", "1"]
+    assert converted.mpee.exit_pooling == "cls" and converted.mpee.scoring == "cls"   # the research code's heads
 
 
 def test_convert_refuses_plain_bert(tiny_backbone, tmp_path):
@@ -153,13 +154,22 @@ def test_train_and_eval_cli(sst_dir, tiny_backbone, tmp_path):
     hist = {str(k): sum(1 for x in lines if x["exit_layer"] == k) for k in (1, 2, 3)}
     assert hist == out["exit_layer_histogram"]
     assert out["full_model"]["mean_exit_layer"] == 3 and out["full_model"]["rho"] < 1
+    plot = tmp_path / "tradeoff.png"
     res = runner.invoke(evaluate, [str(ckpt), "--data", str(sst_dir), "--sweep", "--thresholds", "0,0.7",
-                                   "--keep-ratios", "0.5,1", "--json", str(js)])
+                                   "--keep-ratios", "0.5,1", "--json", str(js), "--plot", str(plot)])
     assert res.exit_code == 0, res.output
+    assert plot.read_bytes()[:4] == b"\x89PNG"
     rows = json.loads(js.read_text())["rows"]
-    assert [(r["keep_ratio"], r["threshold"]) for r in rows] == [(0.5, 0), (0.5, 0.7), (1.0, 0), (1.0, 0.7)]
+    exits = [r for r in rows if r.get("row") != "static"]
+    assert [(r["keep_ratio"], r["threshold"]) for r in exits] == [(0.5, 0), (0.5, 0.7), (1.0, 0), (1.0, 0.7)]
     # threshold 0.7 > log 2: every sample stops at layer 1
-    assert rows[1]["mean_exit_layer"] == 1 and rows[1]["rho"] > 2.5
+    assert exits[1]["mean_exit_layer"] == 1 and exits[1]["rho"] > 2.5
+    # static depth: exit k for every sample, at each keep ratio; k = 1 is exactly the all-exit-at-1 point
+    static = [r for r in rows if r.get("row") == "static"]
+    assert [(r["keep_ratio"], r["threshold"], r["mean_exit_layer"]) for r in static] == [
+        (ratio, k, k) for ratio in (0.5, 1.0) for k in (1, 2, 3)]
+    assert static[0]["rho"] == exits[1]["rho"] and static[0]["metric"] == exits[1]["metric"]
+    assert static[0]["rho"] > static[1]["rho"] > static[2]["rho"]
 
 
 def _bad(runner, cmd, args, tmp_path):
@@ -167,6 +177,30 @@ def _bad(runner, cmd, args, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.output.strip().count("\n") == 0 and res.output.startswith("Error"), res.output
     return res.output
+
+
+def test_exit_pooling_default_follows_the_backbone(sst_dir, tiny_backbone, tmp_path):
+    """No --exit-pooling: a sentence-transformers folder's declared pooling, else cls; the choice is printed."""
+    runner = CliRunner()
+    base = ["--task", "sst2", "--data", str(sst_dir), "--batch-size", "8", "--max-steps", "1"]
+
+    def trained_with(backbone, out, *extra):
+        res = runner.invoke(train, [*base, "--backbone", str(backbone), "--out", str(tmp_path / out), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / out / "config.json").read_text())["mpee"], res.output
+
+    mpee, output = trained_with(tiny_backbone, "plain")
+    assert mpee["exit_pooling"] == "cls" and "exit pooling: cls (the backbone declares no pooling)" in output
+    (tiny_backbone / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tiny_backbone / "1_Pooling").mkdir()
+    (tiny_backbone / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    mpee, output = trained_with(tiny_backbone, "st")
+    assert mpee["exit_pooling"] == "mean" and "exit pooling: mean (declared by" in output
+    mpee, _ = trained_with(tiny_backbone, "given", "--exit-pooling", "cls", "--scoring", "all")
+    assert (mpee["exit_pooling"], mpee["scoring"]) == ("cls", "all")
 
 
 def test_bad_input_exits_2_and_writes_nothing(sst_dir, tiny_backbone, tmp_path):

@@ -11,7 +11,7 @@ def tiny_bert_config(layers: int = 3, **kw):
 
 
 def tiny_model(layers: int = 3, seed: int = 0, labels=("0", "1"), **mpee_kw):
-    """A random MPEE model in eval mode (dropout off), prune layers by DESIGN defaults unless given."""
+    """A random MPEE model in eval mode (dropout off), prune layers by the design's defaults unless given."""
     import torch
 
     from mpee_export.config import MpeeConfig

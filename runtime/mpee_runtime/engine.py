@@ -1,4 +1,4 @@
-"""MpeeEngine: load a bundle, chain the layer graphs, stop at the first confident exit (DESIGN 4)."""
+"""MpeeEngine: load a bundle, chain the layer graphs, stop at the first confident exit (docs/design.md 6)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from tokenizers import Tokenizer
 
 from . import schema as S
 from .errors import MpeeRuntimeError
-from .flops import FlopsModel
-from .policy import ExitPolicy
+from .policy import STATEFUL, ExitPolicy
 
 
 @dataclass
@@ -71,6 +70,42 @@ def session_options(threads: int, spinning: bool, shared_arena: bool = False) ->
     return opts
 
 
+def _open_graph(bundle: Path, entry: S.GraphEntry, opts: ort.SessionOptions, providers: list[str]
+                ) -> ort.InferenceSession:
+    """One session, refused when the file is not the graph the manifest says it is."""
+    path = bundle / entry.file
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 -- onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise MpeeRuntimeError(f"{path}: onnxruntime cannot load this graph ({first})") from None
+    identity = sess.get_modelmeta().custom_metadata_map.get(S.GRAPH_ID_KEY)
+    if identity != entry.name:
+        raise MpeeRuntimeError(f"{path}: holds graph {identity!r}, the manifest expects {entry.name!r} "
+                               "(files swapped or replaced)")
+    inputs, outputs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+    if inputs != entry.inputs or outputs != entry.outputs:
+        raise MpeeRuntimeError(f"{path}: inputs {inputs} and outputs {outputs} differ from the manifest's "
+                               f"{entry.inputs} and {entry.outputs}")
+    return sess
+
+
+def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
+    """The bundle's tokenizer, truncating to the model's length; refused when unreadable or when its
+    vocabulary is larger than the model's embedding table (ids past the table would crash onnxruntime)."""
+    path = bundle / manifest.tokenizer.file
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for malformed files
+        raise MpeeRuntimeError(f"{path}: not a readable tokenizers file ({str(e)[:120]})") from None
+    if tokenizer.get_vocab_size() > manifest.model.vocab_size:
+        raise MpeeRuntimeError(f"{path}: vocabulary of {tokenizer.get_vocab_size()} tokens, but the model has "
+                               f"{manifest.model.vocab_size} embeddings (a different model's tokenizer?)")
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=manifest.model.max_length)
+    return tokenizer
+
+
 class MpeeEngine:
     """A loaded bundle. Create once, then call `predict` per request (batch 1).
 
@@ -80,40 +115,44 @@ class MpeeEngine:
     """
 
     def __init__(self, bundle: str | Path, *, threads: int | None = None, spinning: bool = False,
-                 warmup: int = 2, providers: list[str] | None = None, shared_arena: bool = True) -> None:
+                 warmup: int = 2, providers: list[str] | None = None, shared_arena: bool = True,
+                 allow_unvalidated: bool = False, manifest: S.Manifest | None = None) -> None:
         self.bundle = Path(bundle)
-        self.manifest = S.load_manifest(self.bundle, verify=True)   # before any session exists
-        m = self.manifest["model"]
-        self.labels: list[str] = list(m["labels"])
-        self.num_layers: int = m["num_layers"]
+        # Checked before any session exists. `manifest` lets the exporter run a bundle it has not published.
+        if manifest is None:
+            manifest = S.Manifest.load(self.bundle, verify=True)
+        else:
+            manifest.verify_files(self.bundle)
+        if not manifest.validation.passed and not allow_unvalidated:
+            raise MpeeRuntimeError(f"{self.bundle}: the bundle did not pass the export's parity check against "
+                                   "PyTorch; pass --allow-unvalidated (allow_unvalidated=True) to run it anyway")
+        self.manifest = manifest
+        self.labels: list[str] = list(manifest.labels)
+        self.num_layers: int = manifest.model.num_layers
         self.threads = threads or max(1, min(os.cpu_count() or 1, 4))
         self.spinning = spinning
-        f = self.manifest["flops"]
-        self.flops_model = FlopsModel(f["hidden"], f["ffn"], f["num_labels"], f["num_layers"])
-        ex = self.manifest["exit"]
-        self.default_policy, self.default_threshold = ex["default_policy"], ex["default_threshold"]
-        self.layer_exit = ex.get("layer_exit", True)
-        self.default_keep_ratios = dict(zip(self.manifest["pruning"]["prune_layers"],
-                                            self.manifest["pruning"]["keep_ratios"]))
+        self.flops_model = manifest.flops_model()
+        self.default_policy, self.default_threshold = manifest.exit.default_policy, manifest.exit.default_threshold
+        self.layer_exit = manifest.exit.layer_exit
+        self.default_keep_ratios = manifest.default_keep_ratios
         self._default_ratio_feeds = {i: np.asarray(r, dtype=np.float32) for i, r in self.default_keep_ratios.items()}
         self._ratio_feeds: dict[float, dict[int, np.ndarray]] = {}
         self._rules: dict[tuple[str, float], ExitPolicy] = {}
         opts = session_options(self.threads, spinning, shared_arena)
         providers = providers or ["CPUExecutionProvider"]
-        entries = S.graph_entries(self.manifest)
-        self._sessions = [ort.InferenceSession(str(self.bundle / g.file), opts, providers=providers)
-                          for g in entries]
-        self._inputs = [g.inputs for g in entries]
-        self._outputs = [g.outputs for g in entries]
-        self.tokenizer = Tokenizer.from_file(str(self.bundle / self.manifest["tokenizer"]["file"]))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=m["max_length"])
+        self._sessions = [_open_graph(self.bundle, g, opts, providers) for g in manifest.graphs]
+        self._inputs = [g.inputs for g in manifest.graphs]
+        self._outputs = [g.outputs for g in manifest.graphs]
+        self.tokenizer = _open_tokenizer(self.bundle, manifest)
         for _ in range(warmup):
             self.predict("warm up the sessions", threshold=0.0, policy="entropy")
 
     def encode(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and token type ids, int64 (1, T), truncated to the model's maximum length."""
-        enc = self.tokenizer.encode(text, text_pair) if text_pair is not None else self.tokenizer.encode(text)
+        try:
+            enc = self.tokenizer.encode(text, text_pair) if text_pair is not None else self.tokenizer.encode(text)
+        except TypeError:   # tokenizers refuses str objects that are not valid Unicode (lone surrogates)
+            raise MpeeRuntimeError("text is not valid Unicode (it holds a lone surrogate)") from None
         return (np.asarray([enc.ids], dtype=np.int64), np.asarray([enc.type_ids], dtype=np.int64))
 
     def predict(self, text: str, text_pair: str | None = None, *, threshold: float | None = None,
@@ -131,14 +170,14 @@ class MpeeEngine:
 
     def exit_rule(self, policy: str | None, threshold: float | None) -> ExitPolicy:
         """The exit rule for one request; stateless rules are validated once and reused (about 20 µs saved
-        per request on a slow core), patience keeps per-sample state and is built fresh."""
+        per request on a slow core); patience and depth count layers within a sample and are built fresh."""
         policy = policy or self.default_policy
         threshold = self.default_threshold if threshold is None else threshold
         key = (policy, threshold)
         rule = self._rules.get(key)
         if rule is None:
             rule = ExitPolicy(policy, threshold, len(self.labels))   # raises on a bad policy or threshold
-            if policy == "patience":
+            if policy in STATEFUL:
                 return rule
             if len(self._rules) >= _CACHE_SIZE:
                 self._rules.clear()

@@ -1,5 +1,24 @@
-"""MpeeRuntimeError: the one exception type of this package."""
+"""MpeeRuntimeError, the one exception type of this package, and the one place it becomes exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
 
 
 class MpeeRuntimeError(Exception):
     """A user-facing error: bad bundle, bad argument. The message is one line naming the problem."""
+
+
+def exit_2_on_error(main: Callable[[list | None], int]) -> Callable[[list | None], int]:
+    """Wrap a command's `main(argv) -> int`: an MpeeRuntimeError prints one `Error: ...` line on stderr and
+    returns 2 (click's code for usage errors); anything else is a bug and keeps its traceback."""
+    @functools.wraps(main)
+    def wrapper(argv: list | None = None) -> int:
+        try:
+            return main(argv)
+        except MpeeRuntimeError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return 2
+    return wrapper

@@ -1,9 +1,10 @@
-"""FLOPs of MPEE inference (DESIGN 1.4): the one formula the exporter, evaluator and runtime share.
+"""FLOPs of MPEE inference (docs/design.md 2.4): the one formula the exporter, evaluator and runtime share.
 
 Convention: one multiply-add (MAC) = 2 FLOPs. Only matrix products are counted: the Q/K/V/output
 projections, the two attention products (QK^T and AV), the two FFN matrices and the exit head
-(pooler d x d on [CLS] and classifier d x C). Embedding lookups, softmax, LayerNorm, GELU, top-k,
-gathers and the fused-token sum are not counted. This is the convention of the MPEE and LTP papers
+(pooler d x d on the pooled vector and classifier d x C). Embedding lookups, softmax, LayerNorm, GELU,
+top-k, gathers, the fused-token sum, the exit head's mean pooling (additions only) and the token score
+computed on the side from one query row (d*a multiply-adds, under 0.1% of a layer) are not counted. This is the convention of the MPEE and LTP papers
 and is what `torch.utils.flop_counter.FlopCounterMode` counts on the eager model.
 
 Per layer with attention length a and FFN length f (they differ at a pruning layer):
@@ -20,7 +21,7 @@ FLOPS_PER_MAC = 2
 PAD_LEN = 128  # the research code's baseline length (rho_pad128)
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-adds of matrix products (QKV/output projections, QK^T, AV, FFN, exit heads); "
-    "embeddings, softmax, LayerNorm, GELU, top-k and fusion not counted. rho = FLOPs of the full model "
+    "embeddings, softmax, LayerNorm, GELU, top-k, fusion and mean pooling not counted. rho = FLOPs of the full model "
     "(all layers, real length, no pruning, one classifier head) / FLOPs executed; rho_pad128 uses the "
     "full model at padded length 128 as the baseline (research code's convention)."
 )
@@ -58,3 +59,12 @@ class FlopsModel:
     def speedups(self, seq_len: int, executed: int, pad_len: int = PAD_LEN) -> tuple[float, float]:
         """(rho, rho_pad128) of one sample of real length `seq_len` that executed `executed` FLOPs."""
         return self.full_flops(seq_len) / executed, self.full_flops(pad_len) / executed
+
+    def dataset_speedups(self, seq_lens: Sequence[int], executed: Sequence[int]) -> tuple[float, float]:
+        """(rho, rho_pad128) of a data set: the full model's FLOPs on every sample over the FLOPs executed,
+        each summed over the data set (a ratio of sums, not a mean of per-sample ratios)."""
+        if len(seq_lens) != len(executed) or not len(seq_lens):
+            raise ValueError(f"{len(seq_lens)} sequence lengths for {len(executed)} FLOPs counts")
+        total = sum(int(x) for x in executed)
+        full = sum(self.full_flops(int(n)) for n in seq_lens)
+        return full / total, len(seq_lens) * self.full_flops(PAD_LEN) / total

@@ -1,4 +1,4 @@
-"""Exit policies (DESIGN 1.1): the one exit rule, shared by the device runtime and offline evaluation.
+"""Exit policies (docs/design.md 2.1): the one exit rule, shared by the device runtime and offline evaluation.
 
 A policy looks at the blended prediction after each layer (probabilities of the classifier memory and
 their entropy in nats) and says whether the sample stops there:
@@ -7,6 +7,8 @@ their entropy in nats) and says whether the sample stops there:
 - ``max_prob``: stop when max(p) > threshold, threshold in [0, 1].
 - ``patience``: stop once threshold + 1 consecutive layers agree on the argmax (PABEE); the threshold
   is a non-negative integer. Note that patience 0 stops at layer 1.
+- ``depth``: stop after layer `threshold` whatever the prediction (a static-depth model, the simplest
+  alternative to early exit); the threshold is a layer number >= 1.
 If no layer stops the sample, the prediction is the last layer's.
 """
 
@@ -18,7 +20,8 @@ import numpy as np
 
 from .errors import MpeeRuntimeError
 
-POLICIES = ("entropy", "normalized_entropy", "max_prob", "patience")
+POLICIES = ("entropy", "normalized_entropy", "max_prob", "patience", "depth")
+STATEFUL = ("patience", "depth")   # rules that count layers within a sample: one instance per request
 
 
 def check_threshold(policy: str, threshold: float) -> None:
@@ -29,8 +32,10 @@ def check_threshold(policy: str, threshold: float) -> None:
         raise MpeeRuntimeError(f"threshold must be a finite number >= 0, got {threshold}")
     if policy in ("normalized_entropy", "max_prob") and threshold > 1:
         raise MpeeRuntimeError(f"threshold for policy {policy} must be in [0, 1], got {threshold}")
-    if policy == "patience" and threshold != int(threshold):
-        raise MpeeRuntimeError(f"threshold for policy patience is a whole number of layers, got {threshold}")
+    if policy in STATEFUL and threshold != int(threshold):
+        raise MpeeRuntimeError(f"threshold for policy {policy} is a whole number of layers, got {threshold}")
+    if policy == "depth" and threshold < 1:
+        raise MpeeRuntimeError(f"threshold for policy depth is a layer number >= 1, got {threshold}")
 
 
 class ExitPolicy:
@@ -43,9 +48,10 @@ class ExitPolicy:
         self._log_c = math.log(num_labels) if num_labels > 1 else 1.0
         self._last = -1
         self._streak = 0
+        self._layer = 0
 
     def reset(self) -> None:
-        self._last, self._streak = -1, 0
+        self._last, self._streak, self._layer = -1, 0, 0
 
     def should_exit(self, probs: np.ndarray, entropy: float) -> bool:
         """Decide after one layer. `probs`: (C,) blended probabilities; `entropy`: H(probs) in nats."""
@@ -55,6 +61,9 @@ class ExitPolicy:
             return entropy / self._log_c < self.threshold
         if self.policy == "max_prob":
             return float(probs.max()) > self.threshold
+        if self.policy == "depth":
+            self._layer += 1
+            return self._layer >= self.threshold
         label = int(probs.argmax())
         self._streak = self._streak + 1 if label == self._last else 1
         self._last = label

@@ -15,6 +15,7 @@ from tiny import tiny_model
 from transformers import AutoTokenizer
 
 from mpee_export import export as export_mod
+from mpee_export import validate as validate_mod
 from mpee_export.checkpoint import save_checkpoint
 from mpee_export.cli import export
 from mpee_export.errors import MpeeExportError
@@ -43,11 +44,14 @@ def _bundle(tmp_path, backbone, name="bundle", **model_kw) -> tuple[Path, object
     {"layers": 3, "prune_layers": [0, 1], "keep_ratio": 0.5},
     {"layers": 5, "prune_layers": [1, 3], "keep_ratio": [0.3, 0.9], "scoring": "all"},
     {"layers": 3, "prune_layers": [1], "fuse_token": False, "prune_select": "bottom"},
+    {"layers": 3, "prune_layers": [0, 1], "keep_ratio": 0.5, "exit_pooling": "mean", "scoring": "mean"},
+    {"layers": 4, "prune_layers": [1, 2], "keep_ratio": [0.4, 0.8], "scoring": "all", "exit_pooling": "mean"},
 ])
 def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
     out, model = _bundle(tmp_path, tiny_backbone, **kw)
     record = json.loads((out / "validation.json").read_text())["fp32"]
     assert record["passed"] and record["graphs"]["max_abs_diff_overall"] < 1e-4
+    assert S.Manifest.load(out).exit.pooling == kw.get("exit_pooling", "cls")
     engine = MpeeEngine(out, threads=1)
     tok = _tokenizer(tiny_backbone)
     # pairs, several keep ratios (a graph input) and thresholds: same exit, label, tokens and probs
@@ -65,25 +69,26 @@ def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
 
 def test_graph_contract(tmp_path, tiny_backbone):
     out, _ = _bundle(tmp_path, tiny_backbone, layers=3, prune_layers=[1])
-    manifest = S.load_manifest(out)
-    assert manifest["schema_version"] == S.SCHEMA_VERSION
-    assert [g["file"] for g in manifest["graphs"]] == [S.EMBEDDINGS] + [S.layer_file(i) for i in range(3)]
-    for g in manifest["graphs"]:
-        proto = onnx.load(str(out / g["file"]))
+    manifest = S.Manifest.load(out)
+    assert manifest.schema_version == S.SCHEMA_VERSION and manifest.validation.passed
+    assert [g.file for g in manifest.graphs] == [S.EMBEDDINGS] + [S.layer_file(i) for i in range(3)]
+    for g in manifest.graphs:
+        proto = onnx.load(str(out / g.file))
         onnx.checker.check_model(proto)
-        assert [i.name for i in proto.graph.input] == g["inputs"]
-        assert [o.name for o in proto.graph.output] == g["outputs"]
+        assert [i.name for i in proto.graph.input] == g.inputs
+        assert [o.name for o in proto.graph.output] == g.outputs
+        assert {p.key: p.value for p in proto.metadata_props}[S.GRAPH_ID_KEY] == g.name
         assert {op.domain for op in proto.opset_import} <= {"", "ai.onnx"}
         assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
         assert any(op.version >= S.MIN_OPSET for op in proto.opset_import)
         # the sequence axis is symbolic, never traced as a constant
         first = proto.graph.input[0].type.tensor_type.shape.dim[1]
         assert first.dim_param and not first.dim_value
-    assert manifest["graphs"][2]["inputs"] == [S.HIDDEN, S.SCORES, S.MEMORY, S.KEEP_RATIO]
-    assert manifest["graphs"][1]["inputs"] == [S.HIDDEN]
+    assert manifest.graphs[2].inputs == [S.HIDDEN, S.SCORES, S.MEMORY, S.KEEP_RATIO]
+    assert manifest.graphs[1].inputs == [S.HIDDEN]
     ops = {n.op_type for n in onnx.load(str(out / S.layer_file(1))).graph.node}
     assert {"TopK", "Gather", "Concat"} <= ops
-    assert manifest["versions"]["onnxruntime"] and manifest["flops"]["hidden"] == 32
+    assert manifest.versions["onnxruntime"] and manifest.model.hidden_size == 32
 
 
 def test_refuses_non_empty_out_and_force_replaces(tmp_path, tiny_backbone):
@@ -120,8 +125,7 @@ def test_failure_midway_leaves_nothing(tmp_path, tiny_backbone, monkeypatch):
 
 
 def test_failed_parity_leaves_no_bundle(tmp_path, tiny_backbone, monkeypatch):
-    monkeypatch.setattr(export_mod, "ATOL", {"fp32": 0.0})
-    monkeypatch.setitem(export_mod.ATOL, "fp32", -1.0)
+    monkeypatch.setitem(validate_mod.ATOL, "fp32", -1.0)
     with pytest.raises(MpeeExportError, match="parity"):
         export_bundle(tiny_model(layers=2), _tokenizer(tiny_backbone), tmp_path / "out", ExportOptions(),
                       log=lambda m: None)
@@ -133,9 +137,10 @@ def test_int8_bundle_loads_and_predicts(tmp_path, tiny_backbone):
     out = tmp_path / "int8"
     record = export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(quantize="int8"), texts=TEXTS,
                            labels=[1, 0, 1, 0], log=lambda m: None)
-    manifest = S.load_manifest(out)
-    assert [g["precision"] for g in manifest["graphs"]] == ["fp32", "int8", "int8", "int8"]
-    assert manifest["export"]["quantization"] == "int8"
+    manifest = S.Manifest.load(out)
+    assert [g.precision for g in manifest.graphs] == ["fp32", "int8", "int8", "int8"]
+    assert manifest.export.quantization == "int8" and manifest.precision == "int8"
+    assert manifest.validation.passed and manifest.validation.checks["int8"]["passed"] is None
     assert "accuracy_runtime" in record["int8"]["chain"]
     ops = {n.op_type for n in onnx.load(str(out / S.layer_file(0))).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
@@ -195,7 +200,7 @@ def test_plain_bert_with_explicit_flag(tmp_path, tiny_backbone):
     out = tmp_path / "out"
     res = CliRunner().invoke(export, [str(tiny_backbone), str(out), "--allow-untrained-exits", "--task", "sst2"])
     assert res.exit_code == 0, res.output
-    assert S.load_manifest(out)["export"]["untrained_exits"] is True
+    assert S.Manifest.load(out).export.untrained_exits is True
 
 
 def test_chain_graph_matches_layers(tmp_path):
@@ -218,7 +223,7 @@ def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
     record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(optimize=True),
                            texts=TEXTS, log=lambda m: None)
     assert record["fp32"]["passed"]
-    assert S.load_manifest(tmp_path / "opt")["export"]["optimized"] is True
+    assert S.Manifest.load(tmp_path / "opt").export.optimized is True
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
     assert {"SkipLayerNormalization", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied
 
@@ -226,7 +231,7 @@ def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
 def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     model = tiny_model(layers=3, prune_layers=[1])
     tok = _tokenizer(tiny_backbone)
-    examples = export_mod.validation_examples(tok, TEXTS * 3, model)
+    examples = validate_mod.validation_examples(tok, TEXTS * 3, model)
     labels = [0, 1, 1, 0] * 3
     record = export_bundle(model, tok, tmp_path / "cal", ExportOptions(), texts=TEXTS, log=lambda m: None,
                            calibration={"max_drop": 5.0, "examples": examples, "labels": labels},
@@ -236,9 +241,10 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     assert chosen["accuracy"] >= 0.5 - 0.05
     # the cheapest admissible point: nothing admissible is faster
     assert all(c["rho"] <= chosen["rho"] for c in cal["candidates"] if c["accuracy"] >= 0.45)
-    manifest = S.load_manifest(tmp_path / "cal")
-    assert manifest["exit"]["default_threshold"] == chosen["threshold"]
-    assert manifest["exit"]["calibration"]["max_drop_points"] == 5.0
+    manifest = S.Manifest.load(tmp_path / "cal")
+    assert manifest.exit.default_threshold == chosen["threshold"]
+    assert manifest.exit.calibration["max_drop_points"] == 5.0
+    assert model.mpee.default_threshold == 0.1 and model.mpee.keep_ratios == [0.7]   # the model is untouched
     assert max(c["threshold"] for c in cal["candidates"]) == pytest.approx(np.log(2), abs=1e-4)
     with pytest.raises(MpeeExportError, match="no threshold"):
         export_bundle(model, tok, tmp_path / "none", ExportOptions(), log=lambda m: None,
@@ -255,7 +261,7 @@ def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone
     manifest = json.loads((out / S.MANIFEST).read_text())
     manifest["pruning"]["keep_ratios"] = [1.0, 1.0]
     (out / S.MANIFEST).write_text(json.dumps(manifest))
-    examples = export_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
+    examples = validate_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
     chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
     assert chain["keep_ratio"] == 1.0 and chain["same_exit_layer"] == 1.0
     assert chain["max_prob_diff_same_exit"] < 1e-5

@@ -42,8 +42,9 @@ def test_prediction_fields(engine):
     assert pred.rho == pytest.approx(engine.flops_model.full_flops(pred.tokens_per_layer[0]) / pred.flops)
     early = engine.predict("the movie is great", threshold=10.0)     # above log 2: stops at layer 1
     assert early.exit_layer == 1 and early.rho > 2
-    for policy, thr in (("normalized_entropy", 1.0), ("max_prob", 0.0), ("patience", 0)):
+    for policy, thr in (("normalized_entropy", 1.0), ("max_prob", 0.0), ("patience", 0), ("depth", 1)):
         assert engine.predict("great", policy=policy, threshold=thr).exit_layer == 1
+    assert [engine.predict("great", policy="depth", threshold=k).exit_layer for k in (2, 3, 2)] == [2, 3, 2]
 
 
 def test_bad_knobs(engine):
@@ -69,7 +70,7 @@ def test_patience_state_is_per_request(engine):
 def test_arbitrary_unicode_never_crashes(engine, text, pair, ratio, threshold):
     pred = engine.predict(text, pair, keep_ratio=ratio, threshold=threshold)
     assert 1 <= pred.exit_layer <= 3 and abs(sum(pred.probs) - 1) < 1e-4
-    assert 2 <= pred.tokens_per_layer[0] <= engine.manifest["model"]["max_length"]
+    assert 2 <= pred.tokens_per_layer[0] <= engine.manifest.model.max_length
 
 
 @pytest.mark.parametrize("text,pair", [("", None), ("   \t\n ", None), ("x" * 10_000, None),
@@ -78,7 +79,7 @@ def test_arbitrary_unicode_never_crashes(engine, text, pair, ratio, threshold):
 def test_edge_inputs(engine, text, pair):
     pred = engine.predict(text, pair, threshold=0.0)
     assert pred.exit_layer == 3
-    assert pred.tokens_per_layer[0] <= engine.manifest["model"]["max_length"]
+    assert pred.tokens_per_layer[0] <= engine.manifest.model.max_length
 
 
 def _refused(bundle: Path, monkeypatch, needle: str) -> None:
@@ -109,7 +110,7 @@ def test_path_outside_bundle_refused(bundle, monkeypatch):
     _refused(bundle, monkeypatch, "outside")
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", None, True])
 def test_unknown_schema_refused(bundle, monkeypatch, version):
     manifest = json.loads((bundle / S.MANIFEST).read_text())
     manifest["schema_version"] = version

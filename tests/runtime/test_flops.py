@@ -1,3 +1,5 @@
+import pytest
+
 from mpee_runtime.flops import FLOPS_PER_MAC, FlopsModel
 
 
@@ -22,3 +24,14 @@ def test_full_and_speedups():
     assert rho128 == fm.full_flops(128) / one_layer
     # running everything with two exit heads is slightly more than the one-head full model
     assert fm.speedups(5, fm.executed_flops([5, 5], [5, 5]))[0] < 1
+
+
+def test_dataset_speedups_is_a_ratio_of_sums():
+    fm = FlopsModel(hidden=4, ffn=6, num_labels=3, num_layers=2)
+    short, long = fm.executed_flops([5], [5]), fm.executed_flops([9, 9], [9, 9])
+    rho, rho128 = fm.dataset_speedups([5, 9], [short, long])
+    assert rho == (fm.full_flops(5) + fm.full_flops(9)) / (short + long)
+    assert rho != (fm.full_flops(5) / short + fm.full_flops(9) / long) / 2   # not a mean of ratios
+    assert rho128 == 2 * fm.full_flops(128) / (short + long)
+    with pytest.raises(ValueError):
+        fm.dataset_speedups([5], [])

@@ -46,3 +46,12 @@ def test_policy_state_resets_between_samples():
 def test_bad_thresholds_rejected(policy, threshold):
     with pytest.raises(MpeeRuntimeError):
         check_threshold(policy, threshold)
+
+
+def test_depth_policy_is_a_static_exit():
+    for k in (1, 2, 3):
+        assert first_exit_layers(PROBS, ENT, "depth", k).tolist() == [k, k]
+    assert first_exit_layers(PROBS, ENT, "depth", 7).tolist() == [3, 3]     # past the last layer: the last
+    for bad in (0, 1.5):
+        with pytest.raises(MpeeRuntimeError, match="depth"):
+            check_threshold("depth", bad)

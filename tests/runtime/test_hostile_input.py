@@ -1,0 +1,205 @@
+"""Hostile input to the device runtime: every failure is one `Error:` line, exit 2, nothing left behind.
+
+Bundles here are tampered with and then re-hashed, so the sha256 check alone cannot catch them: the typed
+manifest, the graphs' stamped identity and the tokenizer checks must.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mpee_runtime import schema as S
+from mpee_runtime.cli import main as run_cli
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.errors import MpeeRuntimeError
+
+
+def _error(capsys, args: list[str], needle: str) -> str:
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert needle in err, err
+    return err
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / S.MANIFEST).read_text())
+
+
+def _write_rehashed(bundle: Path, manifest: dict) -> None:
+    """Recompute every listed file's sha256, as someone replacing files on purpose would."""
+    manifest["tokenizer"]["sha256"] = S.sha256_of(bundle / manifest["tokenizer"]["file"])
+    for g in manifest["graphs"]:
+        g["sha256"] = S.sha256_of(bundle / g["file"])
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+
+
+# ---------------------------------------------------------------- input files
+def test_lone_surrogate_in_jsonl(built, tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "\\ud800 broken"}\n')
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "in.jsonl:2")
+    with pytest.raises(MpeeRuntimeError, match="surrogate"):
+        MpeeEngine(built / "bundle", threads=1, warmup=0).predict("\ud800")
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.tsv"])
+def test_not_utf8(built, tmp_path, capsys, name):
+    path = tmp_path / name
+    header = b"" if name.endswith("jsonl") else b"index\tsentence1\tsentence2\tlabel\n"
+    row = b'{"text": "caf\xe9"}\n' if name.endswith("jsonl") else b"0\tcaf\xe9\tx\tentailment\n"
+    path.write_bytes(header + row)
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "not UTF-8")
+
+
+def test_tsv_without_the_pair_column(built, tmp_path, capsys):
+    path = tmp_path / "dev.tsv"
+    path.write_text("index\tsentence1\tlabel\n0\tthe movie is great\tentailment\n")
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "'sentence2'")
+
+
+def test_header_only_tsv(built, tmp_path, capsys):
+    path = tmp_path / "dev.tsv"
+    path.write_text("index\tsentence1\tsentence2\tlabel\n")
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "no examples")
+
+
+def test_other_task_columns(built, tmp_path, capsys):
+    """A QNLI-format file (question, sentence) runs on the RTE bundle when its columns are named."""
+    path = tmp_path / "qnli.tsv"
+    path.write_text("index\tquestion\tsentence\tlabel\n0\tthe movie is great\tit was fun\tentailment\n"
+                    "1\ta boring film\tthe plot is not good\tnot_entailment\n")
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "'sentence1'")
+    out = tmp_path / "preds.jsonl"
+    assert run_cli([str(built / "bundle"), "--input", str(path), "--text-column", "question", "--pair-column",
+                    "sentence", "--output", str(out), "--threshold", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 2 and "accuracy" in summary
+    want = MpeeEngine(built / "bundle", threads=1, warmup=0).predict("a boring film", "the plot is not good",
+                                                                     threshold=0.0)
+    assert json.loads(out.read_text().splitlines()[1])["probs"] == [round(p, 6) for p in want.probs]
+    _error(capsys, [str(built / "bundle"), "--input", str(path), "--text-column", "question", "--pair-column",
+                    "sentence", "--label-column", "gold"], "'gold'")
+
+
+def test_unknown_label_is_refused_before_running(built, tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "fine", "label": "entailment"}\n{"text": "x", "label": "maybe"}\n')
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "'maybe'")
+
+
+# ---------------------------------------------------------------- outputs: checked before any work
+def test_output_is_a_folder(built, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "fine"}\n')
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    _error(capsys, [str(built / "bundle"), "--input", str(inp), "--output", str(folder)], "is a folder")
+    assert sorted(os.listdir(tmp_path)) == ["existing", "in.jsonl"] and not os.listdir(folder)
+
+
+def test_output_in_missing_folder(built, tmp_path, capsys, monkeypatch):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "fine"}\n')
+
+    def no_engine(*a, **k):
+        raise AssertionError("the bundle was loaded before the output path was checked")
+    monkeypatch.setattr(MpeeEngine, "__init__", no_engine)
+    _error(capsys, [str(built / "bundle"), "--input", str(inp), "--output", str(tmp_path / "no/such/p.jsonl")],
+           "does not exist")
+
+
+# ---------------------------------------------------------------- bundles: replaced files, re-hashed
+def test_corrupt_tokenizer(bundle, capsys):
+    (bundle / S.TOKENIZER).write_text('{"not": "a tokenizer"}')
+    _write_rehashed(bundle, _manifest(bundle))
+    _error(capsys, [str(bundle), "x"], "tokenizer.json")
+
+
+def test_other_models_tokenizer(bundle, capsys):
+    manifest = _manifest(bundle)
+    manifest["model"]["vocab_size"] = 10          # fewer embeddings than the tokenizer's vocabulary
+    _write_rehashed(bundle, manifest)
+    _error(capsys, [str(bundle), "x"], "vocabulary")
+
+
+def test_garbage_layer_graph(bundle, capsys):
+    (bundle / S.layer_file(1)).write_bytes(b"\x08\x07garbage" * 100)
+    _write_rehashed(bundle, _manifest(bundle))
+    _error(capsys, [str(bundle), "x"], S.layer_file(1))
+
+
+def test_two_layers_swapped(bundle, capsys):
+    a, b = bundle / S.layer_file(1), bundle / S.layer_file(2)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    _write_rehashed(bundle, _manifest(bundle))
+    _error(capsys, [str(bundle), "x"], "swapped")
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("model", "max_length"), 1, "model.max_length"),
+    (("model", "max_length"), "24", "model.max_length"),
+    (("model", "labels"), [], "model.labels"),
+    (("model", "labels"), ["a", "a"], "model.labels"),
+    (("model", "num_layers"), 7, "pruning.betas must be 7 numbers"),
+    (("model", "num_layers"), True, "model.num_layers"),
+    (("pruning", "keep_ratios"), [0.0, 0.6], "pruning.keep_ratios"),
+    (("pruning", "keep_ratios"), [0.6], "pruning.keep_ratios"),
+    (("pruning", "prune_layers"), [0, 9], "pruning.prune_layers"),
+    (("pruning", "betas"), "0.5", "pruning.betas"),
+    (("exit", "default_policy"), "vote", "exit.default_policy"),
+    (("exit", "default_threshold"), -1, "exit.default_threshold"),
+    (("exit", "default_threshold"), float("nan"), "exit.default_threshold"),
+    (("tokenizer", "sha256"), "abc", "tokenizer.sha256"),
+    (("graphs",), {}, "graphs"),
+    (("graphs", 1, "inputs"), ["hidden", "extra"], "graphs[1]"),
+    (("graphs", 2, "prunes"), False, "prunes"),
+    (("validation", "passed"), "yes", "validation.passed"),
+    (("export", "opset"), 11, "export.opset"),
+    (("model",), None, "model"),
+    (("pruning", "lam"), None, "pruning.lam"),
+])
+def test_mistyped_manifest_fields(bundle, capsys, path, value, needle):
+    manifest = _manifest(bundle)
+    target = manifest
+    for key in path[:-1]:
+        target = target[key]
+    if value is None:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    err = _error(capsys, [str(bundle), "x"], needle)
+    assert "Traceback" not in err
+
+
+def test_graph_list_shorter_than_the_model(bundle, capsys):
+    manifest = _manifest(bundle)
+    manifest["graphs"].pop()
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _error(capsys, [str(bundle), "x"], "3 graphs for 3 layers")
+
+
+def test_deeply_nested_manifest(bundle, capsys):
+    (bundle / S.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    _error(capsys, [str(bundle), "x"], "not valid JSON")
+
+
+def test_unvalidated_bundle_needs_the_flag(bundle, capsys):
+    manifest = _manifest(bundle)
+    manifest["validation"]["passed"] = False
+    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _error(capsys, [str(bundle), "x"], "--allow-unvalidated")
+    assert run_cli([str(bundle), "x", "--allow-unvalidated"]) == 0
+    assert json.loads(capsys.readouterr().out)["exit_layer"] >= 1
+
+
+def test_unfinished_export_folder_is_not_a_bundle(bundle, capsys):
+    (bundle / S.MANIFEST).unlink()              # what an interrupted export leaves: never a manifest
+    _error(capsys, [str(bundle), "x"], "not an MPEE bundle")
