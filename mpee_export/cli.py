@@ -8,7 +8,6 @@ anything else is a bug and keeps its traceback. torch is imported inside the com
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -141,8 +140,7 @@ def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_l
         exit_pooling, why = default_exit_pooling(Path(backbone))
     scoring_why = "--scoring" if scoring else f"the default with {exit_pooling} pooling"
     scoring = scoring or DEFAULT_SCORING[exit_pooling]
-    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 speaks for all
-        click.echo(f"exit pooling: {exit_pooling} ({why}); token scoring: {scoring} ({scoring_why})", err=True)
+    choice = f"exit pooling: {exit_pooling} ({why}); token scoring: {scoring} ({scoring_why})"
     mpee = {"keep_ratio": ratios[0] if len(ratios) == 1 else ratios, "prune_layers": layers,
             "lam": 1.0 if no_classifier_memory else lam, "beta": 1.0 if no_score_memory else beta,
             "beta_schedule": "paper" if no_score_memory else beta_schedule, "scoring": scoring,
@@ -157,7 +155,7 @@ def train(task, data, backbone, out, epochs, batch_size, lr, warmup_ratio, max_l
                      max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, seed=seed,
                      save_every=save_every, max_steps=max_steps, mpee=mpee, device=device,
                      precision=precision, grad_accum=grad_accum)
-    run_training(args, log=lambda msg: click.echo(msg, err=True))
+    run_training(args, log=lambda msg: click.echo(msg, err=True), notes=(choice,))
 
 
 @click.command(cls=MpeeCommand)

@@ -1,34 +1,281 @@
-"""Optional graph optimisation of the layer graphs with onnxruntime's transformer fusions.
+"""Fused layer graphs: onnxruntime's transformer fusions plus the attention fusion our graphs need.
 
-`onnxruntime.transformers.optimizer` fuses LayerNorm, GELU, SkipLayerNorm and (where the pattern
-matches) attention. Our layer graphs read the attention probabilities for token scoring, so the
-attention fusion cannot apply; whether the rest helps beyond what onnxruntime already does at session
-creation is measured by benchmarks/bench_export.py (see the README). Off by default.
+The default bundle (`graph_ops: "fused"`) runs each layer graph through
+`onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (SkipLayerNormalization,
+BiasGelu, ...) and then replaces the attention of every layer by one com.microsoft `Attention` node
+(packed QKV weight, the same operator the fused full model runs). `--standard-ops` keeps the graphs as
+exported: standard ONNX operators only.
+
+Why our own attention fusion. onnxruntime's `FusionAttention` matches our attention (it is the standard
+BERT pattern), but the token score is computed on the side from the same Q and K tensors
+(`modeling.query_scores`): the fusion deletes the Q/K projection, Reshape and Transpose nodes it matched
+without checking their other consumers, so the score's Slice and Mul are left reading tensors nothing
+produces, and the topological sort fails with "Graph is not a DAG". Here the score keeps its inputs:
+
+- K: the fused `Attention` also returns `present` (2, B, H, N, dh), whose [0] is K per head, exactly the
+  (B, H, N, dh) tensor the score multiplies with; one Gather reads it (no second K projection).
+- the score's query row (Slice of Q on the token axis for "cls", ReduceMean for "mean"): the projection is
+  per token and affine, so the row is taken from the layer input first and projected alone
+  (`score_q_*` nodes: one (1, d) x (d, d) product instead of reading Q).
+
+Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
+(the fused operator does not return them); the other fusions still apply. A pattern that does not match
+exactly is left as it is, so the graph always stays correct.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
 from mpee_runtime import schema as S
+
+MS_DOMAIN = "com.microsoft"
+# Prefix of the nodes that compute the token score's query row: int8 quantization leaves them fp32.
+SCORE_PREFIX = "score_q"
+FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
+
+
+def fusion_options():
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    options = FusionOptions("bert")
+    options.enable_attention = False   # fused below (fuse_attention), keeping the token score's inputs
+    return options
 
 
 def optimize_layers(folder: Path, entries: list[S.GraphEntry], *, num_heads: int, hidden: int
                     ) -> list[S.GraphEntry]:
-    """Apply the offline transformer fusions to every layer graph in place; return the entries (the caller
-    seals them: export.seal_graphs stamps and hashes the rewritten files)."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-    options = FusionOptions("bert")
-    # Our graphs read the attention probabilities for token scoring, so attention cannot be fused;
-    # trying to (the default) leaves a broken graph ("Graph is not a DAG").
-    options.enable_attention = False
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    """Fuse every layer graph in place (`fuse_layer`); return the entries (the caller seals them:
+    export.seal_graphs stamps and hashes the rewritten files)."""
     for e in entries:
         if e.layer is not None:
-            path = folder / e.file
-            optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
-                                       optimization_options=options, opt_level=0)
-            optimized.save_model_to_file(str(path))
+            fuse_layer(folder / e.file, num_heads=num_heads, hidden=hidden)
     return entries
+
+
+def fuse_layer(path: Path, *, num_heads: int, hidden: int) -> dict:
+    """Rewrite one layer graph with the fused operators; return the fused-op counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    logger = logging.getLogger("onnxruntime.transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
+                               optimization_options=fusion_options(), opt_level=0)
+        fuse_attention(model, num_heads)
+        model.prune_graph()
+        model.topological_sort()
+        model.save_model_to_file(str(path))   # adds the com.microsoft opset import the fused ops need
+    finally:
+        logger.setLevel(level)
+    onnx.checker.check_model(str(path))
+    return fused_op_counts(path)
+
+
+def fused_op_counts(path: Path) -> dict:
+    counts = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node
+                     if n.domain == MS_DOMAIN)
+    return dict(counts)
+
+
+# ---------------------------------------------------------------- attention
+def fuse_attention(model, num_heads: int) -> int:
+    """Replace each matched attention (Q/K/V projections, QK^T / sqrt(dh), Softmax, x V, head merge) of the
+    onnxruntime `OnnxModel` by one com.microsoft Attention node; return how many were fused."""
+    fused = 0
+    for softmax in list(model.get_nodes_by_op_type("Softmax")):
+        match = _match(model, softmax, num_heads)
+        if match is not None:
+            _rewrite(model, match, num_heads)
+            fused += 1
+    if fused and not any(o.domain == MS_DOMAIN for o in model.model.opset_import):
+        model.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return fused
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _only(consumers: dict, name: str) -> onnx.NodeProto | None:
+    nodes = consumers.get(name, [])
+    return nodes[0] if len(nodes) == 1 else None
+
+
+def _projection(model, producer: dict, add: onnx.NodeProto | None, width: int):
+    """(x, W, b) of add = x @ W + b with W (width, width) and b (width,) constants, else None."""
+    if add is None or add.op_type != "Add":
+        return None
+    for bias_in, mm_in in ((0, 1), (1, 0)):
+        bias = model.get_initializer(add.input[bias_in])
+        matmul = producer.get(add.input[mm_in])
+        if bias is None or matmul is None or matmul.op_type != "MatMul":
+            continue
+        weight = model.get_initializer(matmul.input[1])
+        if weight is None:
+            return None
+        w, b = numpy_helper.to_array(weight), numpy_helper.to_array(bias)
+        if w.shape == (width, width) and b.shape == (width,):
+            return matmul.input[0], w, b, matmul
+    return None
+
+
+def _heads_of_reshape(model, producer: dict, reshape: onnx.NodeProto) -> tuple[int, int] | None:
+    """(H, dh) when the Reshape splits the last axis into [.., H, dh] with constant H and dh."""
+    shape = model.get_constant_value(reshape.input[1])
+    if shape is not None:
+        return (int(shape[-2]), int(shape[-1])) if shape.size == 4 else None
+    concat = producer.get(reshape.input[1])
+    if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+        return None
+    last = [model.get_constant_value(n) for n in concat.input[2:]]
+    if any(v is None or v.size != 1 for v in last):
+        return None
+    return int(last[0].reshape(-1)[0]), int(last[1].reshape(-1)[0])
+
+
+def _match(model, softmax, num_heads: int) -> dict | None:
+    """The nodes of one standard attention ending in `softmax`, or None when anything differs."""
+    producer = model.output_name_to_node()
+    consumers = model.input_name_to_nodes()
+    if _attr(softmax, "axis", -1) not in (-1, 3):
+        return None
+    scale_node = producer.get(softmax.input[0])
+    if scale_node is None or scale_node.op_type not in ("Div", "Mul"):
+        return None
+    scale = model.get_constant_value(scale_node.input[1])
+    qk = producer.get(scale_node.input[0])
+    if scale is None or scale.size != 1 or qk is None or qk.op_type != "MatMul":
+        return None
+    pv = _only(consumers, softmax.output[0])          # the probabilities feed only the context product
+    if pv is None or pv.op_type != "MatMul" or pv.input[0] != softmax.output[0]:
+        return None
+    merge_t = _only(consumers, pv.output[0])
+    if merge_t is None or merge_t.op_type != "Transpose" or list(_attr(merge_t, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    merge_r = _only(consumers, merge_t.output[0])
+    if merge_r is None or merge_r.op_type != "Reshape":
+        return None
+    # q: Transpose(0,2,1,3) of Reshape(x Wq + bq); k: Transpose(0,2,3,1) of Reshape(x Wk + bk); v as q
+    branches = {}
+    for key, tensor, perm in (("q", qk.input[0], [0, 2, 1, 3]), ("k", qk.input[1], [0, 2, 3, 1]),
+                              ("v", pv.input[1], [0, 2, 1, 3])):
+        t = producer.get(tensor)
+        if t is None or t.op_type != "Transpose" or list(_attr(t, "perm", [])) != perm:
+            return None
+        r = producer.get(t.input[0])
+        if r is None or r.op_type != "Reshape" or _heads_of_reshape(model, producer, r) is None:
+            return None
+        branches[key] = (t, r, producer.get(r.input[0]))
+    heads, head_dim = _heads_of_reshape(model, producer, branches["q"][1])
+    width = heads * head_dim
+    if heads != num_heads or any(_heads_of_reshape(model, producer, r) != (heads, head_dim)
+                                 for _, r, _ in branches.values()):
+        return None
+    scale = float(scale.reshape(-1)[0])
+    scale = 1.0 / scale if scale_node.op_type == "Div" else scale
+    if not np.isclose(scale, 1.0 / np.sqrt(head_dim), rtol=1e-5):
+        return None
+    proj = {k: _projection(model, producer, add, width) for k, (_, _, add) in branches.items()}
+    if any(p is None for p in proj.values()) or len({p[0] for p in proj.values()}) != 1:
+        return None
+    x = proj["q"][0]
+    # Other readers: only the token score's query row (of q) and K per head (of k's Reshape) are supported.
+    q_t, q_r, q_add = branches["q"]
+    k_t, k_r, k_add = branches["k"]
+    v_t, v_r, v_add = branches["v"]
+    for node, allowed in ((q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]),
+                          (v_t, [pv]), (k_t, [qk]), (proj["q"][3], [q_add]), (proj["k"][3], [k_add]),
+                          (proj["v"][3], [v_add]), (qk, [scale_node]), (scale_node, [softmax])):
+        if any(c is not node and all(c is not a for a in allowed) for out in node.output
+               for c in consumers.get(out, [])):
+            return None
+    q_rows = [c for c in consumers.get(q_t.output[0], []) if c is not qk]
+    if any(_row_axis(model, c) is None for c in q_rows):
+        return None
+    k_heads = [c for c in consumers.get(k_r.output[0], []) if c is not k_t]
+    if any(c.op_type != "Transpose" or list(_attr(c, "perm", [])) != [0, 2, 1, 3] for c in k_heads):
+        return None
+    return {"x": x, "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
+            "b": np.concatenate([proj[k][2] for k in "qkv"]),
+            "bq": q_add.input[0] if model.get_initializer(q_add.input[0]) is not None else q_add.input[1],
+            "heads": heads, "head_dim": head_dim, "context": merge_r.output[0], "q_rows": q_rows,
+            "k_heads": k_heads,
+            "remove": [qk, scale_node, softmax, pv, merge_t, merge_r, q_t, q_r, q_add, k_t, k_r, k_add,
+                       v_t, v_r, v_add, proj["q"][3], proj["k"][3], proj["v"][3]]}
+
+
+def _row_axis(model, node) -> str | None:
+    """'slice' / 'mean' when `node` takes rows of Q (B, H, N, dh) along the token axis only, else None."""
+    if node.op_type == "Slice" and len(node.input) >= 4:
+        axes = model.get_constant_value(node.input[3])
+        if axes is not None and [int(a) % 4 for a in axes.reshape(-1)] == [2] and all(
+                model.get_constant_value(n) is not None for n in node.input[1:]):
+            return "slice"
+    if node.op_type == "ReduceMean" and _attr(node, "keepdims", 1) == 1:
+        axes = _attr(node, "axes")
+        if axes is None and len(node.input) > 1:
+            axes = model.get_constant_value(node.input[1])
+        if axes is not None and [int(a) % 4 for a in np.asarray(axes).reshape(-1)] == [2]:
+            return "mean"
+    return None
+
+
+def _rewrite(model, m: dict, num_heads: int) -> None:
+    name = model.create_node_name("Attention", "Attention_")
+    w = numpy_helper.from_array(m["w"].astype(np.float32), name + "_qkv_weight")
+    b = numpy_helper.from_array(m["b"].astype(np.float32), name + "_qkv_bias")
+    model.add_initializer(w)
+    model.add_initializer(b)
+    outputs = [m["context"]]
+    new = []
+    if m["k_heads"]:   # K per head for the token score: present[0]
+        present = name + "_present"
+        outputs.append(present)
+        index = numpy_helper.from_array(np.asarray(0, dtype=np.int64), name + "_key_index")
+        model.add_initializer(index)
+        for t in m["k_heads"]:
+            new.append(helper.make_node("Gather", [present, index.name], [t.output[0]], name=name + "_key", axis=0))
+    new.append(helper.make_node("Attention", [m["x"], w.name, b.name], outputs, name=name, domain=MS_DOMAIN,
+                                num_heads=num_heads))
+    opset = model.get_opset_version()
+    for j, row in enumerate(m["q_rows"]):   # the score's query row, taken before the projection
+        prefix = f"{SCORE_PREFIX}_{name}_{j}"
+        axis1 = numpy_helper.from_array(np.asarray([1], dtype=np.int64), prefix + "_axis")
+        shape = numpy_helper.from_array(np.asarray([0, -1, m["heads"], m["head_dim"]], dtype=np.int64),
+                                        prefix + "_shape")
+        model.add_initializer(axis1)
+        model.add_initializer(shape)
+        if j == 0:   # W_q as the first third of the packed weight (folded when the session starts): no copy
+            bounds = [numpy_helper.from_array(np.asarray([v], dtype=np.int64), f"{prefix}_wq_{k}")
+                      for k, v in (("start", 0), ("end", m["heads"] * m["head_dim"]))]
+            for t in bounds:
+                model.add_initializer(t)
+            wq = prefix + "_wq"
+            new.append(helper.make_node("Slice", [w.name, bounds[0].name, bounds[1].name, axis1.name], [wq],
+                                        name=wq))
+        if _row_axis(model, row) == "slice":
+            inputs = [m["x"], row.input[1], row.input[2], axis1.name] + list(row.input[4:5])
+            new.append(helper.make_node("Slice", inputs, [prefix + "_row"], name=prefix + "_row"))
+        elif opset >= 18:
+            new.append(helper.make_node("ReduceMean", [m["x"], axis1.name], [prefix + "_row"], name=prefix + "_row",
+                                        keepdims=1))
+        else:
+            new.append(helper.make_node("ReduceMean", [m["x"]], [prefix + "_row"], name=prefix + "_row", axes=[1],
+                                        keepdims=1))
+        new += [helper.make_node("MatMul", [prefix + "_row", wq], [prefix + "_mm"], name=prefix + "_mm"),
+                helper.make_node("Add", [prefix + "_mm", m["bq"]], [prefix + "_add"], name=prefix + "_add"),
+                helper.make_node("Reshape", [prefix + "_add", shape.name], [prefix + "_split"], name=prefix + "_split"),
+                helper.make_node("Transpose", [prefix + "_split"], [row.output[0]], name=prefix + "_heads",
+                                 perm=[0, 2, 1, 3])]
+    model.remove_nodes(m["remove"] + m["q_rows"] + m["k_heads"])
+    for node in new:
+        model.add_node(node)

@@ -1,8 +1,17 @@
-"""int8 dynamic quantization of the layer graphs with onnxruntime.quantization.
+"""int8 dynamic quantization of the layer graphs, with the recipe of the fused int8 full-model baseline.
 
-Weights of the layers' MatMuls become int8 (activations are quantized on the fly). The embeddings graph
-stays fp32 (lookups, no matrix products). Exit heads stay fp32 by default: they are tiny, and
-their probabilities decide where samples stop.
+The settings are those of optimum's dynamic recipe for this CPU (`reference.quantization_recipe()`:
+avx512_vnni / avx512 / avx2 / arm64, `AutoQuantizationConfig.<recipe>(is_static=False, per_channel=False)`),
+the recipe `mpee-export reference` quantizes the fused full model with: QOperator format, IntegerOps,
+activations uint8 asymmetric, weights int8 symmetric (uint8 for avx2), per tensor, full range. They are
+applied with `onnxruntime.quantization.quantize_dynamic` (optimum's quantizer does the same call but cannot
+exclude nodes by our rules and is an optional dependency). So a fused layer graph gets the operators of the
+fused int8 full model: QAttention for the attention, MatMulInteger (DynamicQuantizeMatMul once the session
+fuses it) for the dense layers.
+
+Left fp32: the embeddings graph (lookups), the exit heads (nodes named `exits`: tiny, and their
+probabilities decide where samples stop) and the token score's query row (`optimize.SCORE_PREFIX`: one row).
+Matrix products of two activations (the attention of standard-ops graphs) stay fp32 (`MatMulConstBOnly`).
 """
 
 from __future__ import annotations
@@ -16,27 +25,71 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from mpee_runtime import schema as S
 
+from .optimize import SCORE_PREFIX
 
-def exit_head_nodes(path: Path) -> list[str]:
-    """Names of the MatMul/Gemm nodes of the exit head (module path `exits.*`)."""
+# optimum's ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION, for when optimum is not installed.
+DYNAMIC_OPS = ["Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization"]
+
+
+def recipe_settings(recipe: str | None = None, per_channel: bool = False) -> dict:
+    """{"recipe", "reason", "settings"}: optimum's dynamic recipe for this CPU, as reference.py applies it to
+    the full model. Without optimum, the same values from a copy of optimum's table."""
+    from .reference import _settings, quantization_config, quantization_recipe
+    reason = "given"
+    if recipe is None:
+        recipe, reason = quantization_recipe()
+    try:
+        settings = _settings(quantization_config(recipe, per_channel))
+    except ImportError:
+        settings = fallback_settings(recipe, per_channel)
+    return {"recipe": recipe, "reason": reason, "settings": settings}
+
+
+def fallback_settings(recipe: str, per_channel: bool = False) -> dict:
+    """optimum's AutoQuantizationConfig.<recipe>(is_static=False) settings without optimum."""
+    return {"is_static": False, "format": "QOperator", "mode": "IntegerOps", "activations_dtype": "QUInt8",
+            "activations_symmetric": False, "weights_dtype": "QUInt8" if recipe == "avx2" else "QInt8",
+            "weights_symmetric": True, "per_channel": per_channel, "reduce_range": False,
+            "operators_to_quantize": list(DYNAMIC_OPS)}
+
+
+def excluded_nodes(path: Path) -> list[str]:
+    """The nodes quantization leaves fp32: exit head products (module path `exits.*`) and the score's row."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "exits" in n.name]
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+            and ("exits" in n.name or n.name.startswith(SCORE_PREFIX))]
 
 
-def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True) -> list[S.GraphEntry]:
+exit_head_nodes = excluded_nodes   # the former name
+
+
+def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True,
+                    recipe: str | None = None) -> list[S.GraphEntry]:
     """Quantize every layer graph in place; return the entries with their new precision (the caller seals
     them: export.seal_graphs stamps and hashes the rewritten files)."""
+    s = recipe_settings(recipe)["settings"]
+    extra = {"WeightSymmetric": s["weights_symmetric"], "ActivationSymmetric": s["activations_symmetric"],
+             "ForceSymmetric": s["weights_symmetric"] and s["activations_symmetric"], "EnableSubgraph": False,
+             "MatMulConstBOnly": True,
+             "DefaultTensorType": onnx.TensorProto.FLOAT}   # types of the fused ops' outputs
     out = []
-    logging.getLogger("root").setLevel(logging.ERROR)   # quantize_dynamic logs per-node chatter
-    for e in entries:
-        if e.layer is None:
-            out.append(e)
-            continue
-        src = folder / e.file
-        tmp = src.with_suffix(".int8.onnx")
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         nodes_to_exclude=exit_head_nodes(src) if exits_fp32 else [],
-                         extra_options={"MatMulConstBOnly": True})
-        tmp.replace(src)
-        out.append(replace(e, precision="int8"))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # quantize_dynamic logs per-node chatter
+    try:
+        for e in entries:
+            if e.layer is None:
+                out.append(e)
+                continue
+            src = folder / e.file
+            tmp = src.with_suffix(".int8.onnx")
+            exclude = excluded_nodes(src) if exits_fp32 else [n for n in excluded_nodes(src)
+                                                               if n.startswith(SCORE_PREFIX)]
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType[s["weights_dtype"]],
+                             op_types_to_quantize=list(s["operators_to_quantize"]), per_channel=s["per_channel"],
+                             reduce_range=s["reduce_range"], nodes_to_exclude=exclude, extra_options=extra)
+            tmp.replace(src)
+            out.append(replace(e, precision="int8"))
+    finally:
+        root.setLevel(level)
     return out

@@ -175,8 +175,9 @@ def check_batching(args: TrainArgs, env: DistEnv) -> None:
                               f"--grad-accum {args.grad_accum}: some micro-batches would be empty")
 
 
-def train(args: TrainArgs, log=print) -> dict:
-    """Train an MPEE model; returns the last epoch's dev results.
+def train(args: TrainArgs, log=print, notes: tuple[str, ...] = ()) -> dict:
+    """Train an MPEE model; returns the last epoch's dev results. `notes` are logged once the data and
+    settings have been checked, before the first step (mpee-train: why it chose its defaults).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; only rank 0 logs and writes.
     """
@@ -185,10 +186,10 @@ def train(args: TrainArgs, log=print) -> dict:
     check_precision(args.precision, device)
     check_batching(args, env)
     with process_group(env, device):
-        return _train(args, env, device, log if env.is_main else (lambda msg: None))
+        return _train(args, env, device, log if env.is_main else (lambda msg: None), notes)
 
 
-def _train(args: TrainArgs, env: DistEnv, device: torch.device, log) -> dict:
+def _train(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tuple[str, ...] = ()) -> dict:
     task = get_task(args.task)
     out = Path(args.out)
     resuming = (out / STATE_DIR / "progress.json").is_file()
@@ -222,6 +223,8 @@ def _train(args: TrainArgs, env: DistEnv, device: torch.device, log) -> dict:
         f"{total} steps, batch {args.batch_size}, prune layers {mpee.prune_layers} r={mpee.keep_ratios}")
     log(f"device {device}, precision {args.precision}, {env.world_size} process(es), "
         f"grad-accum {args.grad_accum}")
+    for note in notes:
+        log(note)
 
     step = progress["step"]
     result: dict = {}

@@ -11,7 +11,9 @@ Variants, on the same pre-tokenised inputs and thread count:
   pruning          token pruning only (no exit, keep ratio r)
   mpee             MPEE (F, r)
   mpee_int8        MPEE on the int8 bundle
-plus one variant per point of the threshold x keep-ratio sweep (fp32 bundle). Exits use the bundle's exit
+plus one variant per point of the threshold x keep-ratio sweep (fp32 bundle), and the static-depth
+alternative: the same model always leaving at exit k (k = 1..L; policy "depth"), at keep ratio 1 and at
+the bundle's keep ratio; `static_comparison` says where MPEE beats it at equal speed-up. Exits use the bundle's exit
 policy (or --policy) with threshold F; variants without exits run every layer. Latency is the model's
 (tokenisation is timed once per example and reported apart).
 
@@ -335,7 +337,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, text.getvalue())
 
 
-def plot(path: Path, sweep: list[dict], table: list[dict], reference: dict, task: str) -> str | None:
+def plot(path: Path, sweep: list[dict], table: list[dict], reference: dict, task: str,
+         static: Sequence[dict] = ()) -> str | None:
     """Metric against measured speed-up (and against FLOPs rho) per keep ratio; None or why it was skipped.
     `reference` is the fp32 baseline row: the sweep's speed-ups are against it."""
     try:
@@ -352,6 +355,10 @@ def plot(path: Path, sweep: list[dict], table: list[dict], reference: dict, task
                         label=f"measured vs {base} (mean latency), keep ratio {ratio}")
         ax.plot([r["rho"] for r in pts], [100 * r["metric"] for r in pts], "x--", color=line.get_color(),
                 alpha=0.6, label=f"FLOPs rho, keep ratio {ratio}")
+    for ratio in sorted({r["keep_ratio"] for r in static}):
+        pts = sorted((r for r in static if r["keep_ratio"] == ratio), key=lambda r: r["threshold"])
+        ax.plot([r["speedup_mean"] for r in pts], [100 * r["metric"] for r in pts], "s:", color="black",
+                alpha=0.35 + 0.4 * (ratio == 1.0), ms=4, label=f"static depth (exit k), measured, keep ratio {ratio}")
     what = "best fp32 full model" if base != "chain" else "our chain, no --reference"
     ax.axhline(100 * reference["metric"], color="grey", lw=0.8, ls=":", label=f"{base} ({what})")
     ax.set_xlabel(f"speed-up over {base} ({what}; mean latency) (x)")
@@ -390,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default="0,0.05,0.1,0.2,0.3,0.4,0.5,0.6", help="sweep thresholds")
     p.add_argument("--keep-ratios", default="0.5,0.7,1.0", help="sweep keep ratios")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--no-static", action="store_true", help="skip the static-depth points (exit k for every example)")
     p.add_argument("--max-examples", type=int, help="use the first N examples")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
@@ -457,6 +465,7 @@ class Plan:
 
     table: list[Variant]
     sweep: list[Variant]
+    static: list[Variant]                  # static depth: exit k for every example
     pytorch: Callable[[], Variant | str] | None
     notes: list[str]
     reference_export: dict | None = None   # summary of REF/reference.json
@@ -528,7 +537,11 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     sweep = [] if args.no_sweep else [
         chain_variant(f"sweep_F{t}_r{r}", engine, "sweep point", policy=setup.policy, threshold=t, keep_ratio=r)
         for r in setup.grid_ratios for t in setup.grid_thresholds]
-    return Plan(table, sweep, pytorch, notes, ref_export)
+    static = [] if args.no_static else [
+        chain_variant(f"static_k{k}_r{r}", engine, f"static depth: exit {k}", policy="depth", threshold=k,
+                      keep_ratio=r)
+        for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
+    return Plan(table, sweep, static, pytorch, notes, ref_export)
 
 
 @dataclass
@@ -537,6 +550,7 @@ class BenchResult:
     table: list[dict]      # the main variants' rows
     sweep: list[dict]      # one row per sweep point
     reference: dict        # the fp32 baseline row (the sweep's speed-ups are against it)
+    static: list[dict] = field(default_factory=list)   # one row per static-depth point
 
 
 def choose_points(sweep: list[dict], reference: dict, args: argparse.Namespace) -> dict:
@@ -551,6 +565,22 @@ def choose_points(sweep: list[dict], reference: dict, args: argparse.Namespace) 
     return out
 
 
+def static_comparison(sweep: list[dict], static: list[dict]) -> list[dict]:
+    """For each static-depth point, the best MPEE sweep point at least as fast (by measured mean-latency
+    speed-up, and separately by FLOPs rho): positive `gain` = MPEE is more accurate at equal speed-up."""
+    out = []
+    for st in static:
+        row = {"exit": int(st["threshold"]), "keep_ratio": st["keep_ratio"], "static_metric": st["metric"],
+               "static_speedup_mean": st["speedup_mean"], "static_rho": st["rho"]}
+        for key, name in (("speedup_mean", "measured"), ("rho", "rho")):
+            faster = [p for p in sweep if p[key] >= st[key]]
+            best = max(faster, key=lambda p: p["metric"]) if faster else None
+            row[f"mpee_metric_{name}"] = best and best["metric"]
+            row[f"gain_{name}"] = best and best["metric"] - st["metric"]
+        out.append(row)
+    return out
+
+
 def run(args: argparse.Namespace) -> BenchResult:
     """Set up; measure the onnxruntime variants interleaved, then PyTorch alone; summarise, compute every
     speed-up against its baseline, check the A/A pair, and pick points on the sweep."""
@@ -559,7 +589,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     setup = load_setup(args)
     plan = build_variants(setup, args)
     notes = plan.notes
-    interleaved = plan.table + plan.sweep
+    interleaved = plan.table + plan.sweep + plan.static
     print(f"mpee-bench: {len(setup.inputs)} examples x {len(interleaved)} onnxruntime variants interleaved"
           + (", then PyTorch alone" if plan.pytorch else "") + f", {args.threads} threads", file=sys.stderr)
     measure(interleaved, setup.inputs, args.warmup)
@@ -580,8 +610,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     fm = setup.engine.flops_model
     table = [summarize(v, setup.labels, metric, fm) for v in table_v]
     sweep = [summarize(v, setup.labels, metric, fm) for v in plan.sweep]
+    static = [summarize(v, setup.labels, metric, fm) for v in plan.static]
     baselines = choose_baselines(table)
-    add_speedups(table + sweep, table, baselines)
+    add_speedups(table + sweep + static, table, baselines)
     by_name = {r["variant"]: r for r in table}
     aa = aa_control(by_name[AA_NAMES[0]], by_name[AA_NAMES[1]])
     warning = aa_warning(aa)
@@ -592,10 +623,13 @@ def run(args: argparse.Namespace) -> BenchResult:
               "baselines": baselines, "aa_control": aa, "warning": warning,
               "measurement": {"passes": passes, "aa_threshold": AA_THRESHOLD},
               "reference_export": plan.reference_export, "policy": setup.policy,
-              "tokenize": latency_summary(setup.tokenize_us), "notes": notes, "variants": table, "sweep": sweep}
+              "tokenize": latency_summary(setup.tokenize_us), "notes": notes, "variants": table, "sweep": sweep,
+              "static": static}
     if setup.labels is not None and sweep:
         record |= choose_points(sweep, reference, args)
-    return BenchResult(record, table, sweep, reference)
+        if static:
+            record["static_comparison"] = static_comparison(sweep, static)
+    return BenchResult(record, table, sweep, reference, static)
 
 
 def write_outputs(result: BenchResult, out: Path) -> None:
@@ -603,9 +637,9 @@ def write_outputs(result: BenchResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     record, table, sweep = result.record, result.table, result.sweep
     if sweep:
-        write_csv(out / "sweep.csv", sweep)
+        write_csv(out / "sweep.csv", sweep + result.static)
         if "metric" in sweep[0]:
-            note = plot(out / "tradeoff.png", sweep, table, result.reference, record["task"])
+            note = plot(out / "tradeoff.png", sweep, table, result.reference, record["task"], result.static)
             if note:
                 record["notes"].append(f"plot: {note}")
     text = markdown_table(table, record["task"], record["baselines"], record["aa_control"]) if "metric" in table[0] else ""

@@ -178,7 +178,17 @@ def test_bench_smoke(built, tmp_path, capsys):
     assert [p["mode"] for p in result["measurement"]["passes"]] == ["interleaved"]
     table = (out / "table.md").read_text()
     assert "| chain" in table and "A/A control: chain and chain_aa" in table and "against our chain" in table
-    assert (out / "sweep.csv").read_text().count("\n") == 5
+    # static depth (exit k for every example) at keep ratio 1 and at the bundle's (0.6): k = 1..3 each
+    static = result["static"]
+    assert [(r["keep_ratio"], r["threshold"], r["mean_exit_layer"]) for r in static] == [
+        (ratio, k, k) for ratio in (0.6, 1.0) for k in (1, 2, 3)]
+    full_static = next(r for r in static if r["keep_ratio"] == 1.0 and r["threshold"] == 3)
+    assert (full_static["accuracy"], full_static["rho"]) == (chain["accuracy"], chain["rho"])   # = no exit
+    for cmp in result["static_comparison"]:          # recomputed from the rows: best sweep point as fast
+        st = next(r for r in static if r["threshold"] == cmp["exit"] and r["keep_ratio"] == cmp["keep_ratio"])
+        faster = [p["metric"] for p in result["sweep"] if p["rho"] >= st["rho"]]
+        assert cmp["mpee_metric_rho"] == (max(faster) if faster else None)
+    assert (out / "sweep.csv").read_text().count("\n") == 1 + 4 + 6
     assert any("no --reference" in n and "against the chain" in n for n in result["notes"])
 
 
