@@ -102,10 +102,12 @@ def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarra
 
 
 def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_size: int = 64) -> dict:
-    """The reference row: last exit, no pruning (keep ratio 1), no early exit."""
+    """The reference row: last exit, no pruning (keep ratio 1), no early exit; with the accuracy each
+    exit would have if every sample ran to it (no pruning)."""
     traces = compute_traces(model, data, keep_ratio=1.0, batch_size=batch_size)
     exits = np.full(len(data), model.mpee.num_layers, dtype=np.int64)
-    return summarize(model, task, traces, exits, policy="none", threshold=0.0) | {"row": "full model"}
+    return summarize(model, task, traces, exits, policy="none", threshold=0.0) | {
+        "row": "full model", "per_exit_accuracy": per_exit_accuracy(traces)}
 
 
 def sweep(model: MpeeModel, task: GlueTask, data: Encoded, *, thresholds: Sequence[float],

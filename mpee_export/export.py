@@ -40,7 +40,7 @@ class ExportOptions:
     quantize: str | None = None          # None or "int8"
     force: bool = False
     untrained_exits: bool = False        # the manifest records it
-    optimize: bool = False               # onnxruntime transformer fusions on the layer graphs
+    graph_ops: str = "fused"             # "fused": com.microsoft fused operators (optimize.py); "standard": ONNX only
     keep_failed: bool = False            # publish a bundle that failed fp32 validation (recorded as not passed)
 
 
@@ -92,8 +92,11 @@ def seal_graphs(folder: Path, entries: list[S.GraphEntry]) -> list[S.GraphEntry]
     return sealed
 
 
-def export_graphs(model: MpeeModel, folder: Path, opset: int) -> list[S.GraphEntry]:
-    """Write embeddings.onnx and layer_XX.onnx into `folder`; return their (sealed) manifest entries."""
+def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "standard") -> list[S.GraphEntry]:
+    """Write embeddings.onnx and layer_XX.onnx into `folder`; return their (sealed) manifest entries.
+
+    graph_ops "fused" rewrites the layer graphs with onnxruntime's fused operators (optimize.py); the
+    embeddings graph stays standard."""
     model.eval()
     emb_in, emb_out = list(S.EMBEDDING_INPUTS), list(S.EMBEDDING_OUTPUTS)
     _torch_export(EmbeddingsGraph(model), dummy_inputs(model, emb_in), folder / S.EMBEDDINGS, emb_in, emb_out,
@@ -106,6 +109,10 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int) -> list[S.GraphEnt
                       list(S.LAYER_OUTPUTS), opset)
         entries.append(S.GraphEntry(S.layer_name(i), path.name, "", graph.input_names, list(S.LAYER_OUTPUTS),
                                     layer=i, prunes=graph.prunes))
+    if graph_ops == "fused":
+        from .optimize import optimize_layers
+        entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
+                                  hidden=model.config.hidden_size)
     return seal_graphs(folder, entries)
 
 
@@ -138,7 +145,7 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
                                  betas=list(m.betas), lam=m.lam),
         exit=S.ExitSection(m.default_policy, m.default_threshold, m.layer_exit, m.exit_pooling),
         tokenizer=S.FileRef(S.TOKENIZER, tokenizer_sha), graphs=entries,
-        export=S.ExportSection(opset=opts.opset, quantization=opts.quantize, optimized=opts.optimize,
+        export=S.ExportSection(opset=opts.opset, quantization=opts.quantize, graph_ops=opts.graph_ops,
                                untrained_exits=opts.untrained_exits),
         validation=S.ValidationSection(passed=False), task=task_section(m.task), flops_convention=FLOPS_CONVENTION,
         versions={"mpee_export": __version__, "mpee_runtime": runtime_version, "torch": torch.__version__,
@@ -159,13 +166,11 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
     out = Path(out)
     check_out_dir(out, opts.force)
     check_opset(opts.opset)
+    if opts.graph_ops not in S.GRAPH_OPS:
+        raise MpeeExportError(f"graph_ops must be one of {list(S.GRAPH_OPS)}, got {opts.graph_ops!r}")
     with AtomicFolder(out, force=opts.force) as tmp:
         # 1. graphs and tokenizer
-        entries = export_graphs(model, tmp, opts.opset)
-        if opts.optimize:
-            from .optimize import optimize_layers
-            entries = seal_graphs(tmp, optimize_layers(tmp, entries, num_heads=model.config.num_attention_heads,
-                                                       hidden=model.config.hidden_size))
+        entries = export_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops)
         tokenizer.backend_tokenizer.save(str(tmp / S.TOKENIZER))
         manifest = build_manifest(model, entries, S.sha256_of(tmp / S.TOKENIZER), opts)
         # 2. validation (the decision is validate.py's)

@@ -56,8 +56,10 @@ def fallback_settings(recipe: str, per_channel: bool = False) -> dict:
 def excluded_nodes(path: Path) -> list[str]:
     """The nodes quantization leaves fp32: exit head products (module path `exits.*`) and the score's row."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-            and ("exits" in n.name or n.name.startswith(SCORE_PREFIX))]
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+             and ("exits" in n.name or n.name.startswith(SCORE_PREFIX))]
+    # quantize_dynamic first rewrites each Gemm as a MatMul named NAME_MatMul: exclude that name too
+    return names + [n + "_MatMul" for n in names]
 
 
 exit_head_nodes = excluded_nodes   # the former name

@@ -292,18 +292,23 @@ class GraphEntry:
         return layer_inputs(self.layer, self.prunes), list(LAYER_OUTPUTS)
 
 
+# "standard": ONNX-domain operators only; "fused": with onnxruntime's com.microsoft fused operators
+# (Attention, SkipLayerNormalization, BiasGelu), which need onnxruntime to run.
+GRAPH_OPS = ("standard", "fused")
+
+
 @dataclass(frozen=True)
 class ExportSection:
     opset: int
     quantization: str | None       # None or "int8"
-    optimized: bool                   # onnxruntime's offline transformer fusions applied
+    graph_ops: str                    # one of GRAPH_OPS: the operators the layer graphs use
     untrained_exits: bool             # exported from a plain BERT with random exit heads
 
     @classmethod
     def parse(cls, f: _Fields) -> ExportSection:
         return cls(opset=f.integer("opset", lo=MIN_OPSET), quantization=f.text("quantization", choices=("int8",),
                                                                           optional=True),
-                   optimized=f.flag("optimized"), untrained_exits=f.flag("untrained_exits"))
+                   graph_ops=f.text("graph_ops", choices=GRAPH_OPS), untrained_exits=f.flag("untrained_exits"))
 
 
 @dataclass(frozen=True)
