@@ -16,7 +16,7 @@ import click
 from mpee_runtime.files import check_output_file, check_output_folder, write_text
 from mpee_runtime.policy import POLICIES, check_threshold
 
-from .config import DEFAULT_SCORING, EXIT_POOLINGS, SCORINGS, check_keep_ratio
+from .config import DEFAULT_LR, DEFAULT_SCORING, EXIT_POOLINGS, SCORINGS, check_keep_ratio
 from .errors import USER_ERRORS, MpeeExportError
 
 
@@ -75,7 +75,8 @@ export_data_option = click.option("--data", help="GLUE folder: validate on its d
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-5, show_default=True, type=float)
+@click.option("--lr", default=DEFAULT_LR, show_default=True, type=float,
+              help="Peak learning rate (chosen on the default backbone; the paper uses 2e-5 for BERT-base).")
 @click.option("--warmup-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=8))
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Use only the first N training rows.")

@@ -9,8 +9,8 @@ exclude nodes by our rules and is an optional dependency). So a fused layer grap
 fused int8 full model: QAttention for the attention, MatMulInteger (DynamicQuantizeMatMul once the session
 fuses it) for the dense layers.
 
-Left fp32: the embeddings graph (lookups), the exit heads (nodes named `exits`: tiny, and their
-probabilities decide where samples stop) and the token score's query row (`optimize.SCORE_PREFIX`: one row).
+Left fp32: the embeddings graph (lookups) and the exit heads (nodes named `exits`: tiny, and their
+probabilities decide where samples stop). The token score's query row (fused graphs) gets its own int8 W_q.
 Matrix products of two activations (the attention of standard-ops graphs) stay fp32 (`MatMulConstBOnly`).
 """
 
@@ -54,15 +54,39 @@ def fallback_settings(recipe: str, per_channel: bool = False) -> dict:
 
 
 def excluded_nodes(path: Path) -> list[str]:
-    """The nodes quantization leaves fp32: exit head products (module path `exits.*`) and the score's row."""
+    """The nodes quantization leaves fp32: the exit heads' products (module path `exits.*`)."""
     graph = onnx.load(str(path), load_external_data=False).graph
-    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-             and ("exits" in n.name or n.name.startswith(SCORE_PREFIX))]
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "exits" in n.name]
     # quantize_dynamic first rewrites each Gemm as a MatMul named NAME_MatMul: exclude that name too
     return names + [n + "_MatMul" for n in names]
 
 
 exit_head_nodes = excluded_nodes   # the former name
+
+
+def own_score_weights(path: Path) -> int:
+    """Give the token score's query row its own W_q (fused graphs slice it from the packed QKV weight, which
+    the session folds when fp32). Quantized, that slice would read a DequantizeLinear of the whole packed
+    weight, which onnxruntime does not fold: the row would dequantize d x 3d values on every run. As its own
+    initializer, W_q is quantized like any weight (d x d int8 bytes more per layer)."""
+    from onnx import numpy_helper
+    proto = onnx.load(str(path))
+    g = proto.graph
+    init = {t.name: t for t in g.initializer}
+    done = []
+    for node in g.node:
+        if node.op_type == "Slice" and node.name.startswith(SCORE_PREFIX) and node.input[0] in init:
+            data = numpy_helper.to_array(init[node.input[0]])
+            start, end, axis = (int(numpy_helper.to_array(init[n]).reshape(-1)[0]) for n in node.input[1:4])
+            index = [slice(None)] * data.ndim
+            index[axis] = slice(start, end)
+            g.initializer.append(numpy_helper.from_array(data[tuple(index)].copy(), node.output[0]))
+            done.append(node)
+    for node in done:
+        g.node.remove(node)
+    if done:
+        onnx.save(proto, str(path))
+    return len(done)
 
 
 def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True,
@@ -85,8 +109,8 @@ def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bo
                 continue
             src = folder / e.file
             tmp = src.with_suffix(".int8.onnx")
-            exclude = excluded_nodes(src) if exits_fp32 else [n for n in excluded_nodes(src)
-                                                               if n.startswith(SCORE_PREFIX)]
+            own_score_weights(src)
+            exclude = excluded_nodes(src) if exits_fp32 else []
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType[s["weights_dtype"]],
                              op_types_to_quantize=list(s["operators_to_quantize"]), per_channel=s["per_channel"],
                              reduce_range=s["reduce_range"], nodes_to_exclude=exclude, extra_options=extra)

@@ -30,7 +30,7 @@ from mpee_runtime.files import AtomicFolder, write_text
 
 from .batching import Encoded, collate, encode, train_batches
 from .checkpoint import from_backbone, load_backbone_config, load_state, load_tokenizer, save_checkpoint
-from .config import MpeeConfig
+from .config import DEFAULT_LR, MpeeConfig
 from .distributed import (
     DistEnv,
     autocast,
@@ -58,7 +58,7 @@ class TrainArgs:
     out: Path
     epochs: int = 1
     batch_size: int = 32
-    lr: float = 2e-5
+    lr: float = DEFAULT_LR
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

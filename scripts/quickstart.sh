@@ -17,7 +17,7 @@ THREADS=${THREADS:-2}
 rm -rf "$OUT"
 mkdir -p "$OUT"
 echo "== train (${TRAIN_SAMPLES:-8000} SST-2 sentences, 1 epoch)"
-mpee-train --task sst2 --data "$GLUE_DIR" --out "$OUT/ckpt" --max-train-samples "${TRAIN_SAMPLES:-8000}" --lr 5e-5
+mpee-train --task sst2 --data "$GLUE_DIR" --out "$OUT/ckpt" --max-train-samples "${TRAIN_SAMPLES:-8000}"
 echo "== evaluate (PyTorch)"
 mpee-eval "$OUT/ckpt" --data "$GLUE_DIR" --sweep --thresholds 0,0.05,0.1,0.2,0.3,0.4,0.5,0.6 \
   --keep-ratios 0.7,1.0 --json "$OUT/eval.json"
