@@ -91,7 +91,7 @@ def categories(graph) -> dict[str, str]:
             kind = ("GELU" if "act_fn" in name or "Gelu" in op else "dense GEMMs (out, FFN)")
         elif "Gelu" in op or op == "Erf":
             kind = "GELU"
-        elif op in ("LayerNormalization", "SkipLayerNormalization", "Add"):
+        elif op in ("LayerNormalization", "SkipLayerNormalization", "Add", "Sum"):
             kind = "bias + residual + LayerNorm"
         elif op in ("Softmax", "Transpose", "Reshape", "MatMul", "FusedMatMul", "Shape", "Gather", "Unsqueeze",
                     "Concat", "Div", "Slice", "Cast", "ReduceSum"):

@@ -368,25 +368,30 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--allow-untrained-exits", is_flag=True,
               help="Export a plain BERT checkpoint with untrained exit heads (recorded in the manifest).")
-@click.option("--optimize", is_flag=True, help="Apply onnxruntime's transformer fusions to the layer graphs.")
+@click.option("--standard-ops", is_flag=True,
+              help="Layer graphs with standard ONNX operators only (default: onnxruntime's fused operators, "
+                   "com.microsoft Attention and BiasGelu; recorded as export.graph_ops).")
+@click.option("--optimize", is_flag=True, hidden=True, help="Deprecated: fused layer graphs are the default.")
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
               help="Dev examples for the chain parity check.")
 @click.option("--keep-failed", is_flag=True,
               help="Publish the bundle even if fp32 parity fails (marked unvalidated: mpee-run then needs "
                    "--allow-unvalidated).")
 def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset, force,
-               allow_untrained_exits, optimize, validation_examples, keep_failed) -> None:
+               allow_untrained_exits, standard_ops, optimize, validation_examples, keep_failed) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, check_out_dir, export_bundle
     if calibrate and (data is None or max_drop is None):
         raise MpeeExportError("--calibrate needs --data and --max-drop")
     if max_drop is not None and not calibrate:
         raise MpeeExportError("--max-drop needs --calibrate")
+    if standard_ops and optimize:
+        raise MpeeExportError("--optimize (fused graphs, the default) and --standard-ops exclude each other")
     check_out_dir(out, force)
     check_opset(opset)
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
-                         optimize=optimize, keep_failed=keep_failed)
+                         keep_failed=keep_failed, **({"graph_ops": "standard"} if standard_ops else {}))
     texts = labels = calibration = full_acc = None
     if data is not None:
         examples, glue_task = _dev_examples(Path(data), model, task, None)

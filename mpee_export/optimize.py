@@ -1,10 +1,11 @@
 """Fused layer graphs: onnxruntime's transformer fusions plus the attention fusion our graphs need.
 
 The default bundle (`graph_ops: "fused"`) runs each layer graph through
-`onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (SkipLayerNormalization,
-BiasGelu, ...) and then replaces the attention of every layer by one com.microsoft `Attention` node
-(packed QKV weight, the same operator the fused full model runs). `--standard-ops` keeps the graphs as
-exported: standard ONNX operators only.
+`onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (BiasGelu, ...), replaces
+the attention of every layer by one com.microsoft `Attention` node (packed QKV weight: the operator the fused
+full model runs, QAttention once quantized), and writes each residual + LayerNorm as Sum + LayerNormalization.
+`--standard-ops` keeps the graphs as exported: standard ONNX operators only. docs/fusion_notes.md has the
+measurements behind each choice.
 
 Why our own attention fusion. onnxruntime's `FusionAttention` matches our attention (it is the standard
 BERT pattern), but the token score is computed on the side from the same Q and K tensors
@@ -15,12 +16,16 @@ produces, and the topological sort fails with "Graph is not a DAG". Here the sco
 - K: the fused `Attention` also returns `present` (2, B, H, N, dh), whose [0] is K per head, exactly the
   (B, H, N, dh) tensor the score multiplies with; one Gather reads it (no second K projection).
 - the score's query row (Slice of Q on the token axis for "cls", ReduceMean for "mean"): the projection is
-  per token and affine, so the row is taken from the layer input first and projected alone
-  (`score_q_*` nodes: one (1, d) x (d, d) product instead of reading Q).
+  per token and affine, so the row is taken from the layer input first and projected alone (`score_q_*`
+  nodes: one (1, d) x (d, d) product; W_q is a Slice of the packed weight, folded when the session starts).
 
 Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
-(the fused operator does not return them); the other fusions still apply. A pattern that does not match
+(the fused operator does not return them); the other rewrites still apply. A pattern that does not match
 exactly is left as it is, so the graph always stays correct.
+
+No SkipLayerNormalization: onnxruntime 1.32's CPU kernel is 3.5-5.6x slower than Add + LayerNormalization
+(MiniLM width, 16 / 64 tokens: 30 / 107 us against 8 / 19 us). The Sum form also keeps the session-level
+SkipLayerNormFusion, which fires once the fused attention makes the shapes known, from bringing it back.
 """
 
 from __future__ import annotations
@@ -36,18 +41,15 @@ from onnx import helper, numpy_helper
 from mpee_runtime import schema as S
 
 MS_DOMAIN = "com.microsoft"
-# Prefix of the nodes that compute the token score's query row: int8 quantization leaves them fp32.
+# Prefix of the nodes that compute the token score's query row (quantize.own_score_weights finds them).
 SCORE_PREFIX = "score_q"
-FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
 
 
 def fusion_options():
     from onnxruntime.transformers.fusion_options import FusionOptions
     options = FusionOptions("bert")
     options.enable_attention = False   # fused below (fuse_attention), keeping the token score's inputs
-    # onnxruntime 1.32's CPU SkipLayerNormalization is 3.5-5.6x slower than the Add + LayerNormalization it
-    # replaces (MiniLM width, 16 / 64 tokens: 30 / 107 us against 8 / 19 us; docs/fusion_notes.md).
-    options.enable_skip_layer_norm = False
+    options.enable_skip_layer_norm = False   # slower than Add + LayerNormalization (module docstring)
     return options
 
 

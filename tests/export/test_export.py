@@ -78,8 +78,11 @@ def test_graph_contract(tmp_path, tiny_backbone):
         assert [i.name for i in proto.graph.input] == g.inputs
         assert [o.name for o in proto.graph.output] == g.outputs
         assert {p.key: p.value for p in proto.metadata_props}[S.GRAPH_ID_KEY] == g.name
-        assert {op.domain for op in proto.opset_import} <= {"", "ai.onnx"}
-        assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+        # standard ops, plus onnxruntime's fused operators in fused layer graphs (the default graph_ops)
+        domains = {"", "ai.onnx"} | ({"com.microsoft"} if g.layer is not None and
+                                     manifest.export.graph_ops == "fused" else set())
+        assert {op.domain for op in proto.opset_import} <= domains
+        assert all(n.domain in domains for n in proto.graph.node)
         assert any(op.version >= S.MIN_OPSET for op in proto.opset_import)
         # the sequence axis is symbolic, never traced as a constant
         first = proto.graph.input[0].type.tensor_type.shape.dim[1]
@@ -220,12 +223,12 @@ def test_chain_graph_matches_layers(tmp_path):
 
 def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
     model = tiny_model(layers=3, prune_layers=[1])
-    record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(optimize=True),
+    record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(graph_ops="fused"),
                            texts=TEXTS, log=lambda m: None)
     assert record["fp32"]["passed"]
-    assert S.Manifest.load(tmp_path / "opt").export.optimized is True
+    assert S.Manifest.load(tmp_path / "opt").export.graph_ops == "fused"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
-    assert {"SkipLayerNormalization", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied
+    assert {"Attention", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied
 
 
 def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):

@@ -1,0 +1,173 @@
+"""Fused layer graphs (com.microsoft Attention, BiasGelu; optimize.py) against PyTorch, the standard-ops
+option, the manifest's graph_ops field and the int8 recipe, on tiny random models (hidden 32, 4 heads)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from tiny import tiny_model
+from transformers import AutoTokenizer
+
+from mpee_export.checkpoint import save_checkpoint
+from mpee_export.cli import export
+from mpee_export.errors import MpeeExportError
+from mpee_export.export import ExportOptions, export_bundle, export_graphs
+from mpee_export.optimize import fuse_layer
+from mpee_export.quantize import fallback_settings, recipe_settings
+from mpee_runtime import schema as S
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.policy import ExitPolicy
+
+TEXTS = [("the movie is great", None), ("a boring film", "it was bad"), ("very good acting and plot", None),
+         ("it", "the plot is not fun , not very good , and the acting was awful !")]
+
+
+def _ops(path) -> Counter:
+    return Counter((n.domain or "", n.op_type) for n in onnx.load(str(path)).graph.node)
+
+
+def _export(tmp_path, backbone, model, **opts):
+    out = tmp_path / "bundle"
+    record = export_bundle(model, AutoTokenizer.from_pretrained(str(backbone)), out, ExportOptions(**opts),
+                           texts=TEXTS, labels=[1, 0, 1, 0], log=lambda m: None)
+    return out, record
+
+
+def _same_as_pytorch(out, model, backbone, ratios=(None, 0.3, 1.0), thresholds=(0.0, 0.69)):
+    engine = MpeeEngine(out, threads=1)
+    tok = AutoTokenizer.from_pretrained(str(backbone))
+    for a, b in TEXTS:
+        enc = tok(a, b, return_tensors="pt")
+        for ratio in ratios:
+            for threshold in thresholds:
+                ref = model.predict(enc["input_ids"], enc["token_type_ids"], keep_ratio=ratio,
+                                    policy=ExitPolicy("entropy", threshold, 2))
+                got = engine.predict(a, b, threshold=threshold, keep_ratio=ratio, policy="entropy")
+                assert (got.exit_layer, got.label_index) == (ref.exit_layer, ref.label)
+                assert got.tokens_per_layer == ref.attn_lens and got.ffn_tokens_per_layer == ref.ffn_lens
+                np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [
+    {"layers": 3, "prune_layers": [0, 1], "keep_ratio": 0.5},
+    {"layers": 3, "prune_layers": [1], "keep_ratio": 0.4, "scoring": "mean", "exit_pooling": "mean"},
+])
+def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
+    model = tiny_model(**kw)
+    out, record = _export(tmp_path, tiny_backbone, model)   # fused is the default
+    assert record["fp32"]["passed"] and record["fp32"]["graphs"]["max_abs_diff_overall"] < 1e-4
+    manifest = S.Manifest.load(out)
+    assert manifest.export.graph_ops == "fused"
+    assert json.loads((out / S.MANIFEST).read_text())["export"]["graph_ops"] == "fused"
+    for g in manifest.layers:
+        ops = _ops(out / g.file)
+        assert ops[("com.microsoft", "Attention")] == 1 and ops[("com.microsoft", "BiasGelu")] == 1
+        # the slower SkipLayerNormalization is avoided, the attention's pieces are gone
+        assert not ops[("com.microsoft", "SkipLayerNormalization")] and not ops[("", "Erf")]
+        assert ops[("", "Softmax")] == 1   # only the token score's softmax is left
+        if g.prunes:                       # pruning still happens inside the graph, on the FFN's input
+            assert ops[("", "TopK")] == 1
+    assert {op.domain for op in onnx.load(str(out / S.EMBEDDINGS)).opset_import} <= {"", "ai.onnx"}
+    _same_as_pytorch(out, model, tiny_backbone)
+
+
+def test_scoring_all_keeps_the_attention_unfused(tmp_path):
+    """'all' reads the attention probabilities, which the fused operator does not return: left as is."""
+    model = tiny_model(layers=2, prune_layers=[1], scoring="all")
+    export_graphs(model, tmp_path, 17, graph_ops="fused")
+    ops = _ops(tmp_path / S.layer_file(1))
+    assert not ops[("com.microsoft", "Attention")] and ops[("com.microsoft", "BiasGelu")] == 1
+
+
+def test_standard_ops_option(tmp_path, tiny_backbone):
+    model = tiny_model(layers=2, prune_layers=[1])
+    out, record = _export(tmp_path, tiny_backbone, model, graph_ops="standard")
+    assert record["fp32"]["passed"]
+    manifest = S.Manifest.load(out)
+    assert manifest.export.graph_ops == "standard"
+    for g in manifest.graphs:
+        proto = onnx.load(str(out / g.file))
+        assert {op.domain for op in proto.opset_import} <= {"", "ai.onnx"}
+        assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
+    _same_as_pytorch(out, model, tiny_backbone, ratios=(None,), thresholds=(0.0,))
+
+
+def test_cli_standard_ops_flag(tmp_path, tiny_backbone):
+    tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(layers=2), tok, ckpt)
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "std"), "--standard-ops"])
+    assert res.exit_code == 0, res.output
+    assert S.Manifest.load(tmp_path / "std").export.graph_ops == "standard"
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--standard-ops", "--optimize"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
+    with pytest.raises(MpeeExportError, match="graph_ops"):
+        export_bundle(tiny_model(layers=2), tok, tmp_path / "y", ExportOptions(graph_ops="turbo"))
+
+
+def test_manifest_refuses_bad_graph_ops(tmp_path, tiny_backbone):
+    out, _ = _export(tmp_path, tiny_backbone, tiny_model(layers=2))
+    data = json.loads((out / S.MANIFEST).read_text())
+    for bad in ("turbo", None, True):
+        data["export"]["graph_ops"] = bad
+        (out / S.MANIFEST).write_text(json.dumps(data))
+        with pytest.raises(MpeeRuntimeError, match="export.graph_ops"):
+            S.Manifest.load(out)
+    del data["export"]["graph_ops"]
+    (out / S.MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(MpeeRuntimeError, match="missing field .*export.graph_ops"):
+        S.Manifest.load(out)
+
+
+def test_fused_int8(tmp_path, tiny_backbone):
+    model = tiny_model(layers=3, prune_layers=[1])
+    out, record = _export(tmp_path, tiny_backbone, model, quantize="int8")
+    manifest = S.Manifest.load(out)
+    assert manifest.export.graph_ops == "fused" and manifest.precision == "int8"
+    for g in manifest.layers:
+        graph = onnx.load(str(out / g.file)).graph
+        ops = Counter(n.op_type for n in graph.node)
+        assert ops["QAttention"] == 1 and not ops["Attention"] and ops["MatMulInteger"] >= 3
+        # exit heads stay fp32; nothing dequantizes a weight on every run
+        assert not [n.name for n in graph.node if n.op_type == "MatMulInteger" and "exits" in n.name]
+        assert not ops["DequantizeLinear"]
+    assert "accuracy_runtime" in record["int8"]["chain"]
+    assert record["int8"]["chain"]["same_label"] >= 0.75
+    pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
+    assert pred.exit_layer == 3 and abs(sum(pred.probs) - 1) < 1e-5
+
+
+def test_int8_recipe_is_the_reference_recipe():
+    settings = recipe_settings()["settings"]
+    assert settings["is_static"] is False and settings["per_channel"] is False
+    assert "MatMul" in settings["operators_to_quantize"] and "Attention" in settings["operators_to_quantize"]
+    pytest.importorskip("optimum.onnxruntime")
+    from mpee_export.reference import RECIPES
+    for recipe in RECIPES:   # the copy used without optimum says what optimum says
+        assert fallback_settings(recipe) == recipe_settings(recipe)["settings"]
+
+
+def test_unmatched_attention_is_left_alone(tmp_path):
+    """A pattern that differs (here: a scale that is not 1/sqrt(head size)) is not fused; the graph still runs."""
+    model = tiny_model(layers=1, prune_layers=[])
+    export_graphs(model, tmp_path, 17)
+    path = tmp_path / S.layer_file(0)
+    proto = onnx.load(str(path))
+    div = next(n for n in proto.graph.node if n.op_type == "Div" and any(
+        c.op_type == "Softmax" for c in proto.graph.node if n.output[0] in c.input))
+    const = next(n for n in proto.graph.node if n.output[0] == div.input[1])
+    value = onnx.numpy_helper.to_array(const.attribute[0].t) * 2
+    const.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32)))
+    onnx.save(proto, str(path))
+    counts = fuse_layer(path, num_heads=4, hidden=32)
+    assert "Attention" not in counts and counts.get("BiasGelu") == 1
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = S.dummy_feeds([i.name for i in sess.get_inputs()], hidden=32, num_labels=2, vocab_size=99)
+    assert sess.run(None, feeds)[0].shape == (1, S.DUMMY_SEQ, 32)
