@@ -2,19 +2,19 @@
 # Reproduce benchmarks/results/<task>/ from a trained checkpoint:
 #   benchmarks/run_task.sh TASK CKPT [ARTIFACTS_DIR]      (GLUE_DIR must point at the GLUE data)
 # Writes bundles to ARTIFACTS_DIR (default artifacts/<task>) and the small results (JSON, Markdown, PNG)
-# to benchmarks/results/<task>/. Threads: THREADS (default 2).
+# to RESULTS (default benchmarks/results/<task>/). Threads: THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}
 GLUE_DIR=${GLUE_DIR:?set GLUE_DIR}
-RES=benchmarks/results/$TASK
+RES=${RESULTS:-benchmarks/results/$TASK}
 . .venv/bin/activate
 mkdir -p "$ART" "$RES"
 DEV=$(python -c "from mpee_export.glue import get_task, load_split, resolve_task_dir, split_path; \
 t = get_task('$TASK'); print(split_path(resolve_task_dir('$GLUE_DIR', t), t, 'dev'))")
 echo "== $TASK: PyTorch sweep"
 mpee-eval "$CKPT" --data "$GLUE_DIR" --task "$TASK" --sweep --thresholds 0,0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.5,0.6 \
-  --keep-ratios 0.5,0.7,1.0 --json "$RES/eval_sweep.json"
+  --keep-ratios 0.3,0.5,0.7,1.0 --json "$RES/eval_sweep.json" --plot "$RES/eval_tradeoff.png"
 echo "== $TASK: export fp32 (calibrated within 0.5 points), int8 (within 1 point), reference"
 mpee-export "$CKPT" "$ART/bundle" --data "$GLUE_DIR" --task "$TASK" --calibrate --max-drop 0.5 --force \
   | tee "$RES/export_fp32.txt"
