@@ -380,14 +380,14 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 def export_run(checkpoint, out, quantize, data, task, calibrate, max_drop, opset, force,
                allow_untrained_exits, standard_ops, optimize, validation_examples, keep_failed) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
-    from .export import ExportOptions, check_opset, check_out_dir, export_bundle
+    from .export import ExportOptions, check_opset, export_bundle
     if calibrate and (data is None or max_drop is None):
         raise MpeeExportError("--calibrate needs --data and --max-drop")
     if max_drop is not None and not calibrate:
         raise MpeeExportError("--max-drop needs --calibrate")
     if standard_ops and optimize:
         raise MpeeExportError("--optimize (fused graphs, the default) and --standard-ops exclude each other")
-    check_out_dir(out, force)
+    check_output_folder(out, force=force)
     check_opset(opset)
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,

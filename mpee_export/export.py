@@ -22,7 +22,7 @@ import transformers
 
 from mpee_runtime import __version__ as runtime_version
 from mpee_runtime import schema as S
-from mpee_runtime.files import AtomicFolder, check_output_folder, write_text
+from mpee_runtime.files import AtomicFolder, write_text
 from mpee_runtime.flops import FLOPS_CONVENTION
 
 from . import __version__
@@ -42,11 +42,6 @@ class ExportOptions:
     untrained_exits: bool = False        # the manifest records it
     graph_ops: str = "fused"             # "fused": com.microsoft fused operators (optimize.py); "standard": ONNX only
     keep_failed: bool = False            # publish a bundle that failed fp32 validation (recorded as not passed)
-
-
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty or unwritable output before any work."""
-    check_output_folder(out, force=force)
 
 
 def check_opset(opset: int) -> None:
@@ -164,7 +159,6 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         The validation record (also written to out/validation.json), with "calibration" when calibrated.
     """
     out = Path(out)
-    check_out_dir(out, opts.force)
     check_opset(opts.opset)
     if opts.graph_ops not in S.GRAPH_OPS:
         raise MpeeExportError(f"graph_ops must be one of {list(S.GRAPH_OPS)}, got {opts.graph_ops!r}")
