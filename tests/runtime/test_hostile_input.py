@@ -56,16 +56,15 @@ def test_not_utf8(built, tmp_path, capsys, name):
     _error(capsys, [str(built / "bundle"), "--input", str(path)], "not UTF-8")
 
 
-def test_tsv_without_the_pair_column(built, tmp_path, capsys):
-    path = tmp_path / "dev.tsv"
-    path.write_text("index\tsentence1\tlabel\n0\tthe movie is great\tentailment\n")
-    _error(capsys, [str(built / "bundle"), "--input", str(path)], "'sentence2'")
-
-
-def test_header_only_tsv(built, tmp_path, capsys):
-    path = tmp_path / "dev.tsv"
-    path.write_text("index\tsentence1\tsentence2\tlabel\n")
-    _error(capsys, [str(built / "bundle"), "--input", str(path)], "no examples")
+@pytest.mark.parametrize("name,content,needle", [
+    ("dev.tsv", "index\tsentence1\tlabel\n0\tthe movie is great\tentailment\n", "'sentence2'"),   # RTE needs a pair
+    ("dev.tsv", "index\tsentence1\tsentence2\tlabel\n", "no examples"),                         # header only
+    ("in.jsonl", '{"text": "fine", "label": "entailment"}\n{"text": "x", "label": "maybe"}\n', "'maybe'"),
+])
+def test_malformed_input_is_refused_before_running(built, tmp_path, capsys, name, content, needle):
+    path = tmp_path / name
+    path.write_text(content)
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], needle)
 
 
 def test_other_task_columns(built, tmp_path, capsys):
@@ -84,12 +83,6 @@ def test_other_task_columns(built, tmp_path, capsys):
     assert json.loads(out.read_text().splitlines()[1])["probs"] == [round(p, 6) for p in want.probs]
     _error(capsys, [str(built / "bundle"), "--input", str(path), "--text-column", "question", "--pair-column",
                     "sentence", "--label-column", "gold"], "'gold'")
-
-
-def test_unknown_label_is_refused_before_running(built, tmp_path, capsys):
-    path = tmp_path / "in.jsonl"
-    path.write_text('{"text": "fine", "label": "entailment"}\n{"text": "x", "label": "maybe"}\n')
-    _error(capsys, [str(built / "bundle"), "--input", str(path)], "'maybe'")
 
 
 # ---------------------------------------------------------------- outputs: checked before any work
