@@ -114,14 +114,14 @@ class MpeePrediction:
     ffn_lens: list[int]
 
 
-def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None, scoring: str
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None, scoring: str | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention, output dense, residual and LayerNorm of a `BertLayer`, and this layer's token scores.
 
     Returns the block output (B, N, d) and the scores of positions 1..N-1 (B, N-1). The scores of "cls"
     and "mean" are computed on the side from the queries and keys (one query row per head, O(N d)),
     not read from the attention probabilities, so that the main attention is the standard pattern an
-    optimizer can fuse; "all" needs the whole probability matrix.
+    optimizer can fuse; "all" needs the whole probability matrix. `scoring` None: no scores (None).
     """
     sa = layer.attention.self
     b, n, _ = hidden.shape
@@ -136,6 +136,8 @@ def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor |
     probs = (logits if bias is None else logits + bias).softmax(dim=-1)
     context = (sa.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
     out = layer.attention.output(context, hidden)
+    if scoring is None:
+        return out, None
     if scoring == "all":
         return out, received_attention(probs, mask)
     return out, query_scores(q, k, bias, mask, scoring)
@@ -213,28 +215,34 @@ def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool =
 
 
 def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool, select: str) -> LayerState:
-    """prune_tokens for one unpadded sample, in tensor ops only, so that ONNX export keeps N and k dynamic."""
-    hidden, scores = state.hidden, state.scores
-    others = torch._shape_as_tensor(hidden)[1] - 1
+    """prune_tokens for one unpadded sample, in tensor ops only, so that ONNX export keeps N and k dynamic.
+
+    Written for a small graph, because the exported pruning step runs at every pruning layer even when it
+    keeps every token: rows are taken with 1-D index Gathers on the (N, d) matrix (no expanded index
+    tensors), the fused token is one (1, n) x (n, d) product, and bottom selection is TopK's largest=0.
+    """
+    hidden, scores = state.hidden[0], state.scores[0]                          # (N, d), (N - 1,)
+    others = torch._shape_as_tensor(scores)[0]
     k = keep_count(others + 1, ratio)
-    order = torch.topk(scores if select == "top" else -scores, others, dim=1).indices   # full sort
-    kept = torch.index_select(order, 1, torch.arange(k))
-    dropped = torch.index_select(order, 1, torch.arange(k, others))
-    body = hidden[:, 1:]
-    width = hidden.shape[2]
-    parts_h = [hidden[:, :1], body.gather(1, kept[..., None].expand(-1, -1, width))]
-    parts_s = [scores.gather(1, kept)]
+    order = torch.topk(scores, others, largest=select == "top").indices        # full sort
+    kept = torch.index_select(order, 0, torch.arange(k))
+    body = hidden[1:]
+    parts_h = [hidden[:1], torch.index_select(body, 0, kept)]
+    parts_s = [torch.index_select(scores, 0, kept)]
     if not fuse:
-        return LayerState(torch.cat(parts_h, 1), None, torch.cat(parts_s, 1), state.memory)
-    weights = scores.gather(1, dropped)                                          # (1, n_dropped)
-    fused = (weights[..., None] * body.gather(1, dropped[..., None].expand(-1, -1, width))).sum(1, keepdim=True)
+        return LayerState(torch.cat(parts_h)[None], None, torch.cat(parts_s)[None], state.memory)
+    dropped = torch.index_select(order, 0, torch.arange(k, others))
+    weights = torch.index_select(scores, 0, dropped)                            # (n_dropped,)
+    # A (1, n) x (n, d) product, the fewest nodes; the FLOPs convention leaves the fusion uncounted (the
+    # padded path, which FlopCounterMode checks, sums elementwise products instead).
+    fused = weights[None] @ torch.index_select(body, 0, dropped)               # (1, d); zeros if none dropped
     n_dropped = others - k
-    fused_score = weights.sum(1, keepdim=True) / torch.clamp(n_dropped, min=1).to(weights.dtype)
+    fused_score = weights.sum(0, keepdim=True) / torch.clamp(n_dropped, min=1).to(weights.dtype)
     # The fused token exists only when something was dropped: slice it away otherwise.
     n_new = k + torch.clamp(n_dropped, max=1)
-    hidden = torch.index_select(torch.cat(parts_h + [fused], 1), 1, torch.arange(n_new + 1))
-    scores = torch.index_select(torch.cat(parts_s + [fused_score], 1), 1, torch.arange(n_new))
-    return LayerState(hidden, None, scores, state.memory)
+    hidden = torch.index_select(torch.cat(parts_h + [fused]), 0, torch.arange(n_new + 1))
+    scores = torch.index_select(torch.cat(parts_s + [fused_score]), 0, torch.arange(n_new))
+    return LayerState(hidden[None], None, scores[None], state.memory)
 
 
 class MpeeModel(nn.Module):
@@ -269,6 +277,12 @@ class MpeeModel(nn.Module):
         c = self.config
         return FlopsModel(c.hidden_size, c.intermediate_size, self.mpee.num_labels, c.num_hidden_layers)
 
+    def scores_needed(self, layer: int) -> bool:
+        """Whether layer `layer` computes token scores: only a pruning layer at or after it reads the score
+        memory, so the layers after the last pruning layer skip the score (its query-row product, softmax and
+        memory blend: ~40 us per layer of MiniLM on a 2-core CPU) and carry the memory through unchanged."""
+        return any(p >= layer for p in self.mpee.prune_layers)
+
     def keep_ratio_at(self, layer: int, keep_ratio: float | None) -> float | None:
         """Keep ratio used at `layer` (None: no pruning); `keep_ratio` overrides the configured one."""
         # Read from the config each time: calibration may change its keep ratios after construction.
@@ -290,9 +304,13 @@ class MpeeModel(nn.Module):
         """Run layer i (0-based): attention, score memory, pruning, FFN, exit head, classifier memory."""
         layer = self.bert.encoder.layer[i]
         attn_len = _lengths(state)
-        attn_out, current = attention_block(layer, state.hidden, state.mask, self.mpee.scoring)
+        scoring = self.mpee.scoring if self.scores_needed(i) else None
+        attn_out, current = attention_block(layer, state.hidden, state.mask, scoring)
         beta = self.mpee.betas[i]
-        scores = current if state.scores is None else (1 - beta) * state.scores + beta * current
+        if current is None:
+            scores = state.scores
+        else:
+            scores = current if state.scores is None else (1 - beta) * state.scores + beta * current
         state = LayerState(attn_out, state.mask, scores, state.memory)
         ratio = self.keep_ratio_at(i, keep_ratio)
         if ratio is not None:

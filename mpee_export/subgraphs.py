@@ -45,7 +45,10 @@ class LayerGraph(nn.Module):
         state = LayerState(named[S.HIDDEN], None, named.get(S.SCORES), named.get(S.MEMORY))
         state, _ = self.model.layer_step(self.i, state, named.get(S.KEEP_RATIO))
         probs, entropy = blended_outputs(state.memory)
-        return state.hidden, state.scores, state.memory, probs, entropy
+        scores = state.scores
+        if scores is None:   # no pruning layer reads a score (MpeeModel.scores_needed): the output is a filler
+            scores = torch.zeros_like(state.hidden[:, 1:, 0])
+        return state.hidden, scores, state.memory, probs, entropy
 
 
 class ChainGraph(nn.Module):

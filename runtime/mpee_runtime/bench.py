@@ -6,10 +6,11 @@ Variants, on the same pre-tokenised inputs and thread count:
   onnx_fused       onnx_full after onnxruntime's offline transformer fusions (REF/model_fused.onnx), fp32
   onnx_fused_int8  onnx_fused in dynamic int8 with optimum's recipe for the CPU (REF/model_fused_int8.onnx)
   chain            our chain, no exit, no pruning (fp32)
-  chain_aa         the same chain again, under a second name: the A/A control
+  chain_aa         the same chain again, from a second load of the bundle: the A/A control
   exits            layer exits only (threshold F, keep ratio 1)
   pruning          token pruning only (no exit, keep ratio r)
   mpee             MPEE (F, r)
+  chain_int8       the int8 bundle's chain, no exit, no pruning
   mpee_int8        MPEE on the int8 bundle
 plus one variant per point of the threshold x keep-ratio sweep (fp32 bundle), and the static-depth
 alternative: the same model always leaving at exit k (k = 1..L; policy "depth"), at keep ratio 1 and at
@@ -25,16 +26,22 @@ Baselines. Every speed-up says what it is against:
 results.json's `baselines` block says which variant is the baseline of each precision. Without --reference
 there is no full model: every speed-up (int8 rows too) is against the chain, and the notes say so.
 
-Method. (1) Every onnxruntime variant, the sweep's too, runs in one interleaved pass: after a warm-up,
-each variant classifies each example, in a fresh random order for each example (seeded, so reproducible):
-slow drifts of the machine hit all variants alike, and no variant always follows the same one (a fixed
-rotation did that: on the tiny test model the chain, always run right after another model's graph, was
-5-8% slower than its A/A twin, always run right after the chain with warm caches). (2) PyTorch gets a pass of its own
+Method. (1) Every onnxruntime variant, the sweep's too, runs in one interleaved pass, in blocks: the
+examples are cut into blocks of --block consecutive examples (default 16); for each block the variants
+take turns in a fresh random order (seeded, so reproducible), and each variant runs the whole block back
+to back, after one untimed run of the block's first example. So every variant is timed as a deployed
+model runs, with its own weights warm in the caches, and slow drifts of the machine still hit all variants
+alike. Interleaving example by example (--block 1) timed each run right after another model's: the
+weights of whichever variants shared a session (the fp32 bundle serves the chain, the exits, MPEE and the
+whole sweep) stayed warm in the 32 MB L3 cache while the full models' and the int8 bundle's did not; the
+same int8 chain measured as two variants, one of them twice per example, came out 13% faster in its
+doubled copy (SST-2 dev, 2 threads). (2) PyTorch gets a pass of its own
 after that one, with torch.set_num_threads(--threads); torch is not even imported before the onnxruntime
 pass ends, because its OpenMP threads keep spinning after each call and, interleaved, slowed onnxruntime
 by 20-40% on 2 cores (measured: onnx_full 5.8 ms alone, 7.1-8.1 ms with PyTorch in the rotation),
 inflating every speed-up. Last, its spinning pool has nothing left to disturb. (3) The A/A control: the
-chain is measured twice in the interleaved pass, as `chain` and `chain_aa`; the relative difference of
+chain is measured twice, as `chain` and `chain_aa`, each on its own engine (a second load of the same
+bundle: its own sessions and memory); the relative difference of
 their mean and of their p50 latencies, |a - b| / ((a + b) / 2), is the noise floor of the run
 (`aa_control` in results.json, a line under table.md and on stdout). Above 3% the run is flagged
 (`warning` in results.json, a `warning:` line on stderr, a warning under table.md): latency
@@ -63,7 +70,8 @@ from .policy import POLICIES, check_threshold
 
 AA_NAMES = ("chain", "chain_aa")
 AA_THRESHOLD = 0.03   # relative spread of the A/A pair above which a run is flagged
-ORDER_SEED = 0        # the interleaved pass's per-example orders are drawn from this seed
+ORDER_SEED = 0        # the interleaved pass's per-block orders are drawn from this seed
+BLOCK = 16            # examples per block of the interleaved pass (--block)
 # The full models of `mpee-export reference`: name, file, precision, description.
 FULL_MODELS = (("onnx_full", "model.onnx", "fp32", "full model, optimum export (plain), onnxruntime"),
                ("onnx_fused", "model_fused.onnx", "fp32",
@@ -239,10 +247,11 @@ def pytorch_variant(hf_dir: Path, engine, threads: int) -> Variant | str:
 
 
 def measure(variants: list[Variant], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
-            progress: bool = True) -> None:
-    """The interleaved pass: every variant on every input, in a fresh random order for each input (seeded:
-    the same run order every time); the first `warmup` inputs are run but not kept."""
-    _timed_pass(variants, inputs, warmup, progress, shuffle=True)
+            progress: bool = True, block: int = BLOCK) -> None:
+    """The interleaved pass: every variant on every input, block by block, the variants in a fresh random
+    order for each block (seeded: the same run order every time), each running the block back to back
+    after one untimed run of its first input; the first `warmup` inputs are run beforehand, not kept."""
+    _timed_pass(variants, inputs, warmup, progress, shuffle=True, block=block)
 
 
 def measure_alone(variant: Variant, inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
@@ -252,24 +261,32 @@ def measure_alone(variant: Variant, inputs: list[tuple[np.ndarray, np.ndarray]],
 
 
 def _timed_pass(variants: list[Variant], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
-                progress: bool, shuffle: bool = False) -> None:
+                progress: bool, shuffle: bool = False, block: int | None = None) -> None:
+    """Time every variant on every input. `block` None: each variant runs all inputs in turn (one variant:
+    a pass of its own); else blocks of `block` inputs, the variants taking turns within each block."""
     rng = np.random.default_rng(ORDER_SEED)
     for i in range(warmup):
         for v in variants:
             v.run(*inputs[i % len(inputs)])
-    start = time.time()
-    for i, (ids, types) in enumerate(inputs):
+    start, done = time.time(), 0
+    size = block or len(inputs)
+    for b in range(0, len(inputs), size):
+        chunk = inputs[b:b + size]
         for k in (rng.permutation(len(variants)) if shuffle else range(len(variants))):
             v = variants[k]
-            t = time.perf_counter_ns()
-            label, exit_layer, flops = v.run(ids, types)
-            v.times_us.append((time.perf_counter_ns() - t) / 1e3)
-            v.preds.append(label)
-            v.exits.append(exit_layer)
-            v.flops.append(flops)
-            v.seq_lens.append(int(ids.shape[1]))
-        if progress and (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(inputs)} examples, {time.time() - start:.0f} s", file=sys.stderr)
+            if block and block > 1:
+                v.run(*chunk[0])   # its caches back after the other variants' turns; not timed
+            for ids, types in chunk:
+                t = time.perf_counter_ns()
+                label, exit_layer, flops = v.run(ids, types)
+                v.times_us.append((time.perf_counter_ns() - t) / 1e3)
+                v.preds.append(label)
+                v.exits.append(exit_layer)
+                v.flops.append(flops)
+                v.seq_lens.append(int(ids.shape[1]))
+        if progress and (b + len(chunk)) // 50 > done // 50:
+            print(f"  {b + len(chunk)}/{len(inputs)} examples, {time.time() - start:.0f} s", file=sys.stderr)
+        done = b + len(chunk)
 
 
 def summarize(v: Variant, labels: list[int] | None, metric: str, flops_model) -> dict:
@@ -400,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-static", action="store_true", help="skip the static-depth points (exit k for every example)")
     p.add_argument("--max-examples", type=int, help="use the first N examples")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--block", type=int, default=BLOCK,
+                   help="examples each variant runs back to back in its turn (1: interleave example by example)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--spinning", action="store_true")
     p.add_argument("--allow-unvalidated", action="store_true", help="accept bundles that failed validation")
@@ -431,6 +450,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     from .engine import MpeeEngine
     if args.max_drop is not None and args.budget_ms is not None:
         raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
+    if args.block < 1:
+        raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
     check_output_folder(args.out, force=True)
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
                         allow_unvalidated=args.allow_unvalidated)
@@ -522,16 +543,21 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     else:
         notes.append("pytorch, onnx_full, onnx_fused, onnx_fused_int8: skipped (no --reference); every speed-up, "
                      "int8 rows too, is against the chain, not a full model")
+    twin = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
+                      allow_unvalidated=args.allow_unvalidated)
     table += [chain_variant(AA_NAMES[0], engine, "our chain, no exit, no pruning", **NO_EXIT, keep_ratio=1.0),
-              chain_variant(AA_NAMES[1], engine, "A/A control: the chain again", **NO_EXIT, keep_ratio=1.0),
+              chain_variant(AA_NAMES[1], twin, "A/A control: the chain again, second load of the bundle",
+                            **NO_EXIT, keep_ratio=1.0),
               chain_variant("exits", engine, "layer exits only", **exit_rule, keep_ratio=1.0),
               chain_variant("pruning", engine, "token pruning only", **NO_EXIT, keep_ratio=setup.keep_ratio),
               chain_variant("mpee", engine, "MPEE", **exit_rule, keep_ratio=setup.keep_ratio)]
     if args.int8 is not None:
         int8 = MpeeEngine(args.int8, threads=args.threads, spinning=args.spinning,
                           allow_unvalidated=args.allow_unvalidated)
-        table.append(chain_variant("mpee_int8", int8, "MPEE int8", policy=int8.default_policy,
-                                   threshold=int8.default_threshold, keep_ratio=setup.keep_ratio, precision="int8"))
+        table += [chain_variant("chain_int8", int8, "our int8 chain, no exit, no pruning", **NO_EXIT,
+                                keep_ratio=1.0, precision="int8"),
+                  chain_variant("mpee_int8", int8, "MPEE int8", policy=int8.default_policy,
+                                threshold=int8.default_threshold, keep_ratio=setup.keep_ratio, precision="int8")]
     else:
         notes.append("mpee_int8: skipped (no --int8 bundle)")
     sweep = [] if args.no_sweep else [
@@ -592,8 +618,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     interleaved = plan.table + plan.sweep + plan.static
     print(f"mpee-bench: {len(setup.inputs)} examples x {len(interleaved)} onnxruntime variants interleaved"
           + (", then PyTorch alone" if plan.pytorch else "") + f", {args.threads} threads", file=sys.stderr)
-    measure(interleaved, setup.inputs, args.warmup)
-    passes = [{"pass": 1, "mode": "interleaved", "runtime": "onnxruntime", "warmup": args.warmup,
+    measure(interleaved, setup.inputs, args.warmup, block=args.block)
+    passes = [{"pass": 1, "mode": "interleaved", "block": args.block, "runtime": "onnxruntime", "warmup": args.warmup,
                "variants": [v.name for v in interleaved]}]
     table_v = list(plan.table)
     if plan.pytorch is not None:

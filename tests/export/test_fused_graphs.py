@@ -70,7 +70,11 @@ def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
         assert ops[("com.microsoft", "Attention")] == 1 and ops[("com.microsoft", "BiasGelu")] == 1
         # the slower SkipLayerNormalization is avoided, the attention's pieces are gone
         assert not ops[("com.microsoft", "SkipLayerNormalization")] and not ops[("", "Erf")]
-        assert ops[("", "Softmax")] == 1   # only the token score's softmax is left
+        # only the token score's softmax is left, in the layers up to the last pruning layer (the only ones
+        # whose score is read)
+        assert ops[("", "Softmax")] == (1 if g.layer <= max(kw["prune_layers"]) else 0)
+        # 3 dense products, the score's query row, the fused token's weighted sum
+        assert ops[("", "MatMul")] == 3 + (g.layer <= max(kw["prune_layers"])) + g.prunes
         if g.prunes:                       # pruning still happens inside the graph, on the FFN's input
             assert ops[("", "TopK")] == 1
     assert {op.domain for op in onnx.load(str(out / S.EMBEDDINGS)).opset_import} <= {"", "ai.onnx"}

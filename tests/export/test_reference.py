@@ -133,7 +133,7 @@ def test_reference_and_full_bench(tmp_path, tiny_backbone, monkeypatch):
     result = json.loads((out / "results.json").read_text())
     rows = {v["variant"]: v for v in result["variants"]}
     assert list(rows) == ["pytorch", "onnx_full", "onnx_fused", "onnx_fused_int8", "chain", "chain_aa", "exits",
-                          "pruning", "mpee", "mpee_int8"]
+                          "pruning", "mpee", "chain_int8", "mpee_int8"]
 
     # PyTorch: built after the interleaved pass, measured alone after it, never in the rotation.
     kinds = [e[0] for e in events]
@@ -156,11 +156,13 @@ def test_reference_and_full_bench(tmp_path, tiny_backbone, monkeypatch):
         assert row["speedup_mean"] == pytest.approx(base["latency"]["mean_us"] / row["latency"]["mean_us"])
         assert row["speedup_p50"] == pytest.approx(base["latency"]["p50_us"] / row["latency"]["p50_us"])
         assert row["speedup_mean_vs_plain_fp32"] == pytest.approx(full["latency"]["mean_us"] / row["latency"]["mean_us"])
-    assert {r["variant"] for r in result["variants"] if r["precision"] == "int8"} == {"onnx_fused_int8", "mpee_int8"}
+    assert {r["variant"] for r in result["variants"] if r["precision"] == "int8"} == {"onnx_fused_int8", "chain_int8",
+                                                                                      "mpee_int8"}
     assert result["reference_export"]["recipe"] == record["quantization"]["recipe"]
     assert record["quantization"]["recipe"] in rows["onnx_fused_int8"]["description"]
     pt, chain = rows["pytorch"], rows["chain"]
     assert pt["accuracy"] == full["accuracy"] == fused["accuracy"] == chain["accuracy"]
+    assert rows["chain_int8"]["mean_exit_layer"] == 3 and rows["chain_int8"]["rho"] == pytest.approx(chain["rho"])
 
     # A/A pair: reported, recomputed from its rows, flagged above 3%.
     aa = result["aa_control"]

@@ -123,20 +123,34 @@ def _fake(name, log):
 
 
 def test_measure_interleaves_and_measure_alone_runs_one_variant():
-    inputs = [(np.zeros((1, n), dtype=np.int64), np.zeros((1, n), dtype=np.int64)) for n in range(3, 23)]
+    inputs = [(np.full((1, n), n, dtype=np.int64), np.zeros((1, n), dtype=np.int64)) for n in range(3, 43)]
     log = []
-    variants = [_fake(n, log) for n in "abcd"]
-    measure(variants, inputs, warmup=2, progress=False)
+
+    def fake(name, log):
+        def run(ids, types):
+            log.append((name, int(ids[0, 0])))
+            return 0, 1, 1
+        return Variant(name, run, name)
+    variants = [fake(n, log) for n in "abcd"]
+    measure(variants, inputs, warmup=2, progress=False, block=8)
     timed = log[8:]                                    # 2 warm-up inputs x 4 variants first
-    orders = [tuple(timed[4 * i: 4 * i + 4]) for i in range(len(inputs))]
-    assert all(sorted(o) == list("abcd") for o in orders)     # every variant once per example
-    assert len(set(orders)) > 4                               # in varying orders ...
-    predecessors = {o[o.index("b") - 1] for o in orders if o.index("b") > 0}
-    assert len(predecessors) > 1                              # ... so no variant always follows the same one
+    turns = [timed[9 * i: 9 * i + 9] for i in range(len(timed) // 9)]     # per turn: 1 re-warm + 8 timed
+    assert len(turns) == 4 * 5 and len(timed) == 4 * 5 * 9
+    for i, turn in enumerate(turns):
+        block = [int(ids[0, 0]) for ids, _ in inputs[8 * (i // 4): 8 * (i // 4) + 8]]
+        assert len({name for name, _ in turn}) == 1                   # one variant runs its whole block ...
+        assert [x for _, x in turn] == [block[0]] + block             # ... after one run of its first input
+    orders = [tuple(t[0][0] for t in turns[4 * b: 4 * b + 4]) for b in range(5)]
+    assert all(sorted(o) == list("abcd") for o in orders)     # every variant once per block
+    assert len(set(orders)) > 1                               # in varying orders
     assert all(len(v.times_us) == len(inputs) for v in variants)
     log2 = []
-    measure([_fake(n, log2) for n in "abcd"], inputs, warmup=2, progress=False)
+    measure([fake(n, log2) for n in "abcd"], inputs, warmup=2, progress=False, block=8)
     assert log2 == log                                        # seeded: the same orders every run
+    log1 = []
+    measure([fake(n, log1) for n in "abcd"], inputs, warmup=0, progress=False, block=1)
+    assert len(log1) == 4 * len(inputs)                       # block 1: example by example, no re-warm run
+    assert all(sorted(n for n, _ in log1[4 * i: 4 * i + 4]) == list("abcd") for i in range(len(inputs)))
     alone_log = []
     pt = _fake("pytorch", alone_log)
     measure_alone(pt, inputs, warmup=3, progress=False)
