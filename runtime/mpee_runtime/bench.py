@@ -189,13 +189,14 @@ def chain_variant(name: str, engine, description: str, *, policy: str, threshold
 
 
 def full_model_variant(name: str, path: Path, description: str, precision: str, engine, threads: int,
-                       spinning: bool) -> Variant:
+                       spinning: bool, thread_pool: str = "session") -> Variant:
     """A full model (one ONNX graph with input_ids / attention_mask / token_type_ids) run by onnxruntime."""
     import onnxruntime as ort
 
     from .engine import session_options
     try:
-        sess = ort.InferenceSession(str(path), session_options(threads, spinning), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), session_options(threads, spinning, thread_pool=thread_pool),
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 -- onnxruntime's errors derive from Exception only
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise MpeeRuntimeError(f"{path}: onnxruntime cannot load this graph ({first})") from None
@@ -399,6 +400,7 @@ def _floats(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _Parser
+    from .engine import THREAD_POOLS
     p = _Parser(prog="mpee-bench", description=__doc__.split("\n")[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("--input", type=Path, required=True, help="GLUE TSV or JSONL with labels (e.g. dev.tsv)")
@@ -420,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=BLOCK,
                    help="examples each variant runs back to back in its turn (1: interleave example by example)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--spinning", action="store_true")
+    p.add_argument("--thread-pool", choices=THREAD_POOLS, default="session",
+                   help="session: a pool per onnxruntime session; global: every session (full models too) on "
+                   "one process-wide pool [default: session]")
+    p.add_argument("--no-spinning", dest="spinning", action="store_false",
+                   help="with --thread-pool session: idle pool threads sleep instead of spinning during a run")
     p.add_argument("--allow-unvalidated", action="store_true", help="accept bundles that failed validation")
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model")
     p.add_argument("--budget-ms", type=float, help="name the most accurate point with p50 within B ms")
@@ -454,7 +460,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
     check_output_folder(args.out, force=True)
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated)
+                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
     policy = args.policy or engine.default_policy
     threshold = engine.default_threshold if args.threshold is None else args.threshold
     ratio = args.keep_ratio if args.keep_ratio is not None else (engine.manifest.pruning.keep_ratios or [1.0])[0]
@@ -533,7 +539,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
             if name == "onnx_fused_int8" and recipe:
                 description += f" (optimum recipe {recipe})"
             table.append(full_model_variant(name, ref / file, description, precision, engine, args.threads,
-                                            args.spinning))
+                                            args.spinning, args.thread_pool))
         reason = pytorch_skip_reason(ref / "hf")
         if reason:
             notes.append(f"pytorch: {reason}")
@@ -544,7 +550,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
         notes.append("pytorch, onnx_full, onnx_fused, onnx_fused_int8: skipped (no --reference); every speed-up, "
                      "int8 rows too, is against the chain, not a full model")
     twin = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                      allow_unvalidated=args.allow_unvalidated)
+                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
     table += [chain_variant(AA_NAMES[0], engine, "our chain, no exit, no pruning", **NO_EXIT, keep_ratio=1.0),
               chain_variant(AA_NAMES[1], twin, "A/A control: the chain again, second load of the bundle",
                             **NO_EXIT, keep_ratio=1.0),
@@ -553,7 +559,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
               chain_variant("mpee", engine, "MPEE", **exit_rule, keep_ratio=setup.keep_ratio)]
     if args.int8 is not None:
         int8 = MpeeEngine(args.int8, threads=args.threads, spinning=args.spinning,
-                          allow_unvalidated=args.allow_unvalidated)
+                          allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
         table += [chain_variant("chain_int8", int8, "our int8 chain, no exit, no pruning", **NO_EXIT,
                                 keep_ratio=1.0, precision="int8"),
                   chain_variant("mpee_int8", int8, "MPEE int8", policy=int8.default_policy,
@@ -644,7 +650,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     warning = aa_warning(aa)
     reference = by_name[baselines["fp32"]]
     record = {"task": manifest.task.name if manifest.task else "task", "examples": len(setup.inputs),
-              "environment": environment(threads=args.threads, spinning=args.spinning,
+              "environment": environment(threads=setup.engine.threads, thread_pool=setup.engine.thread_pool,
+                                         spinning=args.spinning if setup.engine.thread_pool == "session"
+                                         else "onnxruntime default",
                                          manifest_sha256=sha256_of(args.bundle / MANIFEST)),
               "baselines": baselines, "aa_control": aa, "warning": warning,
               "measurement": {"passes": passes, "aa_threshold": AA_THRESHOLD},

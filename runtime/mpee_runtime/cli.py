@@ -70,6 +70,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine import THREAD_POOLS
     p = _Parser(prog="mpee-run", description="Run an MPEE bundle (early exit + token pruning).")
     p.add_argument("bundle", type=Path, help="bundle folder written by mpee-export")
     p.add_argument("text", nargs="?", help="text to classify")
@@ -86,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-ratio", type=float, help="keep ratio at the pruning layers [default: the bundle's]")
     p.add_argument("--policy", choices=POLICIES, help="exit policy [default: the bundle's]")
     p.add_argument("--threads", type=int, help="intra-op threads [default: cores, at most 4]")
-    p.add_argument("--spinning", action="store_true", help="let onnxruntime's thread pool spin")
+    p.add_argument("--thread-pool", choices=THREAD_POOLS, default="session",
+                   help="session: a pool per graph; global: all graphs on one process-wide onnxruntime pool "
+                   "[default: session]")
+    p.add_argument("--no-spinning", dest="spinning", action="store_false",
+                   help="with --thread-pool session: idle pool threads sleep instead of spinning during a run")
     p.add_argument("--allow-unvalidated", action="store_true",
                    help="run a bundle that did not pass the export's parity check")
     return p
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     from .engine import MpeeEngine
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated)
+                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
     knobs = {"threshold": args.threshold, "keep_ratio": args.keep_ratio, "policy": args.policy}
     check_threshold(args.policy or engine.default_policy,
                     engine.default_threshold if args.threshold is None else args.threshold)

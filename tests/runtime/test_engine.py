@@ -171,3 +171,37 @@ def test_cli_glue_tsv_with_pairs(built, tmp_path, capsys):
     bad.write_text("index\tsentence1\tsentence2\tlabel\n0\tonly two\tfields\n")
     assert run_cli([str(built / "bundle"), "--input", str(bad)]) == 2
     assert "bad.tsv:2" in capsys.readouterr().err
+
+
+_POOLS = """
+import json, sys
+from mpee_runtime.engine import MpeeEngine
+bundle = sys.argv[1]
+texts = ["a fine film", "dull , flat and far too long", "the acting is good but the plot is not"]
+engines = [MpeeEngine(bundle, threads=2),                          # a pool per session, spinning during a run
+           MpeeEngine(bundle, threads=2, spinning=False),
+           MpeeEngine(bundle, threads=1, thread_pool="global"),     # creates the process-wide pool, 1 thread
+           MpeeEngine(bundle, threads=2)]                          # must use it now: onnxruntime's rule
+preds = [[(p.exit_layer, p.label_index, p.probs) for p in (e.predict(t, threshold=0.3) for t in texts)]
+         for e in engines]
+print(json.dumps({"pools": [(e.thread_pool, e.threads) for e in engines], "preds": preds}))
+"""
+
+
+def test_thread_pools(built):
+    """The global pool is process-wide state: checked in a fresh process. Once it exists every engine runs on
+    it (onnxruntime refuses sessions with pools of their own), and every setting gives the same predictions."""
+    res = subprocess.run([sys.executable, "-c", _POOLS, str(built / "bundle")], check=False, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["pools"] == [["session", 2], ["session", 2], ["global", 1], ["global", 1]]
+    ref = out["preds"][0]
+    for preds in out["preds"][1:]:
+        assert [p[:2] for p in preds] == [p[:2] for p in ref]
+        np.testing.assert_allclose([p[2] for p in preds], [p[2] for p in ref], atol=1e-6)
+
+
+def test_bad_thread_pool(built):
+    with pytest.raises(MpeeRuntimeError, match="thread pool"):
+        MpeeEngine(built / "bundle", thread_pool="shared")
