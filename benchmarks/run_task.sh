@@ -2,10 +2,11 @@
 # Reproduce benchmarks/results/<task>/ from a trained checkpoint:
 #   benchmarks/run_task.sh TASK CKPT [ARTIFACTS_DIR]      (GLUE_DIR must point at the GLUE data)
 # Writes bundles to ARTIFACTS_DIR (default artifacts/<task>) and the small results (JSON, Markdown, PNG)
-# to RESULTS (default benchmarks/results/<task>/). Threads: THREADS (default 2).
+# to RESULTS (default benchmarks/results/<task>/). Threads: THREADS (default 2); onnxruntime pool: THREAD_POOL
+# (default global: every session of the benchmark on one process-wide pool, the chain's fastest setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}
+TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}; THREAD_POOL=${THREAD_POOL:-global}
 GLUE_DIR=${GLUE_DIR:?set GLUE_DIR}
 RES=${RESULTS:-benchmarks/results/$TASK}
 . .venv/bin/activate
@@ -29,4 +30,4 @@ mpee-export validate "$ART/bundle" "$CKPT" --data "$GLUE_DIR" --task "$TASK" --v
   --json "$RES/parity_full_dev.json" | tee "$RES/parity_full_dev.txt"
 echo "== $TASK: benchmark"
 mpee-bench "$ART/bundle" --input "$DEV" --reference "$ART/reference" --int8 "$ART/bundle-int8" \
-  --threads "$THREADS" --max-drop 0.5 --out "$RES" | tee "$RES/bench.txt"
+  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop 0.5 --out "$RES" | tee "$RES/bench.txt"

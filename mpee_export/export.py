@@ -185,7 +185,10 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
             from mpee_runtime.engine import MpeeEngine
 
             from .calibrate import apply_calibration, calibrate_threshold
-            engine = MpeeEngine(tmp, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True)
+            # No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
+            # onnxruntime's pools would spin beside them on the same cores.
+            engine = MpeeEngine(tmp, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True,
+                                spinning=False)
             extra["calibration"] = calibrate_threshold(
                 engine, calibration["examples"], calibration["labels"], full_accuracy=full_accuracy,
                 max_drop=calibration["max_drop"])

@@ -153,7 +153,10 @@ def validate_bundle(model: MpeeModel, folder: Path, manifest: S.Manifest, exampl
     fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None): its accuracy and exit shift
     are the point, not bit parity."""
     graphs = check_graphs(model, folder, manifest.graphs, examples[:8])
-    engine = MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True)
+    # No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
+    # onnxruntime's pools would spin beside them on the same cores.
+    engine = MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True,
+                        spinning=False)
     policy, threshold = manifest.exit.default_policy, manifest.exit.default_threshold
     chain = check_chain(model, engine, examples, policy=policy, threshold=threshold, labels=labels)
     full = check_chain(model, engine, examples, policy="entropy", threshold=0.0, labels=labels)
