@@ -1,6 +1,6 @@
 """[CLS] against mean-pooled exits: one report from the `mpee-eval --sweep --json` files of several models.
 
-    python benchmarks/pooling_report.py --model cls=benchmarks/results/sst2/eval_sweep.json \
+    python benchmarks/pooling_report.py --model cls=benchmarks/results/sst2_cls/eval_sweep.json \
         --model mean=benchmarks/results/sst2_mean/eval_sweep.json --out benchmarks/results/pooling_sst2
 
 Writes OUT/pooling.md (accuracy of each exit, the FLOPs speed-up rho within 0.5 and 1 point of each
