@@ -238,3 +238,24 @@ def test_model_rejects_mismatched_config():
     with pytest.raises(ValueError):
         from mpee_export.modeling import MpeeModel
         MpeeModel(tiny_bert_config(3), MpeeConfig.build(num_layers=4, labels=["0", "1"]))
+
+
+def test_no_score_after_the_last_pruning_layer_changes_no_prediction(monkeypatch):
+    """Layers after the last pruning layer skip the token score and carry the memory through; computing it
+    anyway (the research code's way) gives the same memories, token counts and batch-1 predictions."""
+    model = tiny_model(layers=4, prune_layers=[1], keep_ratio=0.5)
+    assert [model.scores_needed(i) for i in range(4)] == [True, True, False, False]
+    ids, mask, types = random_batch(LENGTHS)
+    policy = ExitPolicy("entropy", 0.0, 2)
+    with torch.no_grad():
+        out = model(ids, mask, types)
+        preds = [model.predict(ids[i:i + 1, :n], types[i:i + 1, :n], policy=policy) for i, n in enumerate(LENGTHS)]
+        monkeypatch.setattr(type(model), "scores_needed", lambda self, layer: True)
+        ref = model(ids, mask, types)
+        ref_preds = [model.predict(ids[i:i + 1, :n], types[i:i + 1, :n], policy=policy)
+                     for i, n in enumerate(LENGTHS)]
+    torch.testing.assert_close(out.memories, ref.memories, rtol=0, atol=0)
+    assert torch.equal(out.ffn_lens, ref.ffn_lens)
+    for p, r in zip(preds, ref_preds):
+        np.testing.assert_array_equal(p.probs, r.probs)
+        assert (p.exit_layer, p.attn_lens, p.ffn_lens) == (r.exit_layer, r.attn_lens, r.ffn_lens)

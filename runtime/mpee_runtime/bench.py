@@ -125,7 +125,8 @@ def aa_warning(aa: dict) -> str | None:
     a, b = aa["variants"]
     return (f"A/A control: {a} and {b} (the same variant measured twice, on two loads of the bundle) differ by "
             f"{100 * aa['mean_spread']:.1f}% in mean latency and {100 * aa['p50_spread']:.1f}% in p50, above "
-            f"{100 * aa['threshold']:.0f}%: the machine was not quiet; latency differences of that size are noise (re-run on an idle machine)")
+            f"{100 * aa['threshold']:.0f}%: the machine was not quiet; latency differences of that size are noise "
+            "(re-run on an idle machine)")
 
 
 def choose_baselines(table: list[dict]) -> dict:
@@ -338,7 +339,8 @@ def markdown_table(rows: list[dict], task: str, baselines: dict, aa: dict | None
         a, b2 = aa["variants"]
         verdict = "FLAGGED, above" if aa["flagged"] else "within"
         lines += ["", (f"A/A control: {a} and {b2} (the same variant measured twice, on two loads of the bundle) "
-                       f"differ by {100 * aa['mean_spread']:.1f}% in mean latency and {100 * aa['p50_spread']:.1f}% in p50 "
+                       f"differ by {100 * aa['mean_spread']:.1f}% in mean latency and "
+                       f"{100 * aa['p50_spread']:.1f}% in p50 "
                        f"({verdict} {100 * aa['threshold']:.0f}%).")]
     return "\n".join(lines) + "\n"
 
