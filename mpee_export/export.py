@@ -29,7 +29,7 @@ from . import __version__
 from .errors import MpeeExportError
 from .modeling import MpeeModel
 from .subgraphs import ChainGraph, EmbeddingsGraph, LayerGraph
-from .validate import summary_of, validate_bundle, validation_examples
+from .validate import exporter_engine, summary_of, validate_bundle, validation_examples
 
 DEFAULT_OPSET = 17
 
@@ -182,13 +182,8 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         # 3. calibration: returns values; the model is left as it was
         extra: dict = {}
         if calibration is not None:
-            from mpee_runtime.engine import MpeeEngine
-
             from .calibrate import apply_calibration, calibrate_threshold
-            # No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
-            # onnxruntime's pools would spin beside them on the same cores.
-            engine = MpeeEngine(tmp, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True,
-                                spinning=False)
+            engine = exporter_engine(tmp, manifest)
             extra["calibration"] = calibrate_threshold(
                 engine, calibration["examples"], calibration["labels"], full_accuracy=full_accuracy,
                 max_drop=calibration["max_drop"])

@@ -79,6 +79,15 @@ def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[S.GraphEntry]
     return {"max_abs_diff": worst, "max_abs_diff_overall": max(worst.values()), "errors": sorted(set(errors))}
 
 
+def exporter_engine(folder: Path, manifest: S.Manifest) -> MpeeEngine:
+    """The runtime engine the exporter runs on a bundle it has not published (validation, calibration).
+
+    No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
+    onnxruntime's pools would spin beside them on the same cores.
+    """
+    return MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True, spinning=False)
+
+
 def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[np.ndarray, np.ndarray]], *,
                 policy: str, threshold: float, keep_ratio: float | None = None,
                 labels: Sequence[int] | None = None) -> dict:
@@ -153,10 +162,7 @@ def validate_bundle(model: MpeeModel, folder: Path, manifest: S.Manifest, exampl
     fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None): its accuracy and exit shift
     are the point, not bit parity."""
     graphs = check_graphs(model, folder, manifest.graphs, examples[:8])
-    # No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
-    # onnxruntime's pools would spin beside them on the same cores.
-    engine = MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True,
-                        spinning=False)
+    engine = exporter_engine(folder, manifest)
     policy, threshold = manifest.exit.default_policy, manifest.exit.default_threshold
     chain = check_chain(model, engine, examples, policy=policy, threshold=threshold, labels=labels)
     full = check_chain(model, engine, examples, policy="entropy", threshold=0.0, labels=labels)
