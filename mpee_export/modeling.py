@@ -156,11 +156,15 @@ def query_scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, ma
         query = q.mean(dim=2, keepdim=True)
     else:
         query = (q * mask[:, None, :, None]).sum(dim=2, keepdim=True) / mask.sum(dim=1)[:, None, None, None]
-    # An elementwise product and sum, not a matmul: like the fused-token sum, these d*N multiply-adds per
-    # layer (under 0.1% of a layer's) stay out of the FLOPs count, which keeps the paper's formula.
-    logits = (query * k).sum(dim=-1)[:, :, None, :] / math.sqrt(q.shape[-1])      # (B, H, 1, N)
-    probs = (logits if bias is None else logits + bias).softmax(dim=-1)
-    return probs[:, :, 0, 1:].mean(dim=1)
+    # Token-major (B, N, H, dh): in the exported graph the two transposes cancel against the head split's, so
+    # the score reads Q's row and K as the projections give them (no copy of K per head) and needs no
+    # Unsqueeze / Gather around the softmax. An elementwise product and sum, not a matmul: like the
+    # fused-token sum, these d*N multiply-adds per layer (under 0.1% of a layer's) stay out of the FLOPs
+    # count, which keeps the paper's formula.
+    logits = (query.transpose(1, 2) * k.transpose(1, 2)).sum(dim=-1) / math.sqrt(q.shape[-1])   # (B, N, H)
+    if bias is not None:
+        logits = logits + bias[:, 0, 0, :, None]
+    return logits.softmax(dim=1)[:, 1:].mean(dim=-1)
 
 
 def received_attention(probs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,23 +1,25 @@
 """Fused layer graphs: onnxruntime's transformer fusions plus the attention fusion our graphs need.
 
 The default bundle (`graph_ops: "fused"`) runs each layer graph through
-`onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (BiasGelu, ...), replaces
-the attention of every layer by one com.microsoft `Attention` node (packed QKV weight: the operator the fused
-full model runs, QAttention once quantized), and writes each residual + LayerNorm as Sum + LayerNormalization.
+`onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (BiasGelu, ...), fuses
+the attention of every layer (below), and writes each residual + LayerNorm as Sum + LayerNormalization.
 `--standard-ops` keeps the graphs as exported: standard ONNX operators only. docs/fusion_notes.md has the
 measurements behind each choice.
 
 Why our own attention fusion. onnxruntime's `FusionAttention` matches our attention (it is the standard
 BERT pattern), but the token score is computed on the side from the same Q and K tensors
 (`modeling.query_scores`): the fusion deletes the Q/K projection, Reshape and Transpose nodes it matched
-without checking their other consumers, so the score's Slice and Mul are left reading tensors nothing
-produces, and the topological sort fails with "Graph is not a DAG". Here the score keeps its inputs:
+without checking their other consumers, so the score's nodes are left reading tensors nothing produces,
+and the topological sort fails with "Graph is not a DAG". Here:
 
-- K: the fused `Attention` also returns `present` (2, B, H, N, dh), whose [0] is K per head, exactly the
-  (B, H, N, dh) tensor the score multiplies with; one Gather reads it (no second K projection).
-- the score's query row (Slice of Q on the token axis for "cls", ReduceMean for "mean"): the projection is
-  per token and affine, so the row is taken from the layer input first and projected alone (`score_q_*`
-  nodes: one (1, d) x (d, d) product; W_q is a Slice of the packed weight, folded when the session starts).
+- a layer without a token score (after the last pruning layer) gets one com.microsoft `Attention` node
+  (packed Q/K/V weight): the operator the fused full model runs, QAttention once quantized;
+- a layer with a token score gets the packed Q/K/V product as a MatMul of its own (DynamicQuantizeMatMul
+  once quantized), a Split, and com.microsoft `MultiHeadAttention` on Q, K and V. The score reads the same
+  Q and K: its query row is a Slice ("cls") or ReduceMean ("mean") of Q, K split into heads is a Reshape
+  (`score_q_*` nodes). The former layout (Attention, the row projected a second time with a copy of W_q,
+  K from `present`) read W_q twice per run: +590 kB of fp32 weights per scoring layer, which cost the
+  fp32 chain 3-4% (docs/fusion_notes.md section 8).
 
 Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
 (the fused operator does not return them); the other rewrites still apply. A pattern that does not match
@@ -41,7 +43,7 @@ from onnx import helper, numpy_helper
 from mpee_runtime import schema as S
 
 MS_DOMAIN = "com.microsoft"
-# Prefix of the nodes that compute the token score's query row (quantize.own_score_weights finds them).
+# Prefix of the nodes that take the token score's query row and keys from the packed Q/K/V product.
 SCORE_PREFIX = "score_q"
 
 
@@ -239,14 +241,13 @@ def _match(model, softmax, num_heads: int) -> dict | None:
     q_rows = [c for c in consumers.get(q_t.output[0], []) if c is not qk]
     if any(_row_axis(model, c) is None for c in q_rows):
         return None
-    k_heads = [c for c in consumers.get(k_r.output[0], []) if c is not k_t]
-    if any(c.op_type != "Transpose" or list(_attr(c, "perm", [])) != [0, 2, 1, 3] for c in k_heads):
-        return None
+    # K split into heads (B, N, H, dh) may have other readers (the score): they get the same tensor back
+    k_heads = any(c is not k_t for c in consumers.get(k_r.output[0], []))
     return {"x": x, "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
             "b": np.concatenate([proj[k][2] for k in "qkv"]),
-            "bq": q_add.input[0] if model.get_initializer(q_add.input[0]) is not None else q_add.input[1],
             "heads": heads, "head_dim": head_dim, "context": merge_r.output[0], "q_rows": q_rows,
-            "k_heads": k_heads,
+            "k_heads": k_heads, "k_split": k_r.output[0],
+            "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
             "remove": [qk, scale_node, softmax, pv, merge_t, merge_r, q_t, q_r, q_add, k_t, k_r, k_add,
                        v_t, v_r, v_add, proj["q"][3], proj["k"][3], proj["v"][3]]}
 
@@ -268,52 +269,64 @@ def _row_axis(model, node) -> str | None:
 
 
 def _rewrite(model, m: dict, num_heads: int) -> None:
+    if m["q_rows"] or m["k_heads"]:
+        _rewrite_scored(model, m, num_heads)
+        return
     name = model.create_node_name("Attention", "Attention_")
     w = numpy_helper.from_array(m["w"].astype(np.float32), name + "_qkv_weight")
     b = numpy_helper.from_array(m["b"].astype(np.float32), name + "_qkv_bias")
     model.add_initializer(w)
     model.add_initializer(b)
-    outputs = [m["context"]]
-    new = []
-    if m["k_heads"]:   # K per head for the token score: present[0]
-        present = name + "_present"
-        outputs.append(present)
-        index = numpy_helper.from_array(np.asarray(0, dtype=np.int64), name + "_key_index")
-        model.add_initializer(index)
-        for t in m["k_heads"]:
-            new.append(helper.make_node("Gather", [present, index.name], [t.output[0]], name=name + "_key", axis=0))
-    new.append(helper.make_node("Attention", [m["x"], w.name, b.name], outputs, name=name, domain=MS_DOMAIN,
-                                num_heads=num_heads))
+    model.remove_nodes(m["remove"])
+    model.add_node(helper.make_node("Attention", [m["x"], w.name, b.name], [m["context"]], name=name,
+                                    domain=MS_DOMAIN, num_heads=num_heads))
+
+
+def _rewrite_scored(model, m: dict, num_heads: int) -> None:
+    """A layer whose token score reads Q and K: one packed Q/K/V product, a Split, and the com.microsoft
+    MultiHeadAttention on the three parts; the score's query row and K per head are taken from the same
+    Q and K (no second projection of the query row, no second copy of W_q)."""
+    name = model.create_node_name("MultiHeadAttention", "MultiHeadAttention_")
+    width = m["heads"] * m["head_dim"]
+    w = numpy_helper.from_array(m["w"].astype(np.float32), name + "_qkv_weight")
+    b = numpy_helper.from_array(m["b"].astype(np.float32), name + "_qkv_bias")
+    sizes = numpy_helper.from_array(np.asarray([width] * 3, dtype=np.int64), name + "_split")
+    axis1 = numpy_helper.from_array(np.asarray([1], dtype=np.int64), name + "_axis")
+    shape = numpy_helper.from_array(np.asarray([0, -1, m["heads"], m["head_dim"]], dtype=np.int64),
+                                    name + "_heads_shape")
+    for t in (w, b, sizes, axis1, shape):
+        model.add_initializer(t)
+    q, k, v = (f"{name}_{p}" for p in "qkv")
+    new = [helper.make_node("MatMul", [m["x"], w.name], [name + "_qkv_mm"], name=name + "_qkv_mm"),
+           helper.make_node("Add", [name + "_qkv_mm", b.name], [name + "_qkv"], name=name + "_qkv_add"),
+           helper.make_node("Split", [name + "_qkv", sizes.name], [q, k, v], name=name + "_split", axis=-1),
+           helper.make_node("MultiHeadAttention", [q, k, v], [m["context"]], name=name, domain=MS_DOMAIN,
+                            num_heads=num_heads)]
     opset = model.get_opset_version()
-    for j, row in enumerate(m["q_rows"]):   # the score's query row, taken before the projection
+    for j, row in enumerate(m["q_rows"]):   # the score's query row: rows of Q, split into heads
         prefix = f"{SCORE_PREFIX}_{name}_{j}"
-        axis1 = numpy_helper.from_array(np.asarray([1], dtype=np.int64), prefix + "_axis")
-        shape = numpy_helper.from_array(np.asarray([0, -1, m["heads"], m["head_dim"]], dtype=np.int64),
-                                        prefix + "_shape")
-        model.add_initializer(axis1)
-        model.add_initializer(shape)
-        if j == 0:   # W_q as the first third of the packed weight (folded when the session starts): no copy
-            bounds = [numpy_helper.from_array(np.asarray([v], dtype=np.int64), f"{prefix}_wq_{k}")
-                      for k, v in (("start", 0), ("end", m["heads"] * m["head_dim"]))]
-            for t in bounds:
-                model.add_initializer(t)
-            wq = prefix + "_wq"
-            new.append(helper.make_node("Slice", [w.name, bounds[0].name, bounds[1].name, axis1.name], [wq],
-                                        name=wq))
         if _row_axis(model, row) == "slice":
-            inputs = [m["x"], row.input[1], row.input[2], axis1.name] + list(row.input[4:5])
+            inputs = [q, row.input[1], row.input[2], axis1.name] + list(row.input[4:5])
             new.append(helper.make_node("Slice", inputs, [prefix + "_row"], name=prefix + "_row"))
         elif opset >= 18:
-            new.append(helper.make_node("ReduceMean", [m["x"], axis1.name], [prefix + "_row"], name=prefix + "_row",
+            new.append(helper.make_node("ReduceMean", [q, axis1.name], [prefix + "_row"], name=prefix + "_row",
                                         keepdims=1))
         else:
-            new.append(helper.make_node("ReduceMean", [m["x"]], [prefix + "_row"], name=prefix + "_row", axes=[1],
+            new.append(helper.make_node("ReduceMean", [q], [prefix + "_row"], name=prefix + "_row", axes=[1],
                                         keepdims=1))
-        new += [helper.make_node("MatMul", [prefix + "_row", wq], [prefix + "_mm"], name=prefix + "_mm"),
-                helper.make_node("Add", [prefix + "_mm", m["bq"]], [prefix + "_add"], name=prefix + "_add"),
-                helper.make_node("Reshape", [prefix + "_add", shape.name], [prefix + "_split"], name=prefix + "_split"),
-                helper.make_node("Transpose", [prefix + "_split"], [row.output[0]], name=prefix + "_heads",
-                                 perm=[0, 2, 1, 3])]
-    model.remove_nodes(m["remove"] + m["q_rows"] + m["k_heads"])
+        users = m["q_row_users"][row.output[0]]
+        if users and all(u.op_type == "Transpose" and list(_attr(u, "perm", [])) == [0, 2, 1, 3] for u in users):
+            # the score reads the row token-major (B, 1, H, dh): what the Reshape gives, no transpose pair
+            new += [helper.make_node("Reshape", [prefix + "_row", shape.name], [u.output[0]],
+                                     name=f"{prefix}_split{i}") for i, u in enumerate(users)]
+            model.remove_nodes(users)
+        else:
+            new += [helper.make_node("Reshape", [prefix + "_row", shape.name], [prefix + "_split"],
+                                     name=prefix + "_split"),
+                    helper.make_node("Transpose", [prefix + "_split"], [row.output[0]], name=prefix + "_heads",
+                                     perm=[0, 2, 1, 3])]
+    if m["k_heads"]:   # K split into heads (B, N, H, dh), as the score reads it
+        new.append(helper.make_node("Reshape", [k, shape.name], [m["k_split"]], name=name + "_key_heads"))
+    model.remove_nodes(m["remove"] + m["q_rows"])
     for node in new:
         model.add_node(node)

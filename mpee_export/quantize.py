@@ -10,7 +10,9 @@ fused int8 full model: QAttention for the attention, MatMulInteger (DynamicQuant
 fuses it) for the dense layers.
 
 Left fp32: the embeddings graph (lookups) and the exit heads (nodes named `exits`: tiny, and their
-probabilities decide where samples stop). The token score's query row (fused graphs) gets its own int8 W_q.
+probabilities decide where samples stop). In a layer that computes a token score, the packed Q/K/V product
+is a MatMul of its own (optimize.py) and becomes DynamicQuantizeMatMul, the same int8 product QAttention
+runs inside; the score reads its Q and K.
 Matrix products of two activations (the attention of standard-ops graphs) stay fp32 (`MatMulConstBOnly`).
 """
 
@@ -24,8 +26,6 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from mpee_runtime import schema as S
-
-from .optimize import SCORE_PREFIX
 
 # optimum's ORT_DEFAULT_OPS_DYNAMIC_QUANTIZATION, for when optimum is not installed.
 DYNAMIC_OPS = ["Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization"]
@@ -64,31 +64,6 @@ def excluded_nodes(path: Path) -> list[str]:
 exit_head_nodes = excluded_nodes   # the former name
 
 
-def own_score_weights(path: Path) -> int:
-    """Give the token score's query row its own W_q (fused graphs slice it from the packed QKV weight, which
-    the session folds when fp32). Quantized, that slice would read a DequantizeLinear of the whole packed
-    weight, which onnxruntime does not fold: the row would dequantize d x 3d values on every run. As its own
-    initializer, W_q is quantized like any weight (d x d int8 bytes more per layer)."""
-    from onnx import numpy_helper
-    proto = onnx.load(str(path))
-    g = proto.graph
-    init = {t.name: t for t in g.initializer}
-    done = []
-    for node in g.node:
-        if node.op_type == "Slice" and node.name.startswith(SCORE_PREFIX) and node.input[0] in init:
-            data = numpy_helper.to_array(init[node.input[0]])
-            start, end, axis = (int(numpy_helper.to_array(init[n]).reshape(-1)[0]) for n in node.input[1:4])
-            index = [slice(None)] * data.ndim
-            index[axis] = slice(start, end)
-            g.initializer.append(numpy_helper.from_array(data[tuple(index)].copy(), node.output[0]))
-            done.append(node)
-    for node in done:
-        g.node.remove(node)
-    if done:
-        onnx.save(proto, str(path))
-    return len(done)
-
-
 def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True,
                     recipe: str | None = None) -> list[S.GraphEntry]:
     """Quantize every layer graph in place; return the entries with their new precision (the caller seals
@@ -109,7 +84,6 @@ def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bo
                 continue
             src = folder / e.file
             tmp = src.with_suffix(".int8.onnx")
-            own_score_weights(src)
             exclude = excluded_nodes(src) if exits_fp32 else []
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType[s["weights_dtype"]],
                              op_types_to_quantize=list(s["operators_to_quantize"]), per_channel=s["per_channel"],

@@ -228,7 +228,7 @@ def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
     assert record["fp32"]["passed"]
     assert S.Manifest.load(tmp_path / "opt").export.graph_ops == "fused"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
-    assert {"Attention", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied
+    assert {"MultiHeadAttention", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied (layer 1 scores)
 
 
 def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):

@@ -67,14 +67,23 @@ def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
     assert json.loads((out / S.MANIFEST).read_text())["export"]["graph_ops"] == "fused"
     for g in manifest.layers:
         ops = _ops(out / g.file)
-        assert ops[("com.microsoft", "Attention")] == 1 and ops[("com.microsoft", "BiasGelu")] == 1
+        scores = g.layer <= max(kw["prune_layers"])   # only layers up to the last pruning layer compute a score
+        # a layer with a score: the packed Q/K/V product, then MultiHeadAttention on its Q, K and V, which the
+        # score reads too; without: the Attention operator of the fused full model
+        assert ops[("com.microsoft", "MultiHeadAttention")] == scores
+        assert ops[("com.microsoft", "Attention")] == (not scores) and ops[("com.microsoft", "BiasGelu")] == 1
         # the slower SkipLayerNormalization is avoided, the attention's pieces are gone
         assert not ops[("com.microsoft", "SkipLayerNormalization")] and not ops[("", "Erf")]
-        # only the token score's softmax is left, in the layers up to the last pruning layer (the only ones
-        # whose score is read)
-        assert ops[("", "Softmax")] == (1 if g.layer <= max(kw["prune_layers"]) else 0)
-        # 3 dense products, the score's query row, the fused token's weighted sum
-        assert ops[("", "MatMul")] == 3 + (g.layer <= max(kw["prune_layers"])) + g.prunes
+        # only the token score's softmax is left, without Unsqueeze / Gather around it
+        assert ops[("", "Softmax")] == scores
+        # 3 dense products, the packed Q/K/V product of a scoring layer, the fused token's weighted sum
+        assert ops[("", "MatMul")] == 3 + scores + g.prunes
+        # the query row is not projected a second time: the packed weight has one reader, no W_q copy
+        graph = onnx.load(str(out / g.file)).graph
+        inits = {t.name: list(t.dims) for t in graph.initializer}
+        width = model.config.hidden_size
+        assert not [n for n in graph.node if n.op_type == "Slice" and n.input[0] in inits]
+        assert sum(dims == [width, width] for dims in inits.values()) == 2   # attention output + exit pooler
         if g.prunes:                       # pruning still happens inside the graph, on the FFN's input
             assert ops[("", "TopK")] == 1
     assert {op.domain for op in onnx.load(str(out / S.EMBEDDINGS)).opset_import} <= {"", "ai.onnx"}
@@ -137,7 +146,11 @@ def test_fused_int8(tmp_path, tiny_backbone):
     for g in manifest.layers:
         graph = onnx.load(str(out / g.file)).graph
         ops = Counter(n.op_type for n in graph.node)
-        assert ops["QAttention"] == 1 and not ops["Attention"] and ops["MatMulInteger"] >= 3
+        if g.layer <= 1:   # scores: the packed Q/K/V product is quantized, MultiHeadAttention reads it
+            assert ops["MultiHeadAttention"] == 1 and not ops["QAttention"] and ops["MatMulInteger"] >= 4
+        else:
+            assert ops["QAttention"] == 1 and ops["MatMulInteger"] >= 3
+        assert not ops["Attention"]
         # exit heads stay fp32; nothing dequantizes a weight on every run
         assert not [n.name for n in graph.node if n.op_type == "MatMulInteger" and "exits" in n.name]
         assert not ops["DequantizeLinear"]
