@@ -154,6 +154,17 @@ def test_fused_int8(tmp_path, tiny_backbone):
         # exit heads stay fp32; nothing dequantizes a weight on every run
         assert not [n.name for n in graph.node if n.op_type == "MatMulInteger" and "exits" in n.name]
         assert not ops["DequantizeLinear"]
+    # the embedding tables are int8 as in the int8 full model (the recipe quantizes Gather); rows are
+    # dequantized after the lookup, never the whole table
+    emb = manifest.graphs[0]
+    assert emb.layer is None and emb.precision == "int8"
+    graph = onnx.load(str(out / emb.file)).graph
+    inits = {t.name: t for t in graph.initializer}
+    word = [t for t in inits.values() if list(t.dims) == [model.config.vocab_size, model.config.hidden_size]]
+    assert len(word) == 1 and word[0].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear":
+            assert n.input[0] not in inits   # dequantizes gathered rows, not a table
     assert "accuracy_runtime" in record["int8"]["chain"]
     assert record["int8"]["chain"]["same_label"] >= 0.75
     pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
