@@ -42,6 +42,7 @@ class ExportOptions:
     untrained_exits: bool = False        # the manifest records it
     graph_ops: str = "fused"             # "fused": com.microsoft fused operators (optimize.py); "standard": ONNX only
     keep_failed: bool = False            # publish a bundle that failed fp32 validation (recorded as not passed)
+    int8_embeddings: bool = True         # with quantize "int8": the embedding tables too (the recipe's Gather)
 
 
 def check_opset(opset: int) -> None:
@@ -177,7 +178,8 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
             raise MpeeExportError("fp32 parity check failed: " + "; ".join(record["fp32"]["problems"][:3]))
         if opts.quantize == "int8":
             from .quantize import quantize_layers
-            manifest = replace(manifest, graphs=seal_graphs(tmp, quantize_layers(tmp, manifest.graphs)))
+            graphs = quantize_layers(tmp, manifest.graphs, embeddings=opts.int8_embeddings)
+            manifest = replace(manifest, graphs=seal_graphs(tmp, graphs))
             record["int8"] = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
         # 3. calibration: returns values; the model is left as it was
         extra: dict = {}

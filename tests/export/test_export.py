@@ -141,7 +141,7 @@ def test_int8_bundle_loads_and_predicts(tmp_path, tiny_backbone):
     record = export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(quantize="int8"), texts=TEXTS,
                            labels=[1, 0, 1, 0], log=lambda m: None)
     manifest = S.Manifest.load(out)
-    assert [g.precision for g in manifest.graphs] == ["fp32", "int8", "int8", "int8"]
+    assert [g.precision for g in manifest.graphs] == ["int8", "int8", "int8", "int8"]   # embeddings too (the recipe)
     assert manifest.export.quantization == "int8" and manifest.precision == "int8"
     assert manifest.validation.passed and manifest.validation.checks["int8"]["passed"] is None
     assert "accuracy_runtime" in record["int8"]["chain"]

@@ -138,6 +138,22 @@ def test_manifest_refuses_bad_graph_ops(tmp_path, tiny_backbone):
         S.Manifest.load(out)
 
 
+def test_cli_fp32_embeddings_flag(tmp_path, tiny_backbone):
+    """--fp32-embeddings keeps the embeddings graph fp32 in an int8 bundle; alone it is refused."""
+    tok = AutoTokenizer.from_pretrained(str(tiny_backbone))
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(layers=2), tok, ckpt)
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "q"), "--quantize", "int8", "--fp32-embeddings"])
+    assert res.exit_code == 0, res.output
+    manifest = S.Manifest.load(tmp_path / "q")
+    assert manifest.graphs[0].precision == "fp32" and all(g.precision == "int8" for g in manifest.layers)
+    proto = onnx.load(str(tmp_path / "q" / S.EMBEDDINGS))
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in proto.graph.initializer if len(t.dims) == 2)
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--fp32-embeddings"])
+    assert res.exit_code == 2 and "--fp32-embeddings needs --quantize int8" in res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_fused_int8(tmp_path, tiny_backbone):
     model = tiny_model(layers=3, prune_layers=[1])
     out, record = _export(tmp_path, tiny_backbone, model, quantize="int8")
