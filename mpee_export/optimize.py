@@ -242,11 +242,11 @@ def _match(model, softmax, num_heads: int) -> dict | None:
     if any(_row_axis(model, c) is None for c in q_rows):
         return None
     # K split into heads (B, N, H, dh) may have other readers (the score): they get the same tensor back
-    k_heads = any(c is not k_t for c in consumers.get(k_r.output[0], []))
+    k_shared = any(c is not k_t for c in consumers.get(k_r.output[0], []))
     return {"x": x, "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
             "b": np.concatenate([proj[k][2] for k in "qkv"]),
             "heads": heads, "head_dim": head_dim, "context": merge_r.output[0], "q_rows": q_rows,
-            "k_heads": k_heads, "k_split": k_r.output[0],
+            "k_shared": k_shared, "k_split": k_r.output[0],
             "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
             "remove": [qk, scale_node, softmax, pv, merge_t, merge_r, q_t, q_r, q_add, k_t, k_r, k_add,
                        v_t, v_r, v_add, proj["q"][3], proj["k"][3], proj["v"][3]]}
@@ -269,7 +269,7 @@ def _row_axis(model, node) -> str | None:
 
 
 def _rewrite(model, m: dict, num_heads: int) -> None:
-    if m["q_rows"] or m["k_heads"]:
+    if m["q_rows"] or m["k_shared"]:
         _rewrite_scored(model, m, num_heads)
         return
     name = model.create_node_name("Attention", "Attention_")
@@ -325,7 +325,7 @@ def _rewrite_scored(model, m: dict, num_heads: int) -> None:
                                      name=prefix + "_split"),
                     helper.make_node("Transpose", [prefix + "_split"], [row.output[0]], name=prefix + "_heads",
                                      perm=[0, 2, 1, 3])]
-    if m["k_heads"]:   # K split into heads (B, N, H, dh), as the score reads it
+    if m["k_shared"]:   # K split into heads (B, N, H, dh), as the score reads it
         new.append(helper.make_node("Reshape", [k, shape.name], [m["k_split"]], name=name + "_key_heads"))
     model.remove_nodes(m["remove"] + m["q_rows"])
     for node in new:
