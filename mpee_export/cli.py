@@ -367,7 +367,8 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
 @click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
-              help="With --calibrate: accuracy points allowed below the fp32 full model.")
+              help="With --calibrate: points of the task's metric (accuracy; F1 for MRPC and QQP) allowed "
+                   "below the fp32 full model.")
 @click.option("--opset", default=17, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--allow-untrained-exits", is_flag=True,
@@ -399,7 +400,7 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
                          keep_failed=keep_failed, int8_embeddings=not fp32_embeddings,
                          **({"graph_ops": "standard"} if standard_ops else {}))
-    texts = labels = calibration = full_acc = None
+    texts = labels = calibration = None
     if data is not None:
         examples, glue_task = _dev_examples(Path(data), model, task, None)
         texts, labels = _texts(examples[:validation_examples]), [e.label for e in examples[:validation_examples]]
@@ -407,11 +408,12 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate
         from .batching import encode
         from .evaluate import full_model_row
         from .validate import validation_examples as to_ids
-        full_acc = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))["accuracy"]
+        full = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))
         calibration = {"max_drop": max_drop, "examples": to_ids(tokenizer, _texts(examples), model),
-                       "labels": [e.label for e in examples]}
+                       "labels": [e.label for e in examples], "metric": glue_task.metric,
+                       "full_metric": full[glue_task.metric]}
     record = export_bundle(model, tokenizer, out, opts, texts=texts, labels=labels, calibration=calibration,
-                           full_accuracy=full_acc, log=lambda m: click.echo(m, err=True))
+                           log=lambda m: click.echo(m, err=True))
     click.echo(format_validation(record))
     click.echo(f"wrote {out}")
 
@@ -432,11 +434,14 @@ def format_validation(record: dict) -> str:
             line += f", accuracy runtime {100 * c['accuracy_runtime']:.2f} vs PyTorch {100 * c['accuracy_pytorch']:.2f}"
         lines.append(line)
     if "calibration" in record:
-        ch = record["calibration"]["chosen"]
+        cal = record["calibration"]
+        ch, metric = cal["chosen"], cal.get("metric", "accuracy")
         ratio = "the bundle's" if ch["keep_ratio"] is None else ch["keep_ratio"]
-        lines.append(f"calibrated threshold {ch['threshold']} (keep ratio {ratio}): accuracy "
-                     f"{100 * ch['accuracy']:.2f}, "
-                     f"mean exit layer {ch['mean_exit_layer']:.2f}, rho {ch['rho']:.2f}")
+        f1 = f", F1 {100 * ch['f1']:.2f}" if "f1" in ch else ""
+        lines.append(f"calibrated threshold {ch['threshold']} (keep ratio {ratio}; {metric} within "
+                     f"{cal['max_drop_points']} points of the fp32 full model's {100 * cal['fp32_full_model']:.2f}): "
+                     f"accuracy {100 * ch['accuracy']:.2f}{f1}, mean exit layer {ch['mean_exit_layer']:.2f}, "
+                     f"rho {ch['rho']:.2f}")
     return "\n".join(lines)
 
 

@@ -150,12 +150,14 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
 
 
 def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *, texts=None, labels=None,
-                  calibration: dict | None = None, full_accuracy: float | None = None, log=print) -> dict:
+                  calibration: dict | None = None, log=print) -> dict:
     """Export, validate, optionally quantize and calibrate; publish `out` only if everything succeeded.
 
     Args:
         texts / labels: real examples (text, pair) and their class indices for validation and calibration.
-        calibration: {"max_drop": D, "examples": [...], "labels": [...]} to pick the default threshold.
+        calibration: {"max_drop": D, "examples": [...], "labels": [...], "full_metric": m, "metric": name}
+            to pick the default threshold: the fewest FLOPs whose task metric ("accuracy" or "f1", default
+            accuracy) stays within D points of the fp32 full model's, m.
     Returns:
         The validation record (also written to out/validation.json), with "calibration" when calibrated.
     """
@@ -187,8 +189,8 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
             from .calibrate import apply_calibration, calibrate_threshold
             engine = exporter_engine(tmp, manifest)
             extra["calibration"] = calibrate_threshold(
-                engine, calibration["examples"], calibration["labels"], full_accuracy=full_accuracy,
-                max_drop=calibration["max_drop"])
+                engine, calibration["examples"], calibration["labels"], full_metric=calibration["full_metric"],
+                max_drop=calibration["max_drop"], metric=calibration.get("metric", "accuracy"))
             manifest = apply_calibration(manifest, extra["calibration"])
         # 4. publish: validation.json, then the manifest, written once and last; then the rename
         manifest = replace(manifest, validation=S.ValidationSection(passed, summary_of(record)))

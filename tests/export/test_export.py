@@ -237,8 +237,8 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     examples = validate_mod.validation_examples(tok, TEXTS * 3, model)
     labels = [0, 1, 1, 0] * 3
     record = export_bundle(model, tok, tmp_path / "cal", ExportOptions(), texts=TEXTS, log=lambda m: None,
-                           calibration={"max_drop": 5.0, "examples": examples, "labels": labels},
-                           full_accuracy=0.5)
+                           calibration={"max_drop": 5.0, "examples": examples, "labels": labels,
+                                        "full_metric": 0.5})
     cal = record["calibration"]
     chosen = cal["chosen"]
     assert chosen["accuracy"] >= 0.5 - 0.05
@@ -251,8 +251,46 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     assert max(c["threshold"] for c in cal["candidates"]) == pytest.approx(np.log(2), abs=1e-4)
     with pytest.raises(MpeeExportError, match="no threshold"):
         export_bundle(model, tok, tmp_path / "none", ExportOptions(), log=lambda m: None,
-                      calibration={"max_drop": 0.0, "examples": examples, "labels": labels}, full_accuracy=1.01)
+                      calibration={"max_drop": 0.0, "examples": examples, "labels": labels, "full_metric": 1.01})
     assert not (tmp_path / "none").exists()
+
+
+class _RecordedEngine:
+    """What calibrate_threshold reads from an engine, with answers chosen by the test: every sample is
+    predicted `early` at layer 1 (entropy 0.50) and `late` at layer 2 (entropy 0.33)."""
+
+    def __init__(self, early: list[int], late: list[int]) -> None:
+        from mpee_runtime.flops import FlopsModel
+        self.labels, self.default_keep_ratios = ["0", "1"], {}
+        self.flops_model = FlopsModel(hidden=32, ffn=64, num_labels=2, num_layers=2)
+        self.answers = iter(list(zip(early, late)) * 2)
+
+    def run_ids(self, ids, types, **kw):
+        from types import SimpleNamespace
+        e, late = next(self.answers)
+        p1 = [0.2, 0.8] if e == 1 else [0.8, 0.2]
+        p2 = [0.1, 0.9] if late == 1 else [0.9, 0.1]
+        return SimpleNamespace(layer_probs=[p1, p2], layer_entropies=[0.5004, 0.3251], tokens_per_layer=[5, 5],
+                               ffn_tokens_per_layer=[5, 5])
+
+
+def test_calibration_on_f1_chooses_by_f1():
+    """F1 tasks (MRPC, QQP) are calibrated on F1: leaving at layer 1 predicts class 1 for everyone (accuracy
+    0.5, F1 0.67), layer 2 is right (1.0 for both); 40 points below 1.0 admits layer 1 on F1 only."""
+    from mpee_export.calibrate import calibrate_threshold
+    labels = [1, 1, 0, 0]
+    examples = [(np.zeros((1, 5), np.int64), np.zeros((1, 5), np.int64))] * 4
+    early, late = [1, 1, 1, 1], labels
+    by_acc = calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40)
+    by_f1 = calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40,
+                                metric="f1")
+    assert by_acc["metric"] == "accuracy" and by_f1["metric"] == "f1"
+    assert by_acc["chosen"]["mean_exit_layer"] == 2 and by_acc["chosen"]["accuracy"] == 1.0
+    assert by_f1["chosen"]["mean_exit_layer"] == 1 and by_f1["chosen"]["f1"] == pytest.approx(2 / 3)
+    assert by_f1["chosen"]["rho"] > by_acc["chosen"]["rho"]
+    with pytest.raises(MpeeExportError, match="metric must be"):
+        calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40,
+                            metric="mcc")
 
 
 def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone):
