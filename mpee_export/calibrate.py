@@ -16,8 +16,6 @@ from mpee_runtime.policy import first_exit_layers
 
 from .errors import MpeeExportError
 
-METRICS = ("accuracy", "f1")
-
 
 def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full_metric: float,
                         max_drop: float, metric: str = "accuracy", policy: str = "entropy",
@@ -33,8 +31,8 @@ def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full
         "candidates"}; chosen/candidates: {"threshold", "keep_ratio" (None: the bundle's), "accuracy",
         ("f1",) "mean_exit_layer", "rho"}.
     """
-    if metric not in METRICS:
-        raise MpeeExportError(f"calibration metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if metric not in S.METRICS:
+        raise MpeeExportError(f"calibration metric must be one of {', '.join(S.METRICS)}, got {metric!r}")
     if thresholds is None:   # entropy ranges over [0, log C]
         thresholds = [round(float(x), 4) for x in np.linspace(0, np.log(len(engine.labels)), 70)]
     ratios = [None] + ([1.0] if any(r != 1.0 for r in engine.default_keep_ratios.values()) else [])
