@@ -283,9 +283,9 @@ class MpeeModel(nn.Module):
 
     def scores_needed(self, layer: int) -> bool:
         """Whether layer `layer` computes token scores: only a pruning layer at or after it reads the score
-        memory, so the layers after the last pruning layer skip the score (its query-row product, softmax and
-        memory blend: 27 us (int8) to 47 us (fp32) per MiniLM layer graph on the 2-core VM) and carry the
-        memory through unchanged."""
+        memory, so the layers after the last pruning layer skip the score (its query row, softmax and memory
+        blend: 27 us (int8) to 47 us (fp32) per MiniLM layer graph on the 2-core VM, measured when the row
+        was still projected on its own) and carry the memory through unchanged."""
         return any(p >= layer for p in self.mpee.prune_layers)
 
     def keep_ratio_at(self, layer: int, keep_ratio: float | None) -> float | None:

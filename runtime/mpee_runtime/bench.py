@@ -451,18 +451,23 @@ class Setup:
     tokenize_us: list[float]
 
 
+def open_engine(args: argparse.Namespace, bundle: Path):
+    """A bundle's engine with the run's thread, spinning and validation options (every chain variant's)."""
+    from .engine import MpeeEngine
+    return MpeeEngine(bundle, threads=args.threads, spinning=args.spinning,
+                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+
+
 def load_setup(args: argparse.Namespace) -> Setup:
     """Check the arguments, load the bundle, read and tokenise the examples (tokenisation timed apart)."""
     from .cli import input_columns
     from .data import read_examples
-    from .engine import MpeeEngine
     if args.max_drop is not None and args.budget_ms is not None:
         raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
     if args.block < 1:
         raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
     check_output_folder(args.out, force=True)
-    engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+    engine = open_engine(args, args.bundle)
     policy = args.policy or engine.default_policy
     threshold = engine.default_threshold if args.threshold is None else args.threshold
     ratio = args.keep_ratio if args.keep_ratio is not None else (engine.manifest.pruning.keep_ratios or [1.0])[0]
@@ -523,7 +528,6 @@ def _reference_export(ref: Path, notes: list[str]) -> dict | None:
 def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     """The table's variants (full models, chain and its A/A twin, exits, pruning, MPEE, MPEE int8), the
     sweep's, PyTorch's builder, and notes."""
-    from .engine import MpeeEngine
     engine, notes, table = setup.engine, [], []
     exit_rule = {"policy": setup.policy, "threshold": setup.threshold}
     pytorch, ref_export = None, None
@@ -551,8 +555,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     else:
         notes.append("pytorch, onnx_full, onnx_fused, onnx_fused_int8: skipped (no --reference); every speed-up, "
                      "int8 rows too, is against the chain, not a full model")
-    twin = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+    twin = open_engine(args, args.bundle)
     table += [chain_variant(AA_NAMES[0], engine, "our chain, no exit, no pruning", **NO_EXIT, keep_ratio=1.0),
               chain_variant(AA_NAMES[1], twin, "A/A control: the chain again, second load of the bundle",
                             **NO_EXIT, keep_ratio=1.0),
@@ -560,8 +563,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
               chain_variant("pruning", engine, "token pruning only", **NO_EXIT, keep_ratio=setup.keep_ratio),
               chain_variant("mpee", engine, "MPEE", **exit_rule, keep_ratio=setup.keep_ratio)]
     if args.int8 is not None:
-        int8 = MpeeEngine(args.int8, threads=args.threads, spinning=args.spinning,
-                          allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+        int8 = open_engine(args, args.int8)
         table += [chain_variant("chain_int8", int8, "our int8 chain, no exit, no pruning", **NO_EXIT,
                                 keep_ratio=1.0, precision="int8"),
                   chain_variant("mpee_int8", int8, "MPEE int8", policy=int8.default_policy,
