@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import click
-import onnxruntime as ort
 import torch
 from transformers import AutoTokenizer, BertConfig
 
@@ -25,9 +24,9 @@ from mpee_export.modeling import MpeeModel
 from mpee_export.optimize import optimize_layers
 from mpee_export.quantize import quantize_layers
 from mpee_runtime import schema as S
-from mpee_runtime.engine import session_options
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
+from mpee_runtime.session import open_session
 
 SIZES = {
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -48,8 +47,7 @@ def folder_bytes(folder: Path, suffix: str = ".onnx") -> int:
 
 def layer_latency_us(paths: dict[str, Path], feeds: dict, repeats: int, threads: int) -> dict[str, float]:
     """Median latency of each variant's graph, the variants interleaved call by call."""
-    sessions = {k: ort.InferenceSession(str(p), session_options(threads, False), providers=["CPUExecutionProvider"])
-                for k, p in paths.items()}
+    sessions = {k: open_session(p, threads=threads, spinning=False) for k, p in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
     for i in range(repeats + 20):
         for k, s in sessions.items():
@@ -76,7 +74,7 @@ def main(out: Path, repeats: int, threads: int) -> None:
             graphs = tmp / "graphs"
             graphs.mkdir()
             t = time.perf_counter()
-            entries = export_graphs(model, graphs, 17)
+            entries = export_graphs(model, graphs, S.OPSET)
             graph_s = time.perf_counter() - t
             t = time.perf_counter()
             export_bundle(model, tokenizer, tmp / "bundle", ExportOptions(), log=lambda m: None)

@@ -1,5 +1,5 @@
 """Layer graphs against the fused full model: where the time goes (onnxruntime's profiler) and how fast the
-standard-ops and fused bundles run, in fp32 and int8 (docs/fusion_notes.md).
+standard-ops and fused bundles run, in fp32 and int8 (docs/fused_graphs.md; the measurement log: benchmarks/results/fusion_log.md).
 
 Usage: python benchmarks/bench_fusion.py [--out benchmarks/results/fusion.json] [--threads 1] [--rounds 7]
 
@@ -34,13 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import random_model
 
-from mpee_export.cli import default_backbone
+from mpee_export.cli_common import default_backbone
 from mpee_export.export import ExportOptions, export_bundle
-from mpee_export.reference import FUSED, FUSED_INT8, export_reference
+from mpee_export.reference import export_reference
 from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine, session_options
+from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
+from mpee_runtime.schema import FUSED, FUSED_INT8
+from mpee_runtime.session import open_session, session_options
 
 CHAINS = {"chain_standard": ("standard", None), "chain_fused": ("fused", None),
           "chain_standard_int8": ("standard", "int8"), "chain_fused_int8": ("fused", "int8")}
@@ -105,12 +107,12 @@ def categories(graph) -> dict[str, str]:
 def _profiled(path: Path, threads: int, tmp: Path, tag: str) -> tuple[ort.InferenceSession, dict[str, str]]:
     opts = session_options(threads, False)
     opts.optimized_model_filepath = str(tmp / f"{tag}.opt.onnx")
-    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    open_session(path, opts)
     kinds = categories(onnx.load(str(tmp / f"{tag}.opt.onnx")).graph)
     opts = session_options(threads, False)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(tmp / tag)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), kinds
+    return open_session(path, opts), kinds
 
 
 def _kernel_times(sess: ort.InferenceSession, kinds: dict[str, str], warmup: int) -> dict[str, float]:
@@ -216,10 +218,8 @@ def main(out: Path, threads: int, rounds: int, runs: int, seqs: str) -> None:
         for name, (ops, quant) in CHAINS.items():
             export_bundle(model, tokenizer, tmp / name, ExportOptions(graph_ops=ops, quantize=quant), log=lambda m: None)
         engines = {k: MpeeEngine(tmp / k, threads=threads) for k in CHAINS}
-        full = {k: ort.InferenceSession(str(tmp / "ref" / f), session_options(threads, False),
-                                        providers=["CPUExecutionProvider"]) for k, f in FULLS.items()}
-        layer1 = {k: ort.InferenceSession(str(tmp / k / S.layer_file(1)), session_options(threads, False, True),
-                                          providers=["CPUExecutionProvider"]) for k in CHAINS}
+        full = {k: open_session(tmp / "ref" / f, session_options(threads, False)) for k, f in FULLS.items()}
+        layer1 = {k: open_session(tmp / k / S.layer_file(1), session_options(threads, False, True)) for k in CHAINS}
         for seq in [int(s) for s in seqs.split(",")]:
             ids = token_ids(seq)
             full_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

@@ -27,17 +27,17 @@ from pathlib import Path
 
 import click
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from mpee_runtime.engine import MpeeEngine, session_options
+from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
+from mpee_runtime.session import open_session, session_options
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import random_model
 
-from mpee_export.cli import default_backbone
+from mpee_export.cli_common import default_backbone
 from mpee_export.export import ExportOptions, export_bundle, export_chain_graph
 
 TEXT = ("a gripping , beautifully acted drama that never loses its nerve , even when the plot takes "
@@ -49,7 +49,7 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
     body = np.resize(ids[0, 1:-1], seq - 2)           # the sentence repeated to `seq` tokens
     ids = np.concatenate([ids[0, :1], body, ids[0, -1:]])[None].astype(np.int64)
     types = np.zeros_like(ids)
-    sess = ort.InferenceSession(str(single), session_options(threads, False), providers=["CPUExecutionProvider"])
+    sess = open_session(single, session_options(threads, False))
     feeds = {"input_ids": ids, "token_type_ids": types, "keep_ratio": np.asarray(1.0, np.float32)}
     chain_us, single_us, loop_us, request_us = [], [], [], []
     for i in range(repeats + 30):

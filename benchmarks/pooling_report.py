@@ -11,38 +11,95 @@ and OUT/pooling.png (the Pareto front of every model, with its static-depth poin
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from mpee_export.evaluate import plot_tradeoff
-from mpee_runtime.bench import operating_point, static_comparison
+from mpee_export.evaluate import EvalResult, EvalRow, plot_eval
 from mpee_runtime.files import write_text
+from mpee_runtime.report import StaticComparison, static_comparison
+from mpee_runtime.tradeoff import fastest_within
 
 DROPS = (0.5, 1.0)   # points of the dev metric (x100) below the model's own full-model metric
+BEST_KEYS = ("rho", "threshold", "keep_ratio", "metric", "mean_exit_layer")
 
 
-def _points(rows: list[dict]) -> list[dict]:
-    """mpee-eval rows in mpee-bench's shape (metric a number; rho stands in for the measured speed-up), so
-    that the benchmark's operating-point and static-comparison rules apply unchanged."""
-    return [{"metric": r["metric"]["value"], "rho": r["rho"], "speedup_mean": r["rho"], "threshold": r["threshold"],
-             "keep_ratio": r["keep_ratio"], "mean_exit_layer": r["mean_exit_layer"]} for r in rows]
+@dataclass(frozen=True)
+class _RhoPoint:
+    """An mpee-eval row as mpee-bench's report reads a point, with rho standing in for the measured
+    speed-up, so that the benchmark's static-comparison rule applies unchanged."""
+
+    row: EvalRow
+
+    def __getattr__(self, name: str):
+        return self.row.rho if name == "speedup_mean" else getattr(self.row, name)
 
 
-def best_within(rows: list[dict], full: float, drop: float) -> dict | None:
-    """The early-exit row with the largest rho whose metric is within `drop` points of `full`."""
-    return operating_point(_points([r for r in rows if r.get("row") != "static"]), reference_metric=full,
-                           max_drop=drop)
+def best_within(result: EvalResult, drop: float) -> EvalRow | None:
+    """The early-exit row with the largest rho whose metric is within `drop` points of the full model's."""
+    exits = [r for r in result.rows if r.kind == "mpee"]
+    return fastest_within(exits, floor=result.full_model.metric - drop / 100, speed="rho", y="metric")
 
 
-def static_against_mpee(rows: list[dict]) -> list[dict]:
-    """For each static-depth row, the best early-exit row with at least its rho (bench.static_comparison)."""
-    exits = _points([r for r in rows if r.get("row") != "static"])
-    return static_comparison(exits, _points([r for r in rows if r.get("row") == "static"]))
+def static_against_mpee(rows: list[EvalRow]) -> list[StaticComparison]:
+    """For each static-depth row, the best early-exit row with at least its rho (report.static_comparison)."""
+    return static_comparison([_RhoPoint(r) for r in rows if r.kind == "mpee"],
+                             [_RhoPoint(r) for r in rows if r.kind == "static"])
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def load_models(models: tuple[str, ...]) -> list[tuple[str, EvalResult]]:
+    loaded = []
+    for spec in models:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path).is_file():
+            raise click.BadParameter(f"expected NAME=FILE with an existing file, got {spec!r}", param_hint="--model")
+        loaded.append((name, EvalResult.read(Path(path))))
+    return loaded
+
+
+def per_exit_section(loaded: list[tuple[str, EvalResult]]) -> list[str]:
+    layers = max(len(d.full_model.per_exit_accuracy) for _, d in loaded)
+    md = ["## Accuracy of each exit (every sample runs to it, no pruning)", "",
+          "| model | " + " | ".join(f"exit {i + 1}" for i in range(layers)) + " |", "|---|" + "---:|" * layers]
+    for name, d in loaded:
+        md.append(f"| {name} | " + " | ".join(pct(a) for a in d.full_model.per_exit_accuracy) + " |")
+    return md
+
+
+def within_section(loaded: list[tuple[str, EvalResult]]) -> tuple[list[str], dict]:
+    """The FLOPs speed-up within each drop of the model's own full-model metric, and pooling.json's records."""
+    md = ["", "## FLOPs speed-up within D points of the model's own full-model metric", "",
+          "| model | full model | " + " | ".join(f"within {d:g}: rho (F, r, metric)" for d in DROPS) + " |",
+          "|---|---:|" + "---|" * len(DROPS)]
+    record = {}
+    for name, d in loaded:
+        full = d.full_model.metric
+        cells, rec = [], {"full_model": full, "per_exit_accuracy": d.full_model.per_exit_accuracy}
+        for drop in DROPS:
+            b = best_within(d, drop)
+            rec[f"within_{drop:g}"] = b and {k: getattr(b, k) for k in BEST_KEYS}
+            cells.append("-" if b is None else f"{b.rho:.2f} ({b.threshold:g}, {b.keep_ratio}, {pct(b.metric)})")
+        rec["static_against_mpee"] = [c.to_dict() for c in static_against_mpee(d.rows)]
+        record[name] = rec
+        md.append(f"| {name} | {pct(full)} | " + " | ".join(cells) + " |")
+    return md, record
+
+
+def static_section(record: dict) -> list[str]:
+    md = ["", "## MPEE against static depth (exit k for every sample) at equal or higher rho", "",
+          "| model | exit k | r | static rho | static metric | best MPEE metric at >= that rho | MPEE - static (points) |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rec in record.items():
+        for c in rec["static_against_mpee"]:
+            gain = "-" if c["gain_rho"] is None else f"{100 * c['gain_rho']:+.2f}"
+            md.append(f"| {name} | {c['exit']} | {c['keep_ratio']} | {c['static_rho']:.2f} | "
+                      f"{pct(c['static_metric'])} | {pct(c['mpee_metric_rho'])} | {gain} |")
+    return md + [""]
 
 
 @click.command()
@@ -50,47 +107,14 @@ def pct(x: float | None) -> str:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--title", default="SST-2 dev: [CLS] against mean-pooled exits")
 def main(models: tuple[str, ...], out: Path, title: str) -> None:
-    loaded = []
-    for spec in models:
-        name, _, path = spec.partition("=")
-        if not path or not Path(path).is_file():
-            raise click.BadParameter(f"expected NAME=FILE with an existing file, got {spec!r}", param_hint="--model")
-        loaded.append((name, json.loads(Path(path).read_text())))
+    loaded = load_models(models)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {title}", "", "Generated by `python benchmarks/pooling_report.py` from `mpee-eval --sweep --json` files: "
-          + ", ".join(f"{n} = `{s.partition('=')[2]}`" for (n, _), s in zip(loaded, models)) + ".", "",
-          "## Accuracy of each exit (every sample runs to it, no pruning)", ""]
-    layers = max(len(d["full_model"].get("per_exit_accuracy") or []) for _, d in loaded)
-    md += ["| model | " + " | ".join(f"exit {i + 1}" for i in range(layers)) + " |", "|---|" + "---:|" * layers]
-    for name, d in loaded:   # eval files written before mpee-eval recorded it have no per-exit accuracy
-        per_exit = d["full_model"].get("per_exit_accuracy") or [None] * layers
-        md.append(f"| {name} | " + " | ".join("n/a" if a is None else pct(a) for a in per_exit) + " |")
-    md += ["", "## FLOPs speed-up within D points of the model's own full-model metric", "",
-           "| model | full model | " + " | ".join(f"within {d:g}: rho (F, r, metric)" for d in DROPS) + " |",
-           "|---|---:|" + "---|" * len(DROPS)]
-    record = {}
-    for name, d in loaded:
-        full = d["full_model"]["metric"]["value"]
-        cells, rec = [], {"full_model": full, "per_exit_accuracy": d["full_model"].get("per_exit_accuracy")}
-        for drop in DROPS:
-            b = best_within(d["rows"], full, drop)
-            rec[f"within_{drop:g}"] = b and {k: b[k] for k in ("rho", "threshold", "keep_ratio", "metric",
-                                                               "mean_exit_layer")}
-            cells.append("-" if b is None else f"{b['rho']:.2f} ({b['threshold']:g}, {b['keep_ratio']}, "
-                                               f"{pct(b['metric'])})")
-        rec["static_against_mpee"] = static_against_mpee(d["rows"])
-        record[name] = rec
-        md.append(f"| {name} | {pct(full)} | " + " | ".join(cells) + " |")
-    md += ["", "## MPEE against static depth (exit k for every sample) at equal or higher rho", "",
-           "| model | exit k | r | static rho | static metric | best MPEE metric at >= that rho | MPEE - static (points) |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, rec in record.items():
-        for c in rec["static_against_mpee"]:
-            gain = "-" if c["gain_rho"] is None else f"{100 * c['gain_rho']:+.2f}"
-            md.append(f"| {name} | {c['exit']} | {c['keep_ratio']} | {c['static_rho']:.2f} | "
-                      f"{pct(c['static_metric'])} | {pct(c['mpee_metric_rho'])} | {gain} |")
-    md.append("")
-    plot_tradeoff(out / "pooling.png", [(n, [d["full_model"]] + d["rows"]) for n, d in loaded], title=title)
+          + ", ".join(f"{n} = `{s.partition('=')[2]}`" for (n, _), s in zip(loaded, models)) + ".", ""]
+    md += per_exit_section(loaded)
+    within, record = within_section(loaded)
+    md += within + static_section(record)
+    plot_eval(out / "pooling.png", loaded, title=title)
     md += ["![trade-off](pooling.png)", ""]
     write_text(out / "pooling.md", "\n".join(md))
     write_text(out / "pooling.json", json.dumps(record, indent=1) + "\n")

@@ -2,8 +2,10 @@
 # Reproduce benchmarks/results/<task>/ from a trained checkpoint:
 #   benchmarks/run_task.sh TASK CKPT [ARTIFACTS_DIR]      (GLUE_DIR must point at the GLUE data)
 # Writes bundles to ARTIFACTS_DIR (default artifacts/<task>) and the small results (JSON, Markdown, PNG)
-# to RESULTS (default benchmarks/results/<task>/). Threads: THREADS (default 2); onnxruntime pool: THREAD_POOL
-# (default global: every session of the benchmark on one process-wide pool, the chain's fastest setting).
+# to RESULTS (default benchmarks/results/<task>/), with the benchmark's rows (rows.jsonl, run.json,
+# rows_pytorch.jsonl, run_pytorch.json), from which `mpee-bench report RESULTS` rebuilds its tables.
+# Threads: THREADS (default 2); onnxruntime pool: THREAD_POOL (default global: every session of the
+# benchmark on one process-wide pool, the chain's fastest setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}; THREAD_POOL=${THREAD_POOL:-global}
@@ -28,6 +30,8 @@ mpee-export reference "$CKPT" "$ART/reference"
 echo "== $TASK: runtime vs PyTorch on the whole dev set"
 mpee-export validate "$ART/bundle" "$CKPT" --data "$GLUE_DIR" --task "$TASK" --validation-examples 100000 \
   --json "$RES/parity_full_dev.json" | tee "$RES/parity_full_dev.txt"
-echo "== $TASK: benchmark"
+echo "== $TASK: benchmark (onnxruntime variants interleaved, then PyTorch in a process of its own, then the report)"
 mpee-bench "$ART/bundle" --input "$DEV" --reference "$ART/reference" --int8 "$ART/bundle-int8" \
-  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop 0.5 --out "$RES" | tee "$RES/bench.txt"
+  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop 0.5 --out "$RES" > /dev/null
+python -m mpee_export.bench_pytorch "$ART/reference" --input "$DEV" --threads "$THREADS" --out "$RES"
+mpee-bench report "$RES" | tee "$RES/bench.txt"

@@ -17,7 +17,8 @@ import click
 import torch
 
 from mpee_export.cli import default_backbone
-from mpee_export.train import TrainArgs, train
+from mpee_export.glue import get_task
+from mpee_export.train import TrainArgs, mpee_config, train
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
 
@@ -47,13 +48,14 @@ def main(data: str, artifacts: Path, results: Path, threads: int) -> None:
         target = results / "points" / f"{name}.json"
         if not target.is_file():
             click.echo(f"== {name}", err=True)
-            args = TrainArgs(task="sst2", data=Path(data), backbone=default_backbone(), out=artifacts / name,
-                             epochs=epochs, lr=lr, max_train_samples=TRAIN_SAMPLES,
-                             mpee={"exit_pooling": pooling})
+            backbone = default_backbone()
+            args = TrainArgs(task="sst2", data=Path(data), backbone=backbone, out=artifacts / name,
+                             mpee=mpee_config(backbone, get_task("sst2"), exit_pooling=pooling),
+                             epochs=epochs, lr=lr, max_train_samples=TRAIN_SAMPLES)
             t0 = time.time()
             result = train(args, log=lambda m: click.echo(m, err=True))
             record = {"lr": lr, "epochs": epochs, "exit_pooling": pooling, "train_samples": TRAIN_SAMPLES,
-                      "dev_accuracy": result["metric"]["value"], "per_exit_accuracy": result["per_exit_accuracy"],
+                      "dev_accuracy": result.metric, "per_exit_accuracy": result.per_exit_accuracy,
                       "seconds": round(time.time() - t0, 1), "environment": environment(threads=threads)}
             write_text(target, json.dumps(record, indent=1) + "\n")
         rows.append(json.loads(target.read_text()))

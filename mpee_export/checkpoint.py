@@ -166,8 +166,11 @@ def load_checkpoint(path: Path) -> tuple[MpeeModel, PreTrainedTokenizerBase]:
     config, mpee = read_mpee_config(path)
     _check_folder(path, "checkpoint", (CONFIG_NAME, WEIGHTS_NAME))
     model = MpeeModel(config, mpee)
-    digest = getattr(config, WEIGHTS_SHA_KEY, None)   # absent in checkpoints written before it was recorded
-    if digest is not None and sha256_of(path / WEIGHTS_NAME) != digest:
+    digest = getattr(config, WEIGHTS_SHA_KEY, None)
+    if digest is None:
+        raise MpeeExportError(f"{path / CONFIG_NAME} records no {WEIGHTS_SHA_KEY}: not written by save_checkpoint "
+                              "(train it again with mpee-train, or convert it with mpee-convert)")
+    if sha256_of(path / WEIGHTS_NAME) != digest:
         raise MpeeExportError(f"{path / WEIGHTS_NAME} does not match the sha256 in {CONFIG_NAME} (corrupted or "
                               "replaced after saving)")
     try:

@@ -5,22 +5,38 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from mpee_runtime.schema import EXIT_POOLINGS, SCORINGS, SELECTIONS
+
 from .errors import MpeeExportError
 
-SCORINGS = ("cls", "all", "mean")
-EXIT_POOLINGS = ("cls", "mean")
-# From benchmarks/train_defaults.py (SST-2, 8,000 sentences, 1 epoch, all-MiniLM-L6-v2): 1e-4 gave the
-# same full-model accuracy as 5e-5 and much better early exits (exit 1: 73.5% against 59.6%, mean pooling);
-# 2e-5, the paper's value for BERT-base, left exits 1-2 near the majority class. Lower it for BERT-base.
+# The peak learning rate of mpee-train, chosen on the default backbone by benchmarks/train_defaults.py
+# (results: benchmarks/results/train_defaults/train_defaults.md): the rate whose early exits learn best
+# without losing full-model accuracy. BERT-base wants a lower one (the paper uses 2e-5).
 DEFAULT_LR = 1e-4
-# mpee-train's token scoring for each exit pooling when --scoring is not given. With mean-pooled exits
-# (benchmarks/results/ablations_mean, SST-2, seed 42) the mean-query score kept 1.3-2.1 points more than the
-# [CLS] row at keep ratios 0.1-0.5 and reached rho 3.37 within 0.5 point (cls: 2.67); all-token scoring did
-# as well, but it needs the whole attention matrix, which keeps the attention unfused (no QAttention in int8).
-# Latency of mean and cls scoring measured equal (fused graphs, MiniLM size, 16 and 32 tokens).
+# mpee-train's token scoring for each exit pooling when --scoring is not given: the score that matches how
+# the exit reads the tokens (results: benchmarks/results/ablations_mean/ablations.md, Table 3). "all" needs
+# the whole attention matrix, which keeps the attention unfused (optimize.py), so it is never a default.
 DEFAULT_SCORING = {"cls": "cls", "mean": "mean"}
-SELECTIONS = ("top", "bottom")
 BETA_SCHEDULES = ("paper", "research")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One switch of the paper's Table 2: what it removes and the MpeeConfig.build overrides that remove it."""
+
+    help: str
+    overrides: dict
+
+
+# The ablation switches, defined once: mpee-train's --no-* flags and benchmarks/ablations.py's variants.
+ABLATIONS: dict[str, Ablation] = {
+    "no_score_memory": Ablation("beta = 1.", {"beta": 1.0, "beta_schedule": "paper"}),
+    "no_classifier_memory": Ablation("lambda = 1.", {"lam": 1.0}),
+    "no_self_distill": Ablation("cross-entropy on the exits only.", {"self_distill": False}),
+    "no_fuse_token": Ablation("drop pruned tokens instead of fusing them.", {"fuse_token": False}),
+    "no_layer_exit": Ablation("one exit at the last layer.", {"layer_exit": False}),
+    "no_token_pruning": Ablation("no pruning layers.", {"prune_layers": []}),
+}
 
 
 @dataclass

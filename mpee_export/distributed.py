@@ -15,14 +15,19 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import MpeeExportError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: mpee-train's options read these lists, and --help stays fast.
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Training precisions (autocast dtypes; weights and checkpoints stay fp32). A bundle's graph precisions
+# are another list: mpee_runtime.schema.BUNDLE_PRECISIONS.
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}   # torch dtype names
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,13 @@ class DistEnv:
 
 
 def _mps_available() -> bool:
+    import torch
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
 def choose_device(name: str, env: DistEnv) -> torch.device:
     """The device for `--device NAME`: auto prefers cuda, then mps, then cpu; cuda uses cuda:LOCAL_RANK."""
+    import torch
     if name not in DEVICES:
         raise MpeeExportError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":
@@ -83,8 +90,9 @@ def choose_device(name: str, env: DistEnv) -> torch.device:
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse combinations torch cannot run well: fp16 autocast on CPU, bf16 on GPUs without it."""
-    if precision not in PRECISIONS:
-        raise MpeeExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    import torch
+    if precision not in TRAIN_PRECISIONS:
+        raise MpeeExportError(f"unknown precision {precision!r}; choose one of {', '.join(TRAIN_PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise MpeeExportError("--precision fp16 needs a GPU (--device cuda or mps); use --precision bf16 on cpu")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -94,12 +102,14 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def autocast(precision: str, device: torch.device):
     """torch.autocast for bf16/fp16; a disabled one for fp32 (the weights always stay fp32)."""
-    dtype = AUTOCAST_DTYPES.get(precision)
+    import torch
+    dtype = getattr(torch, AUTOCAST_DTYPES[precision]) if precision in AUTOCAST_DTYPES else None
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+    import torch
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
@@ -146,6 +156,7 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[None]:
     if not env.distributed:
         yield
         return
+    import torch
     import torch.distributed as dist
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -181,5 +192,5 @@ class EvalOnDevice:
 
 
 def eval_view(model: torch.nn.Module, device: torch.device):
-    """The model itself on CPU (today's path, unchanged); an EvalOnDevice wrapper elsewhere."""
+    """The model itself on CPU; an EvalOnDevice wrapper elsewhere."""
     return model if device.type == "cpu" else EvalOnDevice(model, device)

@@ -9,22 +9,91 @@ thresholds costs one pass per keep ratio.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mpee_runtime.bench import pareto_front
 from mpee_runtime.flops import FLOPS_CONVENTION
 from mpee_runtime.policy import check_threshold, first_exit_layers
+from mpee_runtime.tradeoff import Curve, Level, pareto_front, plot_tradeoff
 
 from .batching import Encoded, collate, eval_batches
+from .errors import MpeeExportError
 from .glue import GlueTask, compute_metrics
 from .modeling import MpeeModel, memories_to_probs
 
 DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_KEEP_RATIOS = (0.5, 0.7, 1.0)
+ROW_KINDS = ("mpee", "static", "full model")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One operating point of mpee-eval. `kind`: "mpee" (early exit at `threshold` under `policy`),
+    "static" (every sample leaves at exit `threshold`, policy "depth") or "full model" (last exit, no
+    pruning, policy "none"; it alone has `per_exit_accuracy`). Scores are fractions; the metric is the
+    task's headline (`metric_name`), `f1` is set when that is F1."""
+
+    kind: str
+    task: str
+    n: int
+    policy: str
+    threshold: float
+    keep_ratio: float | None
+    metric_name: str
+    metric: float
+    accuracy: float
+    f1: float | None
+    mean_exit_layer: float
+    exit_layer_histogram: dict[str, int]
+    mean_tokens_per_layer: list[float | None]
+    mean_ffn_tokens_per_layer: list[float | None]
+    mean_input_tokens: float
+    flops_executed_per_example: float
+    rho: float
+    rho_pad128: float
+    flops_convention: str = FLOPS_CONVENTION
+    per_exit_accuracy: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalRow:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown or data.get("kind") not in ROW_KINDS:
+            raise MpeeExportError(f"not an mpee-eval row (kind {data.get('kind')!r}, unknown fields {unknown})")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """mpee-eval's --json document: the checkpoint, its full-model row and the evaluated rows."""
+
+    checkpoint: str
+    full_model: EvalRow
+    rows: list[EvalRow]
+
+    def to_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint, "full_model": self.full_model.to_dict(),
+                "rows": [r.to_dict() for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalResult:
+        return cls(data["checkpoint"], EvalRow.from_dict(data["full_model"]),
+                   [EvalRow.from_dict(r) for r in data["rows"]])
+
+    @classmethod
+    def read(cls, path: Path) -> EvalResult:
+        import json
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MpeeExportError(f"{path}: not an mpee-eval --json file ({e.__class__.__name__}: {e})") from None
 
 
 @dataclass
@@ -68,13 +137,11 @@ def exit_layers(model: MpeeModel, traces: Traces, policy: str, threshold: float)
 
 
 def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarray, *,
-              policy: str, threshold: float) -> dict:
-    """Metrics, exit statistics and FLOPs speed-up of one operating point."""
+              policy: str, threshold: float, kind: str = "mpee") -> EvalRow:
+    """Scores, exit statistics and FLOPs speed-up of one operating point."""
     n, layers = traces.attn_lens.shape
-    rows = np.arange(n)
-    final = traces.probs[rows, exits - 1]
-    preds = final.argmax(-1)
-    metrics = compute_metrics(task, preds.tolist(), traces.labels.tolist())
+    final = traces.probs[np.arange(n), exits - 1]
+    scores = compute_metrics(task, final.argmax(-1).tolist(), traces.labels.tolist())
     fm = model.flops_model
     executed = [fm.executed_flops(traces.attn_lens[i, :e], traces.ffn_lens[i, :e]) for i, e in enumerate(exits.tolist())]
     rho, rho128 = fm.dataset_speedups(traces.seq_lens.tolist(), executed)
@@ -84,37 +151,31 @@ def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarra
     def mean_per_layer(lens: np.ndarray) -> list[float | None]:
         return [round(float(lens[ran[:, j], j].mean()), 3) if reached[j] else None for j in range(layers)]
 
-    return {
-        "task": task.name, "n": int(n), "policy": policy, "threshold": threshold,
-        "keep_ratio": traces.keep_ratio,
-        "metric": metrics["metric"], "accuracy": metrics["accuracy"],
-        **({"f1": metrics["f1"]} if "f1" in metrics else {}),
-        "mean_exit_layer": float(exits.mean()),
-        "exit_layer_histogram": {str(j): int((exits == j).sum()) for j in range(1, layers + 1)},
-        "mean_tokens_per_layer": mean_per_layer(traces.attn_lens),
-        "mean_ffn_tokens_per_layer": mean_per_layer(traces.ffn_lens),
-        "mean_input_tokens": float(traces.seq_lens.mean()),
-        "flops_executed_per_example": sum(executed) / n,
-        "rho": rho,
-        "rho_pad128": rho128,
-        "flops_convention": FLOPS_CONVENTION,
-    }
+    return EvalRow(
+        kind=kind, task=task.name, n=int(n), policy=policy, threshold=threshold, keep_ratio=traces.keep_ratio,
+        metric_name=scores.metric_name, metric=scores.metric, accuracy=scores.accuracy, f1=scores.f1,
+        mean_exit_layer=float(exits.mean()),
+        exit_layer_histogram={str(j): int((exits == j).sum()) for j in range(1, layers + 1)},
+        mean_tokens_per_layer=mean_per_layer(traces.attn_lens),
+        mean_ffn_tokens_per_layer=mean_per_layer(traces.ffn_lens),
+        mean_input_tokens=float(traces.seq_lens.mean()),
+        flops_executed_per_example=sum(executed) / n, rho=rho, rho_pad128=rho128)
 
 
-def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_size: int = 64) -> dict:
+def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_size: int = 64) -> EvalRow:
     """The reference row: last exit, no pruning (keep ratio 1), no early exit; with the accuracy each
     exit would have if every sample ran to it (no pruning)."""
     traces = compute_traces(model, data, keep_ratio=1.0, batch_size=batch_size)
     exits = np.full(len(data), model.mpee.num_layers, dtype=np.int64)
-    return summarize(model, task, traces, exits, policy="none", threshold=0.0) | {
-        "row": "full model", "per_exit_accuracy": per_exit_accuracy(traces)}
+    row = summarize(model, task, traces, exits, policy="none", threshold=0.0, kind="full model")
+    return replace(row, per_exit_accuracy=per_exit_accuracy(traces))
 
 
 def sweep(model: MpeeModel, task: GlueTask, data: Encoded, *, thresholds: Sequence[float],
           keep_ratios: Sequence[float], policy: str = "entropy", batch_size: int = 64,
-          progress: bool = False, static: bool = False) -> list[dict]:
+          progress: bool = False, static: bool = False) -> list[EvalRow]:
     """One row per (keep ratio, threshold); one model pass per keep ratio. With `static`, also one row per
-    (keep ratio, depth k): the same model always leaving at exit k (policy "depth", "row": "static"),
+    (keep ratio, depth k): the same model always leaving at exit k (policy "depth", kind "static"),
     the simplest alternative to early exit."""
     rows = []
     for ratio in keep_ratios:
@@ -124,41 +185,32 @@ def sweep(model: MpeeModel, task: GlueTask, data: Encoded, *, thresholds: Sequen
             rows.append(summarize(model, task, traces, exits, policy=policy, threshold=thr))
         for k in range(1, model.mpee.num_layers + 1) if static else ():
             exits = exit_layers(model, traces, "depth", k)
-            rows.append(summarize(model, task, traces, exits, policy="depth", threshold=k) | {"row": "static"})
+            rows.append(summarize(model, task, traces, exits, policy="depth", threshold=k, kind="static"))
     return rows
 
 
-def plot_tradeoff(path, models: Sequence[tuple[str, Sequence[dict]]], *, title: str) -> None:
-    """Metric against FLOPs rho: per model, the Pareto front of its early-exit rows, its static-depth rows
-    ("row": "static") as separate markers, and its full-model row ("row": "full model") as a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, rows in models:
-        exits = [{"rho": r["rho"], "metric": r["metric"]["value"]} for r in rows
-                 if r.get("row") not in ("static", "full model")]
-        front = pareto_front(exits, x="rho", y="metric")
-        line, = ax.plot([p["rho"] for p in front], [100 * p["metric"] for p in front], "o-", ms=3,
-                        label=f"{label}: MPEE front")
-        static = sorted((r for r in rows if r.get("row") == "static"), key=lambda r: r["rho"])
-        if static:
-            ax.plot([r["rho"] for r in static], [100 * r["metric"]["value"] for r in static], "s--",
-                    color=line.get_color(), alpha=0.6, label=f"{label}: static depth (exit k, each r)")
-        full = next((r for r in rows if r.get("row") == "full model"), None)
-        if full:
-            ax.axhline(100 * full["metric"]["value"], color=line.get_color(), lw=0.8, ls=":",
-                       label=f"{label}: full model")
-    any_rows = next(iter(models))[1]
-    ax.set_xlabel("FLOPs speed-up rho over the full model (x)")
-    ax.set_ylabel(f"dev {any_rows[0]['metric']['name']} (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def tradeoff_curves(label: str, result: EvalResult) -> tuple[list[Curve], Level]:
+    """One model's series of the trade-off plot: the Pareto front of its early-exit rows, its static-depth
+    rows as separate markers (one colour per model), and its full-model metric as a line."""
+    front = pareto_front([r for r in result.rows if r.kind == "mpee"], x="rho", y="metric")
+    curves = [Curve(f"{label}: MPEE front", [p.rho for p in front], [p.metric for p in front], "o-",
+                    group=label, markersize=3)]
+    static = sorted((r for r in result.rows if r.kind == "static"), key=lambda r: r.rho)
+    if static:
+        curves.append(Curve(f"{label}: static depth (exit k, each r)", [r.rho for r in static],
+                            [r.metric for r in static], "s--", group=label, alpha=0.6, markersize=6))
+    return curves, Level(result.full_model.metric, f"{label}: full model", group=label)
 
+
+def plot_eval(path: Path, models: Sequence[tuple[str, EvalResult]], *, title: str) -> str | None:
+    """Metric against FLOPs rho for one or more models' sweeps (mpee_runtime.tradeoff.plot_tradeoff)."""
+    curves, levels = [], []
+    for label, result in models:
+        c, level = tradeoff_curves(label, result)
+        curves += c
+        levels.append(level)
+    return plot_tradeoff(path, curves, xlabel="FLOPs speed-up rho over the full model (x)",
+                         ylabel=f"dev {models[0][1].full_model.metric_name} (%)", title=title, levels=levels)
 
 
 def per_exit_accuracy(traces: Traces) -> list[float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -26,17 +26,18 @@ from mpee_runtime.files import AtomicFolder, write_text
 from mpee_runtime.flops import FLOPS_CONVENTION
 
 from . import __version__
-from .errors import MpeeExportError
+from .calibrate import Calibration
+from .errors import MpeeExportError, ParityError
 from .modeling import MpeeModel
 from .subgraphs import ChainGraph, EmbeddingsGraph, LayerGraph
-from .validate import exporter_engine, summary_of, validate_bundle, validation_examples
+from .validate import Validation, exporter_engine, validate_bundle, validation_examples
 
-DEFAULT_OPSET = 17
+VALIDATION_RECORD = "validation.json"
 
 
 @dataclass
 class ExportOptions:
-    opset: int = DEFAULT_OPSET
+    opset: int = S.OPSET
     quantize: str | None = None          # None or "int8"
     force: bool = False
     untrained_exits: bool = False        # the manifest records it
@@ -45,9 +46,47 @@ class ExportOptions:
     int8_embeddings: bool = True         # with quantize "int8": the embedding tables too (the recipe's Gather)
 
 
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """What calibration needs: labelled examples (token ids, class indices), the task's metric and the fp32
+    full model's value of it (a fraction), and how many points below it the bundle may go."""
+
+    max_drop: float
+    examples: list
+    labels: list[int]
+    full_metric: float
+    metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """OUT/validation.json: the checks of each precision and, when calibrated, the calibration."""
+
+    fp32: Validation
+    int8: Validation | None = None
+    calibration: Calibration | None = None
+
+    @property
+    def validations(self) -> list[Validation]:
+        return [v for v in (self.fp32, self.int8) if v is not None]
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExportRecord:
+        return cls(Validation.from_dict(d["fp32"]), Validation.from_dict(d["int8"]) if "int8" in d else None,
+                   Calibration.from_dict(d["calibration"]) if "calibration" in d else None)
+
+    def describe(self) -> str:
+        """The lines mpee-export prints: one per precision, and the calibrated point."""
+        lines = [v.describe() for v in self.validations]
+        return "\n".join(lines + ([self.calibration.describe()] if self.calibration else []))
+
+
 def check_opset(opset: int) -> None:
-    if opset < S.MIN_OPSET:
-        raise MpeeExportError(f"opset {opset} is below the minimum {S.MIN_OPSET}")
+    if opset < S.OPSET:
+        raise MpeeExportError(f"opset {opset} is below the minimum {S.OPSET}")
     if opset > onnx.defs.onnx_opset_version():
         raise MpeeExportError(f"opset {opset} is above what onnx {onnx.__version__} knows "
                               f"({onnx.defs.onnx_opset_version()})")
@@ -112,7 +151,7 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
     return seal_graphs(folder, entries)
 
 
-def export_chain_graph(model: MpeeModel, path: Path, opset: int = DEFAULT_OPSET) -> None:
+def export_chain_graph(model: MpeeModel, path: Path, opset: int = S.OPSET) -> None:
     """The whole model as one graph (no early exit): the single-graph reference for size and latency."""
     graph = ChainGraph(model)
     names = list(graph.input_names)
@@ -150,16 +189,17 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
 
 
 def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *, texts=None, labels=None,
-                  calibration: dict | None = None, log=print) -> dict:
+                  calibration: CalibrationRequest | None = None, log=print) -> ExportRecord:
     """Export, validate, optionally quantize and calibrate; publish `out` only if everything succeeded.
 
     Args:
-        texts / labels: real examples (text, pair) and their class indices for validation and calibration.
-        calibration: {"max_drop": D, "examples": [...], "labels": [...], "full_metric": m, "metric": name}
-            to pick the default threshold: the fewest FLOPs whose task metric ("accuracy" or "f1", default
-            accuracy) stays within D points of the fp32 full model's, m.
+        texts / labels: real examples (text, pair) and their class indices for validation.
+        calibration: pick the default threshold: the fewest FLOPs whose task metric stays within
+            `max_drop` points of the fp32 full model's.
     Returns:
-        The validation record (also written to out/validation.json), with "calibration" when calibrated.
+        The record also written to out/validation.json.
+    Raises:
+        ParityError when fp32 validation fails (unless opts.keep_failed).
     """
     out = Path(out)
     check_opset(opts.opset)
@@ -174,27 +214,27 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         examples = validation_examples(tokenizer, texts, model)
         log(f"exported {len(entries)} graphs; validating on {len(examples)} "
             f"{'real' if texts else 'random'} examples")
-        record = {"fp32": validate_bundle(model, tmp, manifest, examples, labels)}
-        passed = bool(record["fp32"]["passed"])
-        if not passed and not opts.keep_failed:
-            raise MpeeExportError("fp32 parity check failed: " + "; ".join(record["fp32"]["problems"][:3]))
+        fp32 = validate_bundle(model, tmp, manifest, examples, labels)
+        if not fp32.passed and not opts.keep_failed:
+            raise ParityError("fp32 parity check failed: " + "; ".join(fp32.problems[:3]))
+        int8 = None
         if opts.quantize == "int8":
             from .quantize import quantize_layers
             graphs = quantize_layers(tmp, manifest.graphs, embeddings=opts.int8_embeddings)
             manifest = replace(manifest, graphs=seal_graphs(tmp, graphs))
-            record["int8"] = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
+            int8 = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
         # 3. calibration: returns values; the model is left as it was
-        extra: dict = {}
+        cal = None
         if calibration is not None:
             from .calibrate import apply_calibration, calibrate_threshold
-            engine = exporter_engine(tmp, manifest)
-            extra["calibration"] = calibrate_threshold(
-                engine, calibration["examples"], calibration["labels"], full_metric=calibration["full_metric"],
-                max_drop=calibration["max_drop"], metric=calibration.get("metric", "accuracy"))
-            manifest = apply_calibration(manifest, extra["calibration"])
+            cal = calibrate_threshold(exporter_engine(tmp, manifest), calibration.examples, calibration.labels,
+                                      full_metric=calibration.full_metric, max_drop=calibration.max_drop,
+                                      metric=calibration.metric)
+            manifest = apply_calibration(manifest, cal)
+        record = ExportRecord(fp32, int8, cal)
         # 4. publish: validation.json, then the manifest, written once and last; then the rename
-        manifest = replace(manifest, validation=S.ValidationSection(passed, summary_of(record)))
-        write_text(tmp / "validation.json", json.dumps(record | extra, indent=1) + "\n")
+        checks = {v.precision: v.summary() for v in record.validations}
+        manifest = replace(manifest, validation=S.ValidationSection(bool(fp32.passed), checks))
+        write_text(tmp / VALIDATION_RECORD, json.dumps(record.to_dict(), indent=1) + "\n")
         manifest.dump(tmp)
-    return record | extra
-
+    return record

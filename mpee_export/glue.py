@@ -10,7 +10,7 @@ from pathlib import Path
 from mpee_runtime.data import Columns
 from mpee_runtime.data import read_examples as read_labelled
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.metrics import classification_metrics
+from mpee_runtime.metrics import Scores
 
 from .errors import MpeeExportError
 
@@ -100,7 +100,6 @@ def load_split(data: Path, task: GlueTask, split: str, limit: int | None = None)
     return read_examples(split_path(resolve_task_dir(data, task), task, split), task, limit)
 
 
-def compute_metrics(task: GlueTask, preds: Sequence[int], labels: Sequence[int]) -> dict:
-    """Accuracy (and F1 of class 1 for MRPC/QQP) plus {"metric": {"name", "value"}}: the task's headline."""
-    out = classification_metrics(preds, labels, with_f1=task.metric == "f1")
-    return out | {"metric": {"name": task.metric, "value": out[task.metric]}}
+def compute_metrics(task: GlueTask, preds: Sequence[int], labels: Sequence[int]) -> Scores:
+    """The task's scores: its headline metric, accuracy, and F1 of class 1 for MRPC/QQP."""
+    return Scores.of(preds, labels, task.metric)

@@ -284,8 +284,7 @@ class MpeeModel(nn.Module):
     def scores_needed(self, layer: int) -> bool:
         """Whether layer `layer` computes token scores: only a pruning layer at or after it reads the score
         memory, so the layers after the last pruning layer skip the score (its query row, softmax and memory
-        blend: 27 us (int8) to 47 us (fp32) per MiniLM layer graph on the 2-core VM, measured when the row
-        was still projected on its own) and carry the memory through unchanged."""
+        blend; the saving is in benchmarks/results/fusion_log.md) and carry the memory through unchanged."""
         return any(p >= layer for p in self.mpee.prune_layers)
 
     def keep_ratio_at(self, layer: int, keep_ratio: float | None) -> float | None:
@@ -369,10 +368,8 @@ class MpeeModel(nn.Module):
             state, stats = self.layer_step(i, state, keep_ratio)
             attn_lens.append(int(stats.attn_len))
             ffn_lens.append(int(stats.ffn_len))
-            logp = state.memory[0].log_softmax(-1)
-            probs = logp.exp()
-            entropy = float(-(probs * logp).sum())
-            if self.mpee.layer_exit and policy.should_exit(probs.numpy(), entropy):
+            probs, entropy = blended_outputs(state.memory[0])
+            if self.mpee.layer_exit and policy.should_exit(probs.numpy(), float(entropy)):
                 break
         probs = probs.numpy()
         return MpeePrediction(int(probs.argmax()), probs, i + 1, attn_lens, ffn_lens)
@@ -385,8 +382,15 @@ def _lengths(state: LayerState) -> torch.Tensor:
     return state.mask.sum(dim=1)
 
 
-def memories_to_probs(memories: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(B, L, C) memory logits -> probabilities and entropies in nats, computed stably."""
-    logp = memories.float().log_softmax(-1)
+def blended_outputs(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and entropy (nats) of classifier-memory logits over the last axis, computed stably: the
+    one entropy formula of the torch side (training, evaluation and the exported graphs)."""
+    logp = memory.log_softmax(-1)
     probs = logp.exp()
-    return probs.numpy(), (-(probs * logp).sum(-1)).numpy()
+    return probs, -(probs * logp).sum(-1)
+
+
+def memories_to_probs(memories: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, L, C) memory logits -> probabilities and entropies in nats, as float32 arrays."""
+    probs, entropy = blended_outputs(memories.float())
+    return probs.numpy(), entropy.numpy()

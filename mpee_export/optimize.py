@@ -3,8 +3,8 @@
 The default bundle (`graph_ops: "fused"`) runs each layer graph through
 `onnxruntime.transformers.optimizer.optimize_model(model_type="bert", opt_level=0)` (BiasGelu, ...), fuses
 the attention of every layer (below), and writes each residual + LayerNorm as Sum + LayerNormalization.
-`--standard-ops` keeps the graphs as exported: standard ONNX operators only. docs/fusion_notes.md has the
-measurements behind each choice.
+`--standard-ops` keeps the graphs as exported: standard ONNX operators only. docs/fused_graphs.md describes
+the graphs; benchmarks/results/fusion_log.md has the measurements behind each choice.
 
 Why our own attention fusion. onnxruntime's `FusionAttention` matches our attention (it is the standard
 BERT pattern), but the token score is computed on the side from the same Q and K tensors
@@ -17,17 +17,16 @@ and the topological sort fails with "Graph is not a DAG". Here:
 - a layer with a token score gets the packed Q/K/V product as a MatMul of its own (DynamicQuantizeMatMul
   once quantized), a Split, and com.microsoft `MultiHeadAttention` on Q, K and V. The score reads the same
   Q and K: its query row is a Slice ("cls") or ReduceMean ("mean") of Q, K split into heads is a Reshape
-  (`score_q_*` nodes). The former layout (Attention, the row projected a second time with a copy of W_q,
-  K from `present`) read W_q twice per run: +590 kB of fp32 weights per scoring layer, which cost the
-  fp32 chain 3-4% (docs/fusion_notes.md section 8).
+  (`score_q_*` nodes), so W_q is read once per run (projecting the row a second time, with its own copy
+  of W_q, measured slower: benchmarks/results/fusion_log.md).
 
 Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
 (the fused operator does not return them); the other rewrites still apply. A pattern that does not match
 exactly is left as it is, so the graph always stays correct.
 
-No SkipLayerNormalization: onnxruntime 1.32's CPU kernel is 3.5-5.6x slower than Add + LayerNormalization
-(MiniLM width, 16 / 64 tokens: 30 / 107 us against 8 / 19 us). The Sum form also keeps the session-level
-SkipLayerNormFusion, which fires once the fused attention makes the shapes known, from bringing it back.
+No SkipLayerNormalization: onnxruntime's CPU kernel measured slower than Add + LayerNormalization at MiniLM
+width (benchmarks/results/fusion_log.md). The Sum form also keeps the session-level SkipLayerNormFusion,
+which fires once the fused attention makes the shapes known, from bringing it back.
 """
 
 from __future__ import annotations
@@ -186,6 +185,28 @@ def _match(model, softmax, num_heads: int) -> dict | None:
     """The nodes of one standard attention ending in `softmax`, or None when anything differs."""
     producer = model.output_name_to_node()
     consumers = model.input_name_to_nodes()
+    core = _match_core(model, producer, consumers, softmax)
+    if core is None:
+        return None
+    branches = _match_branches(model, producer, core)
+    if branches is None:
+        return None
+    heads, head_dim = _heads_of_reshape(model, producer, branches["q"][1])
+    if heads != num_heads or any(_heads_of_reshape(model, producer, r) != (heads, head_dim)
+                                 for _, r, _ in branches.values()):
+        return None
+    if not np.isclose(core["scale"], 1.0 / np.sqrt(head_dim), rtol=1e-5):
+        return None
+    proj = {k: _projection(model, producer, add, heads * head_dim) for k, (_, _, add) in branches.items()}
+    if any(p is None for p in proj.values()) or len({p[0] for p in proj.values()}) != 1:
+        return None
+    if not _only_score_readers(consumers, core, branches, proj):
+        return None
+    return _attention_match(model, consumers, core, branches, proj, heads, head_dim)
+
+
+def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
+    """QK^T, its scale, the softmax, the context product and the head merge, or None."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
         return None
     scale_node = producer.get(softmax.input[0])
@@ -204,7 +225,15 @@ def _match(model, softmax, num_heads: int) -> dict | None:
     merge_r = _only(consumers, merge_t.output[0])
     if merge_r is None or merge_r.op_type != "Reshape":
         return None
-    # q: Transpose(0,2,1,3) of Reshape(x Wq + bq); k: Transpose(0,2,3,1) of Reshape(x Wk + bk); v as q
+    value = float(scale.reshape(-1)[0])
+    return {"softmax": softmax, "scale_node": scale_node, "qk": qk, "pv": pv, "merge_t": merge_t,
+            "merge_r": merge_r, "scale": 1.0 / value if scale_node.op_type == "Div" else value}
+
+
+def _match_branches(model, producer: dict, core: dict) -> dict | None:
+    """q: Transpose(0,2,1,3) of Reshape(x Wq + bq); k: Transpose(0,2,3,1) of Reshape(x Wk + bk); v as q.
+    Each as (transpose, reshape, add), or None."""
+    qk, pv = core["qk"], core["pv"]
     branches = {}
     for key, tensor, perm in (("q", qk.input[0], [0, 2, 1, 3]), ("k", qk.input[1], [0, 2, 3, 1]),
                               ("v", pv.input[1], [0, 2, 1, 3])):
@@ -215,41 +244,44 @@ def _match(model, softmax, num_heads: int) -> dict | None:
         if r is None or r.op_type != "Reshape" or _heads_of_reshape(model, producer, r) is None:
             return None
         branches[key] = (t, r, producer.get(r.input[0]))
-    heads, head_dim = _heads_of_reshape(model, producer, branches["q"][1])
-    width = heads * head_dim
-    if heads != num_heads or any(_heads_of_reshape(model, producer, r) != (heads, head_dim)
-                                 for _, r, _ in branches.values()):
-        return None
-    scale = float(scale.reshape(-1)[0])
-    scale = 1.0 / scale if scale_node.op_type == "Div" else scale
-    if not np.isclose(scale, 1.0 / np.sqrt(head_dim), rtol=1e-5):
-        return None
-    proj = {k: _projection(model, producer, add, width) for k, (_, _, add) in branches.items()}
-    if any(p is None for p in proj.values()) or len({p[0] for p in proj.values()}) != 1:
-        return None
-    x = proj["q"][0]
-    # Other readers: only the token score's query row (of q) and K per head (of k's Reshape) are supported.
+    return branches
+
+
+def _only_score_readers(consumers: dict, core: dict, branches: dict, proj: dict) -> bool:
+    """Whether the matched nodes have no readers besides each other, the token score's query row (of q)
+    and K per head (of k's Reshape), the only other readers supported."""
     q_t, q_r, q_add = branches["q"]
     k_t, k_r, k_add = branches["k"]
     v_t, v_r, v_add = branches["v"]
+    qk, scale_node, softmax, pv = core["qk"], core["scale_node"], core["softmax"], core["pv"]
     for node, allowed in ((q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]),
                           (v_t, [pv]), (k_t, [qk]), (proj["q"][3], [q_add]), (proj["k"][3], [k_add]),
                           (proj["v"][3], [v_add]), (qk, [scale_node]), (scale_node, [softmax])):
         if any(c is not node and all(c is not a for a in allowed) for out in node.output
                for c in consumers.get(out, [])):
-            return None
-    q_rows = [c for c in consumers.get(q_t.output[0], []) if c is not qk]
+            return False
+    return True
+
+
+def _attention_match(model, consumers: dict, core: dict, branches: dict, proj: dict, heads: int,
+                     head_dim: int) -> dict | None:
+    """The match record _rewrite needs: the packed Q/K/V weight, the score's readers, the nodes to remove."""
+    q_t, q_r, q_add = branches["q"]
+    k_t, k_r, k_add = branches["k"]
+    v_t, v_r, v_add = branches["v"]
+    q_rows = [c for c in consumers.get(q_t.output[0], []) if c is not core["qk"]]
     if any(_row_axis(model, c) is None for c in q_rows):
         return None
     # K split into heads (B, N, H, dh) may have other readers (the score): they get the same tensor back
     k_shared = any(c is not k_t for c in consumers.get(k_r.output[0], []))
-    return {"x": x, "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
+    return {"x": proj["q"][0], "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
             "b": np.concatenate([proj[k][2] for k in "qkv"]),
-            "heads": heads, "head_dim": head_dim, "context": merge_r.output[0], "q_rows": q_rows,
+            "heads": heads, "head_dim": head_dim, "context": core["merge_r"].output[0], "q_rows": q_rows,
             "k_shared": k_shared, "k_split": k_r.output[0],
             "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
-            "remove": [qk, scale_node, softmax, pv, merge_t, merge_r, q_t, q_r, q_add, k_t, k_r, k_add,
-                       v_t, v_r, v_add, proj["q"][3], proj["k"][3], proj["v"][3]]}
+            "remove": [core["qk"], core["scale_node"], core["softmax"], core["pv"], core["merge_t"],
+                       core["merge_r"], q_t, q_r, q_add, k_t, k_r, k_add, v_t, v_r, v_add,
+                       proj["q"][3], proj["k"][3], proj["v"][3]]}
 
 
 def _row_axis(model, node) -> str | None:

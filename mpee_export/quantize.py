@@ -64,9 +64,6 @@ def excluded_nodes(path: Path) -> list[str]:
     return names + [n + "_MatMul" for n in names]
 
 
-exit_head_nodes = excluded_nodes   # the former name
-
-
 def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True,
                     embeddings: bool = True, recipe: str | None = None) -> list[S.GraphEntry]:
     """Quantize the graphs in place (the layers; with `embeddings` the embeddings graph too); return the

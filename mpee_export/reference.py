@@ -1,14 +1,15 @@
 """The baselines our users would deploy without MPEE: the same fine-tuned BERT as an ordinary
 `BertForSequenceClassification` (all layers, no pruning, the last exit head as its pooler + classifier),
 exported the ordinary way with optimum, then fused and quantized the way a user tuning for CPU would.
+The folder's file names and record are the runtime's contract (mpee_runtime.schema, "the reference folder"):
 
     OUT/hf/                    BertForSequenceClassification + tokenizer (the PyTorch eager baseline)
     OUT/model.onnx             optimum's plain export (fp32), run by onnxruntime
     OUT/model_fused.onnx       model.onnx after onnxruntime's offline transformer optimizer
                                (`onnxruntime.transformers.optimizer.optimize_model`, model_type bert, opt_level 0):
                                Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization fused (fp32).
-                               onnxruntime's session-level optimizer does not fuse attention (1.32), so without
-                               this file the fp32 baseline would be slower than what users deploy.
+                               onnxruntime's session-level optimizer does not fuse attention, so without this
+                               file the fp32 baseline would be slower than what users deploy.
     OUT/model_fused_int8.onnx  model_fused.onnx quantized to dynamic int8 with optimum's recipe for this CPU
                                (`AutoQuantizationConfig.<recipe>(is_static=False)` + `ORTQuantizer`)
     OUT/reference.json         recipe and quantization settings, fused node counts, environment, files + sha256
@@ -25,7 +26,6 @@ reference is what a sentence-transformers user deploys, the encoder exported by 
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import shutil
@@ -36,20 +36,19 @@ from pathlib import Path
 import torch
 from transformers import BertForSequenceClassification
 
+from mpee_runtime import schema as S
 from mpee_runtime.env import cpu_info, environment
-from mpee_runtime.files import AtomicFolder, write_text
-from mpee_runtime.schema import sha256_of
+from mpee_runtime.files import AtomicFolder
+from mpee_runtime.schema import FUSED, FUSED_INT8, PLAIN, QUANT_RECIPES, ReferenceRecord, sha256_of
 
 from .errors import MpeeExportError
 from .modeling import MpeeModel
 
-PLAIN, FUSED, FUSED_INT8, RECORD = "model.onnx", "model_fused.onnx", "model_fused_int8.onnx", "reference.json"
 # Fused operators counted in the record, by kind (the optimizer picks one of each kind's ops).
 FUSED_KINDS = {"attention": ("Attention", "MultiHeadAttention"),
                "skip_layer_norm": ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization"),
                "gelu": ("BiasGelu", "FastGelu", "Gelu", "GemmFastGelu"),
                "embed_layer_norm": ("EmbedLayerNormalization",)}
-RECIPES = ("avx512_vnni", "avx512", "avx2", "arm64")   # optimum's AutoQuantizationConfig methods we pick from
 
 
 def to_hf_classifier(model: MpeeModel) -> BertForSequenceClassification:
@@ -118,8 +117,8 @@ def quantization_recipe(cpu: dict | None = None, machine: str | None = None) -> 
 def quantization_config(recipe: str, per_channel: bool):
     """optimum's QuantizationConfig for `recipe`, dynamic (is_static=False)."""
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
-    if recipe not in RECIPES:
-        raise MpeeExportError(f"unknown quantization recipe {recipe!r} (one of {', '.join(RECIPES)})")
+    if recipe not in QUANT_RECIPES:
+        raise MpeeExportError(f"unknown quantization recipe {recipe!r} (one of {', '.join(QUANT_RECIPES)})")
     return getattr(AutoQuantizationConfig, recipe)(is_static=False, per_channel=per_channel)
 
 
@@ -227,10 +226,11 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = 17, per_channel: bool = False,
-                     recipe: str | None = None) -> dict:
-    """Write OUT/hf, OUT/model.onnx, OUT/model_fused.onnx, OUT/model_fused_int8.onnx and OUT/reference.json
-    (all or nothing); return the record. `recipe` overrides the choice from the CPU flags."""
+def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = S.OPSET, per_channel: bool = False,
+                     recipe: str | None = None) -> ReferenceRecord:
+    """Write the reference folder of the contract (mpee_runtime.schema: REFERENCE_HF, FULL_MODELS'
+    files, REFERENCE_RECORD), all or nothing; return the record. `recipe` overrides the choice from the
+    CPU flags."""
     try:
         from optimum.exporters.onnx import main_export
         from optimum.onnxruntime import ORTQuantizer  # noqa: F401 -- checked here, used in quantize_fused
@@ -244,14 +244,14 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = 17,
     config = model.config
     with AtomicFolder(Path(out)) as tmp:
         hf = to_hf_classifier(model)
-        hf.save_pretrained(str(tmp / "hf"))
-        tokenizer.save_pretrained(str(tmp / "hf"))
+        hf.save_pretrained(str(tmp / S.REFERENCE_HF))
+        tokenizer.save_pretrained(str(tmp / S.REFERENCE_HF))
         # A [CLS]-pooled model is an ordinary BertForSequenceClassification. A mean-pooled one is what a
         # sentence-transformers user deploys: the encoder exported by optimum (feature-extraction) and the
         # mean-pooled head appended to that graph, which leaves the encoder's pattern for the optimizer.
         mean = model.mpee.exit_pooling == "mean"
         with torch.no_grad():
-            main_export(str(tmp / "hf"), output=str(tmp / "onnx"), opset=opset, device="cpu", no_post_process=True,
+            main_export(str(tmp / S.REFERENCE_HF), output=str(tmp / "onnx"), opset=opset, device="cpu", no_post_process=True,
                         task="feature-extraction" if mean else "text-classification")
         shutil.move(str(tmp / "onnx" / PLAIN), str(tmp / PLAIN))
         shutil.rmtree(tmp / "onnx")
@@ -264,15 +264,10 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = 17,
         quant["recipe_reason"] = why
         files = {name: {"sha256": sha256_of(tmp / name), "bytes": (tmp / name).stat().st_size}
                  for name in (PLAIN, FUSED, FUSED_INT8)}
-        record = {"schema": 1, "exit_pooling": model.mpee.exit_pooling,
-                  "variants": {"onnx_full": {"file": PLAIN, "precision": "fp32", "what": "optimum export, plain"},
-                               "onnx_fused": {"file": FUSED, "precision": "fp32",
-                                             "what": "optimum export + onnxruntime offline transformer fusions"},
-                               "onnx_fused_int8": {"file": FUSED_INT8, "precision": "int8",
-                                                   "what": f"fused, dynamic int8, optimum recipe {recipe}"}},
-                  "export": {"opset": opset, "task": "text-classification", "exporter": "optimum main_export"},
-                  "fusion": fused, "quantization": quant, "files": files,
-                  "warnings": [w for w in (fused.get("warning"),) if w],
-                  "environment": environment() | {"tools": {"optimum": _version("optimum"), "onnx": _version("onnx")}}}
-        write_text(tmp / RECORD, json.dumps(record, indent=1) + "\n")
+        record = ReferenceRecord(
+            exit_pooling=model.mpee.exit_pooling, opset=opset, fusion=fused, quantization=quant, files=files,
+            warnings=[w for w in (fused.get("warning"),) if w],
+            environment=environment() | {"tools": {"optimum": _version("optimum"), "onnx": _version("onnx"),
+                                                    "exporter": "optimum main_export"}})
+        record.dump(tmp)
     return record

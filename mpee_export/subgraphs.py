@@ -12,14 +12,7 @@ from torch import nn
 
 from mpee_runtime import schema as S
 
-from .modeling import LayerState, MpeeModel
-
-
-def blended_outputs(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities and entropy (nats) of the classifier memory, computed stably."""
-    logp = memory.log_softmax(-1)
-    probs = logp.exp()
-    return probs, -(probs * logp).sum(-1)
+from .modeling import LayerState, MpeeModel, blended_outputs
 
 
 class EmbeddingsGraph(nn.Module):

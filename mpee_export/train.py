@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,10 +44,17 @@ from .distributed import (
 )
 from .errors import MpeeExportError
 from .evaluate import compute_traces, full_model_row, per_exit_accuracy
-from .glue import get_task, load_split
+from .glue import GlueTask, get_task, load_split
 from .modeling import MpeeModel
 
 STATE_DIR = "train_state"
+
+
+def mpee_config(backbone: Path, task: GlueTask, **build) -> MpeeConfig:
+    """The MpeeConfig for a backbone (its number of layers) and a GLUE task (its labels); `build` holds
+    MpeeConfig.build's keyword arguments (the design's defaults for anything not given)."""
+    return MpeeConfig.build(num_layers=load_backbone_config(backbone).num_hidden_layers, labels=list(task.labels),
+                            task=task.name, **build)
 
 
 @dataclass
@@ -56,51 +63,88 @@ class TrainArgs:
     data: Path
     backbone: Path
     out: Path
+    mpee: MpeeConfig                # the model to train (mpee_config builds one for a backbone and task)
     epochs: int = 1
     batch_size: int = 32
     lr: float = DEFAULT_LR
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     seed: int = 42
     save_every: int = 200           # optimizer steps between resumable states
     max_steps: int | None = None    # stop (resumable) after this many steps in total
-    mpee: dict = field(default_factory=dict)  # MpeeConfig.build keyword arguments
     device: str = "cpu"             # cpu, cuda, mps, or auto (mpee-train's default; cuda:LOCAL_RANK under torchrun)
-    precision: str = "fp32"         # autocast dtype: fp32, bf16, fp16
+    precision: str = "fp32"         # autocast dtype: distributed.TRAIN_PRECISIONS
     grad_accum: int = 1             # micro-batches per process per global batch
 
     def fingerprint(self) -> dict:
         """What must not change between an interrupted run and its resumption.
 
         The device may change (a GPU run can be resumed on CPU); precision and gradient accumulation
-        change the arithmetic, so they may not. They are left out at their defaults, so that states
-        written before these settings existed still resume.
+        change the arithmetic, so they may not.
         """
         d = asdict(self)
         for key in ("out", "save_every", "max_steps", "max_eval_samples", "device"):
             d.pop(key)
-        for key, default in (("precision", "fp32"), ("grad_accum", 1)):
-            if d[key] == default:
-                d.pop(key)
         return json.loads(json.dumps(d, default=str))
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """The dev evaluation after an epoch (the full model's scores, each exit's accuracy), as train_log.json
+    records it in its history."""
+
+    epoch: int
+    train_seconds: float
+    metric_name: str
+    metric: float
+    accuracy: float
+    f1: float | None
+    per_exit_accuracy: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EpochResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Training stopped by --max-steps at `step` (resumable)."""
+
+    step: int
 
 
 @dataclass
 class _Run:
-    """What one optimizer step needs."""
+    """One training run: its settings, where it runs, the model, its optimizer and its data."""
 
     args: TrainArgs
     env: DistEnv
     device: torch.device
+    task: GlueTask
     model: MpeeModel                 # the module itself (losses, checkpoints, evaluation)
     net: torch.nn.Module             # what the forward pass goes through: the model or its DDP wrapper
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
+    tokenizer: object
+    train_data: Encoded
+    dev_data: Encoded
+    steps_per_epoch: int
+    log: object
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.out)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.args.epochs
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -157,7 +201,7 @@ def _load_state(out: Path, run: _Run, fingerprint: dict) -> dict:
     saved = torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
     run.opt.load_state_dict(saved["optimizer"])
     run.sched.load_state_dict(saved["scheduler"])
-    if run.scaler is not None and "scaler" in saved:
+    if run.scaler is not None:   # fp16: the precision is part of the fingerprint, so the state has one
         run.scaler.load_state_dict(saved["scaler"])
     _set_rng_state(saved, run.device)
     return progress
@@ -175,9 +219,10 @@ def check_batching(args: TrainArgs, env: DistEnv) -> None:
                               f"--grad-accum {args.grad_accum}: some micro-batches would be empty")
 
 
-def train(args: TrainArgs, log=print, notes: tuple[str, ...] = ()) -> dict:
-    """Train an MPEE model; returns the last epoch's dev results. `notes` are logged once the data and
-    settings have been checked, before the first step (mpee-train: why it chose its defaults).
+def train(args: TrainArgs, log=print, notes: tuple[str, ...] = ()) -> EpochResult | Stopped:
+    """Train an MPEE model; returns the last epoch's dev results (or where --max-steps stopped it).
+    `notes` are logged once the data and settings have been checked, before the first step (mpee-train:
+    why it chose its defaults).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; only rank 0 logs and writes.
     """
@@ -189,88 +234,121 @@ def train(args: TrainArgs, log=print, notes: tuple[str, ...] = ()) -> dict:
         return _train(args, env, device, log if env.is_main else (lambda msg: None), notes)
 
 
-def _train(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tuple[str, ...] = ()) -> dict:
-    task = get_task(args.task)
-    out = Path(args.out)
+def _train(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tuple[str, ...]) -> EpochResult | Stopped:
+    resuming = _check_out(Path(args.out))
+    run = _setup(args, env, device, log)
+    progress = _start(run, resuming)
+    for note in notes:
+        log(note)
+    result = None
+    t_run, first_step = time.time(), progress["step"]
+    while progress["epoch"] < args.epochs:
+        t0 = time.time()
+        if not _run_epoch(run, progress):
+            _stop(run, progress, rate=_rate(progress["step"] - first_step, time.time() - t_run))
+            return Stopped(progress["step"])
+        result = _end_epoch(run, progress, time.time() - t0)
+    if env.is_main:
+        write_text(run.out / "train_log.json", json.dumps(progress, indent=1))
+        shutil.rmtree(run.out / STATE_DIR, ignore_errors=True)
+    _barrier(env)
+    return result
+
+
+def _check_out(out: Path) -> bool:
+    """Whether `out` holds an interrupted run to resume; refuses any other non-empty folder."""
     resuming = (out / STATE_DIR / "progress.json").is_file()
     if not resuming and out.exists() and any(out.iterdir()):
         raise MpeeExportError(f"{out} is not empty and holds no interrupted run; choose an empty --out")
+    return resuming
+
+
+def _setup(args: TrainArgs, env: DistEnv, device: torch.device, log) -> _Run:
+    """Read and encode the data, build the model on its backbone, the optimizer and the schedule."""
+    task = get_task(args.task)
     train_examples = load_split(args.data, task, "train", limit=args.max_train_samples)
     dev_examples = load_split(args.data, task, "dev", limit=args.max_eval_samples)
     torch.manual_seed(args.seed)
-    mpee = MpeeConfig.build(num_layers=load_backbone_config(args.backbone).num_hidden_layers, labels=list(task.labels), task=task.name,
-                            max_length=args.max_length, **args.mpee)
-    model = from_backbone(args.backbone, mpee).to(device)
+    model = from_backbone(args.backbone, args.mpee).to(device)
     tokenizer = load_tokenizer(args.backbone)
-    train_data = encode(train_examples, tokenizer, args.max_length)
-    dev_data = encode(dev_examples, tokenizer, args.max_length)
-
+    train_data = encode(train_examples, tokenizer, args.mpee.max_length)
+    dev_data = encode(dev_examples, tokenizer, args.mpee.max_length)
     steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = int(args.warmup_ratio * total)
     opt = _optimizer(model, args)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
-    run = _Run(args, env, device, model, model, opt, sched, grad_scaler(args.precision, device))
+    return _Run(args, env, device, task, model, model, opt, sched, grad_scaler(args.precision, device), tokenizer,
+                train_data, dev_data, steps_per_epoch, log)
+
+
+def _start(run: _Run, resuming: bool) -> dict:
+    """The progress record to start from (fresh, or read back with the saved state when resuming)."""
+    args, env, out, log = run.args, run.env, run.out, run.log
     progress = {"args": args.fingerprint(), "step": 0, "epoch": 0, "history": []}
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     if resuming:
         progress = _load_state(out, run, args.fingerprint())
-        log(f"resuming {out} at step {progress['step']}/{total}")
+        log(f"resuming {out} at step {progress['step']}/{run.total_steps}")
     _check_same_start(env, resuming, progress["step"], out)
-    run.net = _wrap(model, env, device)
-    log(f"{task.name}: {len(train_data)} train / {len(dev_data)} dev examples, {args.epochs} epoch(s), "
-        f"{total} steps, batch {args.batch_size}, prune layers {mpee.prune_layers} r={mpee.keep_ratios}")
-    log(f"device {device}, precision {args.precision}, {env.world_size} process(es), "
+    run.net = _wrap(run.model, env, run.device)
+    mpee = args.mpee
+    log(f"{run.task.name}: {len(run.train_data)} train / {len(run.dev_data)} dev examples, {args.epochs} epoch(s), "
+        f"{run.total_steps} steps, batch {args.batch_size}, prune layers {mpee.prune_layers} r={mpee.keep_ratios}")
+    log(f"device {run.device}, precision {args.precision}, {env.world_size} process(es), "
         f"grad-accum {args.grad_accum}")
-    for note in notes:
-        log(note)
+    return progress
 
-    step = progress["step"]
-    result: dict = {}
-    t_run, first_step = time.time(), step
-    while progress["epoch"] < args.epochs:
-        epoch = progress["epoch"]
-        batches = train_batches(train_data, args.batch_size, torch.Generator().manual_seed(args.seed + epoch))
-        start = step - epoch * steps_per_epoch
-        model.train()
-        bar = tqdm(batches[start:], desc=f"epoch {epoch + 1}/{args.epochs}", initial=start,
-                   total=len(batches), dynamic_ncols=True, mininterval=2, disable=not env.is_main)
-        t0 = time.time()
+
+def _run_epoch(run: _Run, progress: dict) -> bool:
+    """The remaining steps of the current epoch; False when --max-steps stopped it first."""
+    args, env = run.args, run.env
+    epoch, step = progress["epoch"], progress["step"]
+    batches = train_batches(run.train_data, args.batch_size, torch.Generator().manual_seed(args.seed + epoch))
+    start = step - epoch * run.steps_per_epoch
+    run.model.train()
+    bar = tqdm(batches[start:], desc=f"epoch {epoch + 1}/{args.epochs}", initial=start,
+               total=len(batches), dynamic_ncols=True, mininterval=2, disable=not env.is_main)
+    with bar:
         for idx in bar:
             if env.distributed:
                 torch.manual_seed(dropout_seed(args.seed, step, env.rank))
-            loss = _train_step(run, train_data, idx)
+            loss = _train_step(run, run.train_data, idx)
             step += 1
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.sched.get_last_lr()[0]:.2e}", refresh=False)
             progress["step"] = step
             stop = args.max_steps is not None and step >= args.max_steps
             if env.is_main and (step % args.save_every == 0 or stop):
-                _save_state(out, run, progress)
+                _save_state(run.out, run, progress)
             if stop:
-                bar.close()
-                if env.is_main:
-                    log(_rate(step - first_step, time.time() - t_run))
-                    save_checkpoint(model, tokenizer, out)
-                    log(f"stopped at step {step} (--max-steps); rerun the same command to resume")
-                _barrier(env)
-                return {"stopped_at_step": step}
-        bar.close()
-        if env.is_main:
-            result = _dev_eval(eval_view(model, device), task, dev_data) | {
-                "epoch": epoch + 1, "train_seconds": time.time() - t0}
-            progress["history"].append(result)
-            progress["epoch"] = epoch + 1
-            log(f"epoch {epoch + 1}: dev {result['metric']['name']} {result['metric']['value']:.4f} (full model), "
-                f"per-exit accuracy {[round(a, 4) for a in result['per_exit_accuracy']]}")
-            save_checkpoint(model, tokenizer, out)
-            _save_state(out, run, progress)
-        result = _from_main(env, result)   # the other ranks wait here while rank 0 evaluates and saves
-        progress["epoch"] = epoch + 1
-    if env.is_main:
-        write_text(out / "train_log.json", json.dumps(progress, indent=1))
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    _barrier(env)
+                return False
+    return True
+
+
+def _stop(run: _Run, progress: dict, rate: str) -> None:
+    """--max-steps reached: the checkpoint so far (the resumable state is saved already)."""
+    if run.env.is_main:
+        run.log(rate)
+        save_checkpoint(run.model, run.tokenizer, run.out)
+        run.log(f"stopped at step {progress['step']} (--max-steps); rerun the same command to resume")
+    _barrier(run.env)
+
+
+def _end_epoch(run: _Run, progress: dict, seconds: float) -> EpochResult:
+    """Rank 0 evaluates on the dev set, logs, and saves the checkpoint and the state; every rank gets the result."""
+    epoch = progress["epoch"] + 1
+    result = None
+    if run.env.is_main:
+        result = _dev_eval(eval_view(run.model, run.device), run.task, run.dev_data, epoch, seconds)
+        progress["history"].append(result.to_dict())
+        progress["epoch"] = epoch
+        run.log(f"epoch {epoch}: dev {result.metric_name} {result.metric:.4f} (full model), "
+                f"per-exit accuracy {[round(a, 4) for a in result.per_exit_accuracy]}")
+        save_checkpoint(run.model, run.tokenizer, run.out)
+        _save_state(run.out, run, progress)
+    result = _from_main(run.env, result)   # the other ranks wait here while rank 0 evaluates and saves
+    progress["epoch"] = epoch
     return result
 
 
@@ -354,8 +432,8 @@ def _barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def _dev_eval(model: MpeeModel, task, dev_data) -> dict:
+def _dev_eval(model: MpeeModel, task: GlueTask, dev_data: Encoded, epoch: int, seconds: float) -> EpochResult:
     full = full_model_row(model, task, dev_data)
     traces = compute_traces(model, dev_data)  # configured keep ratios, all exits
-    return {"metric": full["metric"], "accuracy": full["accuracy"],
-            "per_exit_accuracy": per_exit_accuracy(traces)}
+    return EpochResult(epoch=epoch, train_seconds=seconds, metric_name=full.metric_name, metric=full.metric,
+                       accuracy=full.accuracy, f1=full.f1, per_exit_accuracy=per_exit_accuracy(traces))

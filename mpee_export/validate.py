@@ -9,6 +9,7 @@ This module also holds the verdict (`verdict`): the export publishes an fp32 bun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,93 @@ import torch
 
 from mpee_runtime import schema as S
 from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.policy import ExitPolicy
+from mpee_runtime.policy import NO_EXIT, ExitPolicy
+from mpee_runtime.session import open_session, session_options
 
 from .modeling import MpeeModel
 from .subgraphs import EmbeddingsGraph, LayerGraph
 
 ATOL = {"fp32": 1e-4}          # per-graph max |diff| allowed in fp32; int8 is judged by agreement
 MIN_AGREEMENT = 0.995          # exit layer and label, fp32
+EXPORTER_THREADS = 2
+
+
+def exporter_session_options() -> ort.SessionOptions:
+    """Sessions of the exporter's process: no spinning, because this process also runs torch, whose OpenMP
+    threads keep spinning after each call; onnxruntime's pools would spin beside them on the same cores."""
+    return session_options(EXPORTER_THREADS, spinning=False)
+
+
+@dataclass(frozen=True)
+class GraphCheck:
+    """Each graph against its PyTorch module: max |ONNX - PyTorch| per output ("graph.output")."""
+
+    max_abs_diff: dict[str, float]
+    max_abs_diff_overall: float
+    errors: list[str]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphCheck:
+        return cls(dict(d["max_abs_diff"]), d["max_abs_diff_overall"], list(d["errors"]))
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The runtime's chain against MpeeModel.predict on the same token ids at one exit rule."""
+
+    examples: int
+    policy: str
+    threshold: float
+    keep_ratio: float | None
+    same_exit_layer: float
+    same_label: float
+    exit_layer_shift_histogram: dict[str, int]
+    max_prob_diff_same_exit: float
+    accuracy_runtime: float | None = None       # with labels
+    accuracy_pytorch: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChainCheck:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One precision's checks. fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None)."""
+
+    precision: str
+    graphs: GraphCheck
+    chain: ChainCheck
+    chain_full_depth: ChainCheck
+    passed: bool | None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Validation:
+        return cls(d["precision"], GraphCheck.from_dict(d["graphs"]), ChainCheck.from_dict(d["chain"]),
+                   ChainCheck.from_dict(d["chain_full_depth"]), d["passed"], list(d.get("problems", [])))
+
+    def summary(self) -> dict:
+        """What the manifest's validation.checks records of this precision: the verdict and headline figures."""
+        c = self.chain
+        return {"passed": self.passed, "graph_max_abs_diff": self.graphs.max_abs_diff_overall,
+                "chain_examples": c.examples, "chain_same_exit_layer": c.same_exit_layer,
+                "chain_same_label": c.same_label, "chain_max_prob_diff_same_exit": c.max_prob_diff_same_exit}
+
+    def describe(self) -> str:
+        """One line: verdict, graph parity, chain agreement (and accuracies with labels)."""
+        c = self.chain
+        status = {True: "PASSED", False: "FAILED", None: "reported"}[self.passed]
+        line = (f"{self.precision}: {status}  graph max|diff| {self.graphs.max_abs_diff_overall:.2e}  chain on "
+                f"{c.examples} examples (policy {c.policy}, F={c.threshold}): same exit layer "
+                f"{100 * c.same_exit_layer:.1f}%, same label {100 * c.same_label:.1f}%, max prob diff "
+                f"{c.max_prob_diff_same_exit:.2e}")
+        if c.accuracy_runtime is not None:
+            line += f", accuracy runtime {100 * c.accuracy_runtime:.2f} vs PyTorch {100 * c.accuracy_pytorch:.2f}"
+        return line
 
 
 def _run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -54,11 +135,12 @@ def random_feeds(model: MpeeModel, entry: S.GraphEntry, seq: int, ratio: float, 
 
 
 def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[S.GraphEntry],
-                 examples: Sequence[tuple[np.ndarray, np.ndarray]], *, seed: int = 0) -> dict:
+                 examples: Sequence[tuple[np.ndarray, np.ndarray]], *, seed: int = 0) -> GraphCheck:
     """Max |ONNX - PyTorch| per output over random inputs and the real states of `examples`."""
     model.eval()
     rng = np.random.default_rng(seed)
-    sessions = [ort.InferenceSession(str(bundle / e.file), providers=["CPUExecutionProvider"]) for e in entries]
+    opts = exporter_session_options()
+    sessions = [open_session(bundle / e.file, opts) for e in entries]
     modules = [EmbeddingsGraph(model)] + [LayerGraph(model, i) for i in range(model.mpee.num_layers)]
     worst: dict[str, float] = {}
     errors: list[str] = []
@@ -76,21 +158,19 @@ def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[S.GraphEntry]
             outs = _compare(e.name, sessions[i + 1], modules[i + 1], {n: state[n] for n in e.inputs},
                             e.outputs, worst, errors)
             state.update(zip((S.HIDDEN, S.SCORES, S.MEMORY), outs[:3]))
-    return {"max_abs_diff": worst, "max_abs_diff_overall": max(worst.values()), "errors": sorted(set(errors))}
+    return GraphCheck(worst, max(worst.values()), sorted(set(errors)))
 
 
 def exporter_engine(folder: Path, manifest: S.Manifest) -> MpeeEngine:
-    """The runtime engine the exporter runs on a bundle it has not published (validation, calibration).
-
-    No spinning: this process also runs torch, whose OpenMP threads keep spinning after each call;
-    onnxruntime's pools would spin beside them on the same cores.
-    """
-    return MpeeEngine(folder, threads=2, warmup=0, manifest=manifest, allow_unvalidated=True, spinning=False)
+    """The runtime engine the exporter runs on a bundle it has not published (validation, calibration),
+    with the exporter's session options (no spinning beside torch)."""
+    return MpeeEngine(folder, threads=EXPORTER_THREADS, warmup=0, manifest=manifest, allow_unvalidated=True,
+                      spinning=False)
 
 
 def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[np.ndarray, np.ndarray]], *,
                 policy: str, threshold: float, keep_ratio: float | None = None,
-                labels: Sequence[int] | None = None) -> dict:
+                labels: Sequence[int] | None = None) -> ChainCheck:
     """Runtime chain vs PyTorch model on the same token ids: agreement and probability differences."""
     rule = ExitPolicy(policy, threshold, model.mpee.num_labels)
     if keep_ratio is None:
@@ -114,14 +194,10 @@ def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[n
             correct_onnx += got.label_index == labels[n]
             correct_torch += ref.label == labels[n]
     total = len(examples)
-    out = {"examples": total, "policy": policy, "threshold": threshold, "keep_ratio": keep_ratio,
-           "same_exit_layer": same_exit / total, "same_label": same_label / total,
-           "exit_layer_shift_histogram": dict(sorted(shifts.items(), key=lambda kv: int(kv[0]))),
-           "max_prob_diff_same_exit": max_diff}
-    if labels is not None:
-        out["accuracy_runtime"] = correct_onnx / total
-        out["accuracy_pytorch"] = correct_torch / total
-    return out
+    return ChainCheck(total, policy, threshold, keep_ratio, same_exit / total, same_label / total,
+                      dict(sorted(shifts.items(), key=lambda kv: int(kv[0]))), max_diff,
+                      None if labels is None else correct_onnx / total,
+                      None if labels is None else correct_torch / total)
 
 
 def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, model: MpeeModel,
@@ -144,40 +220,28 @@ def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, m
     return out
 
 
-def verdict(graphs: dict, chain: dict) -> list[str]:
+def verdict(graphs: GraphCheck, chain: ChainCheck) -> list[str]:
     """The fp32 pass/fail decision: every graph output within ATOL of PyTorch, and the chain agreeing with
     the PyTorch model on exit layer and label for at least MIN_AGREEMENT of the examples. Returns the problems."""
-    bad = [f"{k}: {v:.2e}" for k, v in graphs["max_abs_diff"].items() if v > ATOL["fp32"]]
-    problems = graphs["errors"] + bad
-    if chain["same_exit_layer"] < MIN_AGREEMENT or chain["same_label"] < MIN_AGREEMENT:
-        problems.append(f"chain agreement exit {chain['same_exit_layer']:.4f} label {chain['same_label']:.4f} "
+    bad = [f"{k}: {v:.2e}" for k, v in graphs.max_abs_diff.items() if v > ATOL["fp32"]]
+    problems = graphs.errors + bad
+    if chain.same_exit_layer < MIN_AGREEMENT or chain.same_label < MIN_AGREEMENT:
+        problems.append(f"chain agreement exit {chain.same_exit_layer:.4f} label {chain.same_label:.4f} "
                         f"< {MIN_AGREEMENT}")
     return problems
 
 
 def validate_bundle(model: MpeeModel, folder: Path, manifest: S.Manifest, examples, labels=None, *,
-                    precision: str = "fp32") -> dict:
-    """Graph-level and chain-level checks of the bundle at `folder` (described by `manifest`) against `model`.
-
-    fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None): its accuracy and exit shift
-    are the point, not bit parity."""
+                    precision: str = "fp32") -> Validation:
+    """Graph-level and chain-level checks of the bundle at `folder` (described by `manifest`) against `model`,
+    at the bundle's default exit rule and at full depth. fp32 is judged; int8 is reported (`passed` None):
+    its accuracy and exit shift are the point, not bit parity."""
     graphs = check_graphs(model, folder, manifest.graphs, examples[:8])
     engine = exporter_engine(folder, manifest)
     policy, threshold = manifest.exit.default_policy, manifest.exit.default_threshold
     chain = check_chain(model, engine, examples, policy=policy, threshold=threshold, labels=labels)
-    full = check_chain(model, engine, examples, policy="entropy", threshold=0.0, labels=labels)
-    result = {"precision": precision, "graphs": graphs, "chain": chain, "chain_full_depth": full}
-    if precision == "fp32":
-        result["problems"] = verdict(graphs, chain)
-        result["passed"] = not result["problems"]
-    else:
-        result["passed"] = None
-    return result
-
-
-def summary_of(record: dict) -> dict:
-    """The manifest's validation checks: per precision, the verdict and the headline figures."""
-    return {k: {"passed": v["passed"], "graph_max_abs_diff": v["graphs"]["max_abs_diff_overall"],
-                **{f"chain_{x}": v["chain"][x] for x in ("examples", "same_exit_layer", "same_label",
-                                                         "max_prob_diff_same_exit")}}
-            for k, v in record.items()}
+    full = check_chain(model, engine, examples, **NO_EXIT, labels=labels)
+    if precision != "fp32":
+        return Validation(precision, graphs, chain, full, None)
+    problems = verdict(graphs, chain)
+    return Validation(precision, graphs, chain, full, not problems, problems)

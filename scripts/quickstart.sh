@@ -28,6 +28,9 @@ mpee-export "$OUT/ckpt" "$OUT/bundle-int8" --data "$GLUE_DIR" --quantize int8
 mpee-export reference "$OUT/ckpt" "$OUT/reference"
 echo "== run the bundle on SST-2 dev with the device runtime"
 mpee-run "$OUT/bundle" --input "$GLUE_DIR/SST-2/dev.tsv" --output "$OUT/preds.jsonl" --threads "$THREADS"
-echo "== benchmark (interleaved, $THREADS threads)"
+echo "== benchmark (interleaved, $THREADS threads; then PyTorch alone; then the table)"
 mpee-bench "$OUT/bundle" --input "$GLUE_DIR/SST-2/dev.tsv" --reference "$OUT/reference" \
-  --int8 "$OUT/bundle-int8" --threads "$THREADS" --max-drop 1.0 --out "$OUT/bench"
+  --int8 "$OUT/bundle-int8" --threads "$THREADS" --max-drop 1.0 --out "$OUT/bench" > /dev/null
+python -m mpee_export.bench_pytorch "$OUT/reference" --input "$GLUE_DIR/SST-2/dev.tsv" --threads "$THREADS" \
+  --out "$OUT/bench"
+mpee-bench report "$OUT/bench"

@@ -8,7 +8,7 @@
 #      and compare: same labels and exit layers, probabilities within AARCH64_ATOL.
 # It proves correctness on aarch64, not speed: measure latency on the device.
 #
-# Usage: scripts/test-aarch64.sh            (root, or sudo, for apt on the first run; see "Deploying on a Raspberry Pi" in README.md)
+# Usage: scripts/test-aarch64.sh            (root, or sudo, for apt on the first run; see docs/raspberry-pi.md)
 # Environment:
 #   MPEE_BUNDLE=DIR          also compare on this (real) bundle, with SST-2-like sentences
 #   AARCH64_CACHE=DIR        downloads and the assembled rootfs [~/.cache/mpee-aarch64]
@@ -120,7 +120,7 @@ lap "aarch64 imports"
 
 for cpu in "${PYTEST_CPUS[@]}"; do
   log "tests/runtime under qemu -cpu $cpu"
-  MPEE_TEST_BUNDLE=$WORK/tiny arm "$cpu" -m pytest -q -p no:cacheprovider tests/runtime || FAILED+=("pytest on $cpu")
+  MPEE_TEST_BUNDLE=$WORK/tiny arm "$cpu" -m pytest -q -p no:cacheprovider -m "not slow" tests/runtime || FAILED+=("pytest on $cpu")
   lap "pytest tests/runtime ($cpu)"
 done
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite: ruff, unit tests and the slow end-to-end tests on real GLUE data,
-# then the runtime's tests again in a virtual environment that has no torch and no transformers.
-# Usage: GLUE_DIR=/path/to/glue scripts/test.sh [pytest args]   (-m "not slow" for the unit tests only)
+# Set up, then run the whole test suite: ruff, then the three pytest tiers (unit: seconds each; integration:
+# subprocesses, the optimum export, thread pools; slow: end to end on real GLUE data), then the runtime's
+# tests again in a virtual environment that has no torch and no transformers.
+# Usage: GLUE_DIR=/path/to/glue scripts/test.sh [pytest args]     TIERS="unit" for the unit tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+declare -A MARK=([unit]="not integration and not slow" [integration]="integration" [slow]="slow")
+for tier in ${TIERS:-unit integration slow}; do
+  echo "== pytest: $tier tier"
+  .venv/bin/python -m pytest -q -m "${MARK[$tier]:?unknown tier $tier}" "$@"
+done
 
 # The device runtime alone: install it (not editable) where torch cannot be imported, and check it
 # against PyTorch's answers computed above for a tiny bundle.
@@ -19,4 +24,5 @@ trap 'rm -rf "$bundle_dir"' EXIT
 if .venv-runtime/bin/python -c "import torch" 2>/dev/null || .venv-runtime/bin/python -c "import transformers" 2>/dev/null; then
   echo "runtime venv must not contain torch or transformers" >&2; exit 1
 fi
-MPEE_TEST_BUNDLE="$bundle_dir" .venv-runtime/bin/python -m pytest -q -p no:cacheprovider tests/runtime
+echo "== pytest: the runtime's tests without torch (unit and integration)"
+MPEE_TEST_BUNDLE="$bundle_dir" .venv-runtime/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests/runtime

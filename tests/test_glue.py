@@ -257,28 +257,28 @@ def test_not_utf8(tmp_path):
 
 def test_metrics_f1_task():
     out = compute_metrics(TASKS["mrpc"], [1, 1, 0, 0], [1, 0, 0, 1])
-    assert out["accuracy"] == pytest.approx(0.5)
-    assert out["f1"] == pytest.approx(0.5)
-    assert out["metric"] == {"name": "f1", "value": pytest.approx(0.5)}
+    assert out.accuracy == pytest.approx(0.5)
+    assert out.f1 == pytest.approx(0.5)
+    assert (out.metric_name, out.metric) == ("f1", pytest.approx(0.5))
 
 
 def test_metrics_hand_computed_f1():
     # tp=2, fp=1, fn=2: precision 2/3, recall 1/2, f1 = 4/7; accuracy 3/6.
     out = compute_metrics(TASKS["qqp"], [1, 1, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0])
-    assert out["accuracy"] == pytest.approx(0.5)
-    assert out["f1"] == pytest.approx(4 / 7)
-    assert out["metric"]["value"] == pytest.approx(4 / 7)
+    assert out.accuracy == pytest.approx(0.5)
+    assert out.f1 == pytest.approx(4 / 7)
+    assert out.metric == pytest.approx(4 / 7)
 
 
 def test_metrics_no_positives_f1_zero():
     out = compute_metrics(TASKS["mrpc"], [0, 0, 0], [0, 0, 0])
-    assert out["accuracy"] == 1.0 and out["f1"] == 0.0
+    assert out.accuracy == 1.0 and out.f1 == 0.0
 
 
 def test_metrics_accuracy_task_has_no_f1():
     out = compute_metrics(TASKS["mnli"], [0, 1, 2, 2], [0, 1, 1, 2])
-    assert out == {"accuracy": 0.75, "metric": {"name": "accuracy", "value": 0.75}}
-    assert isinstance(out["accuracy"], float)
+    assert out.to_dict() == {"metric_name": "accuracy", "metric": 0.75, "accuracy": 0.75, "f1": None}
+    assert isinstance(out.accuracy, float)
 
 
 @pytest.mark.parametrize("preds, labels", [([], []), ([1, 0], [1])])

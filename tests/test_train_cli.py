@@ -14,7 +14,8 @@ from tiny import tiny_model
 from mpee_export.checkpoint import load_checkpoint, save_checkpoint
 from mpee_export.cli import convert, evaluate, train
 from mpee_export.errors import MpeeExportError
-from mpee_export.train import TrainArgs
+from mpee_export.glue import get_task
+from mpee_export.train import Stopped, TrainArgs, mpee_config
 from mpee_export.train import train as run_training
 
 POS = ["the movie is great", "a fun film", "very good acting", "great plot and fun", "it was good"]
@@ -34,8 +35,8 @@ def sst_dir(tmp_path: Path) -> Path:
 
 
 def _args(sst_dir, backbone, out, **kw) -> TrainArgs:
-    return TrainArgs(task="sst2", data=sst_dir, backbone=backbone, out=out, batch_size=8, lr=1e-3,
-                     save_every=2, seed=3, **kw)
+    return TrainArgs(task="sst2", data=sst_dir, backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
+                     batch_size=8, lr=1e-3, save_every=2, seed=3, **kw)
 
 
 def test_resume_reproduces_uninterrupted_run(sst_dir, tiny_backbone, tmp_path):
@@ -43,7 +44,7 @@ def test_resume_reproduces_uninterrupted_run(sst_dir, tiny_backbone, tmp_path):
     run_training(_args(sst_dir, tiny_backbone, straight, epochs=2), log=lambda m: None)
     resumed = tmp_path / "resumed"
     assert run_training(_args(sst_dir, tiny_backbone, resumed, epochs=2, max_steps=3),
-                        log=lambda m: None) == {"stopped_at_step": 3}
+                        log=lambda m: None) == Stopped(step=3)
     assert (resumed / "train_state" / "progress.json").is_file()
     run_training(_args(sst_dir, tiny_backbone, resumed, epochs=2), log=lambda m: None)
     assert not (resumed / "train_state").exists()
@@ -144,28 +145,30 @@ def test_train_and_eval_cli(sst_dir, tiny_backbone, tmp_path):
     res = runner.invoke(evaluate, [str(ckpt), "--data", str(sst_dir / "SST-2"), "--threshold", "0.3",
                                    "--keep-ratio", "0.5", "--json", str(js), "--predictions", str(preds)])
     assert res.exit_code == 0, res.output
-    out = json.loads(js.read_text())
+    doc = json.loads(js.read_text())
+    (out,) = doc["rows"]
     for key in ("metric", "accuracy", "mean_exit_layer", "exit_layer_histogram", "mean_tokens_per_layer",
                 "rho", "rho_pad128", "flops_convention"):
         assert key in out
+    assert out["kind"] == "mpee" and out["metric_name"] == "accuracy" and out["metric"] == out["accuracy"]
     assert sum(out["exit_layer_histogram"].values()) == out["n"] == 10
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert [x["index"] for x in lines] == list(range(10))
     hist = {str(k): sum(1 for x in lines if x["exit_layer"] == k) for k in (1, 2, 3)}
     assert hist == out["exit_layer_histogram"]
-    assert out["full_model"]["mean_exit_layer"] == 3 and out["full_model"]["rho"] < 1
+    assert doc["full_model"]["mean_exit_layer"] == 3 and doc["full_model"]["rho"] < 1
     plot = tmp_path / "tradeoff.png"
     res = runner.invoke(evaluate, [str(ckpt), "--data", str(sst_dir), "--sweep", "--thresholds", "0,0.7",
                                    "--keep-ratios", "0.5,1", "--json", str(js), "--plot", str(plot)])
     assert res.exit_code == 0, res.output
     assert plot.read_bytes()[:4] == b"\x89PNG"
     rows = json.loads(js.read_text())["rows"]
-    exits = [r for r in rows if r.get("row") != "static"]
+    exits = [r for r in rows if r["kind"] != "static"]
     assert [(r["keep_ratio"], r["threshold"]) for r in exits] == [(0.5, 0), (0.5, 0.7), (1.0, 0), (1.0, 0.7)]
     # threshold 0.7 > log 2: every sample stops at layer 1
     assert exits[1]["mean_exit_layer"] == 1 and exits[1]["rho"] > 2.5
     # static depth: exit k for every sample, at each keep ratio; k = 1 is exactly the all-exit-at-1 point
-    static = [r for r in rows if r.get("row") == "static"]
+    static = [r for r in rows if r["kind"] == "static"]
     assert [(r["keep_ratio"], r["threshold"], r["mean_exit_layer"]) for r in static] == [
         (ratio, k, k) for ratio in (0.5, 1.0) for k in (1, 2, 3)]
     assert static[0]["rho"] == exits[1]["rho"] and static[0]["metric"] == exits[1]["metric"]
@@ -234,3 +237,17 @@ def test_bad_input_exits_2_and_writes_nothing(sst_dir, tiny_backbone, tmp_path):
 def _tokenizer(folder):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def test_ablation_flags_set_the_config(sst_dir, tiny_backbone, tmp_path):
+    """Each --no-* flag of mpee-train applies its config.ABLATIONS overrides (the table ablations.py uses)."""
+    from mpee_export.config import ABLATIONS
+    out = tmp_path / "ablated"
+    flags = ["--" + name.replace("_", "-") for name in ABLATIONS]
+    res = CliRunner().invoke(train, ["--task", "sst2", "--data", str(sst_dir), "--backbone", str(tiny_backbone),
+                                     "--out", str(out), "--batch-size", "8", "--max-steps", "1",
+                                     "--beta", "0.3", "--beta-schedule", "research", *flags])
+    assert res.exit_code == 0, res.output
+    mpee = json.loads((out / "config.json").read_text())["mpee"]
+    assert mpee["betas"] == [1.0, 1.0, 1.0] and mpee["lam"] == 1.0 and mpee["prune_layers"] == []
+    assert (mpee["self_distill"], mpee["fuse_token"], mpee["layer_exit"]) == (False, False, False)

@@ -28,7 +28,8 @@ from tiny import tiny_bert_config
 from mpee_export.cli import train as train_cli
 from mpee_export.distributed import weighted_micro_batches
 from mpee_export.errors import MpeeExportError
-from mpee_export.train import TrainArgs
+from mpee_export.glue import get_task
+from mpee_export.train import TrainArgs, mpee_config
 from mpee_export.train import train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def nodrop_backbone(tmp_path_factory) -> Path:
 
 
 def _args(data: Path, backbone: Path, out: Path, **kw) -> TrainArgs:
-    return TrainArgs(task="sst2", data=data, backbone=backbone, out=out, batch_size=BATCH, lr=1e-3, seed=3,
-                     device="cpu", **kw)
+    return TrainArgs(task="sst2", data=data, backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
+                     batch_size=BATCH, lr=1e-3, seed=3, device="cpu", **kw)
 
 
 def _cli_args(data: Path, backbone: Path, out: Path, *extra: str) -> list[str]:
@@ -115,6 +116,7 @@ def rank0_files(out: Path) -> set[str]:
     return {p.name for p in out.iterdir()}
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_process(sst_data, nodrop_backbone, one_process, tmp_path):
     out = tmp_path / "ddp"
     log = torchrun(_cli_args(sst_data, nodrop_backbone, out), tmp_path)
@@ -129,6 +131,7 @@ def test_grad_accum_matches_whole_batches(sst_data, nodrop_backbone, one_process
     assert_same_update(one_process, out)
 
 
+@pytest.mark.integration
 def test_grad_accum_under_two_processes(sst_data, nodrop_backbone, one_process, tmp_path):
     """Slices of 4 and 3 cut into micro-batches of 2+2 and 2+1; the single example of the last batch
     leaves rank 1 a zero-weight pass. Ranks run different numbers of micro-batches per step."""
@@ -138,6 +141,7 @@ def test_grad_accum_under_two_processes(sst_data, nodrop_backbone, one_process, 
     assert_same_update(one_process, out)
 
 
+@pytest.mark.integration
 def test_resume_under_two_processes(sst_data, tiny_backbone, tmp_path):
     """With dropout on (the conftest backbone): each step reseeds dropout from (seed, step, rank), so an
     interrupted and resumed 2-process run is bit-identical to an uninterrupted one."""

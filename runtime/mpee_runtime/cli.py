@@ -14,7 +14,7 @@ from pathlib import Path
 from .data import JSONL_LABEL, JSONL_PAIR, JSONL_TEXT, Columns, Example, read_examples
 from .errors import MpeeRuntimeError, exit_2_on_error
 from .files import check_output_file, write_text
-from .metrics import classification_metrics, latency_summary
+from .metrics import Scores, latency_summary
 from .policy import POLICIES, check_threshold
 
 
@@ -59,8 +59,7 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", *
     summary = {"examples": len(preds), "mean_exit_layer": sum(exits) / len(exits), "rho": rho, "rho_pad128": rho128,
                "latency": latency_summary(latencies), "threads": engine.threads, **knobs}
     if all(ex.label is not None for ex in examples):
-        scores = classification_metrics(preds, [label_ids[ex.label] for ex in examples], with_f1=metric == "f1")
-        summary |= scores | {"metric": {"name": metric, "value": scores[metric]}}
+        summary |= Scores.of(preds, [label_ids[ex.label] for ex in examples], metric).to_dict()
     return summary, lines
 
 
@@ -70,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine import THREAD_POOLS
+    from .session import THREAD_POOLS
     p = _Parser(prog="mpee-run", description="Run an MPEE bundle (early exit + token pruning).")
     p.add_argument("bundle", type=Path, help="bundle folder written by mpee-export")
     p.add_argument("text", nargs="?", help="text to classify")

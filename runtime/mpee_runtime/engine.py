@@ -13,7 +13,8 @@ from tokenizers import Tokenizer
 
 from . import schema as S
 from .errors import MpeeRuntimeError
-from .policy import STATEFUL, ExitPolicy
+from .policy import NO_EXIT, STATEFUL, ExitPolicy
+from .session import global_pool_width, open_session, session_options
 
 
 @dataclass
@@ -35,91 +36,14 @@ class Prediction:
         return dict(self.__dict__)
 
 
-_shared_arena_registered = False
 _CACHE_SIZE = 64   # exit rules and keep-ratio feeds kept per engine (a sweep uses a few dozen)
-
-
-def register_shared_arena() -> None:
-    """Register one CPU arena in onnxruntime's environment, once per process.
-
-    Sessions that opt in (session.use_env_allocators) then place their intermediate tensors in the same
-    memory instead of one arena each: the layers of a chain reuse cache-warm buffers as one graph does
-    (measured: chain/single-graph latency 1.056 -> 1.029 for MiniLM at 128 tokens, benchmarks/bench_runtime.py).
-    """
-    global _shared_arena_registered
-    if not _shared_arena_registered:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-        _shared_arena_registered = True
-
-
-THREAD_POOLS = ("session", "global")
-_global_pool_threads: int | None = None   # width of the process-wide pool once created (-1: cannot be created)
-
-
-def global_pool_width(threads: int | None = None) -> int | None:
-    """Width of onnxruntime's process-wide intra-op pool, creating it `threads` wide if asked and possible.
-
-    None when there is none. Once it exists, onnxruntime refuses any session with a pool of its own in the
-    process, so every later session uses it, whatever width it asks for.
-    """
-    global _global_pool_threads
-    if _global_pool_threads is None and threads is not None:
-        try:
-            from onnxruntime.capi import _pybind_state
-            _pybind_state.set_global_thread_pool_sizes(threads, 1)
-            _global_pool_threads = threads
-        except Exception:  # noqa: BLE001 -- not in this build, or already made outside this module
-            _global_pool_threads = -1
-    return _global_pool_threads if _global_pool_threads and _global_pool_threads > 0 else None
-
-
-def session_options(threads: int, spinning: bool = True, shared_arena: bool = False, thread_pool: str = "session"
-                    ) -> ort.SessionOptions:
-    """Every SessionOptions choice in one place.
-
-    thread_pool "session" (default): each session has its own pool of `threads` threads. With `spinning` its
-    idle threads spin while a run lasts (onnxruntime's default: no wake-up latency between operators) and
-    stop when the run returns (`session.force_spinning_stop`), so the pools of a chain's graphs, run one
-    after the other, never spin beside each other. Measured on SST-2 dev (MiniLM, 2 threads, 2 cores, batch
-    1), against spinning off: the int8 full model took 35% less time, the int8 chain 26% less; spinning
-    without the stop, a pool per layer graph kept spinning beside the running one and the chain ran 4x slower.
-    thread_pool "global": onnxruntime's process-wide pool (`global_pool_width`), shared by every session in
-    the process, with onnxruntime's default spinning: the chain's graphs run on one pool as one graph's
-    operators do (int8 chain 12% faster than with "session" in the same measurement). Process-wide state:
-    once it exists, onnxruntime refuses sessions with pools of their own, so opt in only where this
-    process's sessions are all made here (the CLIs).
-    """
-    if thread_pool not in THREAD_POOLS:
-        raise MpeeRuntimeError(f"thread pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
-    opts = ort.SessionOptions()
-    if global_pool_width(threads if thread_pool == "global" else None):
-        opts.use_per_session_threads = False
-    else:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        if spinning:
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if shared_arena:
-        register_shared_arena()
-        opts.add_session_config_entry("session.use_env_allocators", "1")
-    return opts
 
 
 def _open_graph(bundle: Path, entry: S.GraphEntry, opts: ort.SessionOptions, providers: list[str]
                 ) -> ort.InferenceSession:
     """One session, refused when the file is not the graph the manifest says it is."""
     path = bundle / entry.file
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
-    except Exception as e:  # noqa: BLE001 -- onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise MpeeRuntimeError(f"{path}: onnxruntime cannot load this graph ({first})") from None
+    sess = open_session(path, opts, providers=providers)
     identity = sess.get_modelmeta().custom_metadata_map.get(S.GRAPH_ID_KEY)
     if identity != entry.name:
         raise MpeeRuntimeError(f"{path}: holds graph {identity!r}, the manifest expects {entry.name!r} "
@@ -191,7 +115,7 @@ class MpeeEngine:
         self._outputs = [g.outputs for g in manifest.graphs]
         self.tokenizer = _open_tokenizer(self.bundle, manifest)
         for _ in range(warmup):
-            self.predict("warm up the sessions", threshold=0.0, policy="entropy")
+            self.predict("warm up the sessions", **NO_EXIT)
 
     def encode(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and token type ids, int64 (1, T), truncated to the model's maximum length."""
@@ -215,8 +139,8 @@ class MpeeEngine:
         return pred
 
     def exit_rule(self, policy: str | None, threshold: float | None) -> ExitPolicy:
-        """The exit rule for one request; stateless rules are validated once and reused (about 20 µs saved
-        per request on a slow core); patience and depth count layers within a sample and are built fresh."""
+        """The exit rule for one request. Stateless rules are validated once and reused (validation costs
+        more than the rule on a slow core); patience and depth count layers within a sample and are built fresh."""
         policy = policy or self.default_policy
         threshold = self.default_threshold if threshold is None else threshold
         key = (policy, threshold)

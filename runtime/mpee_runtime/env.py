@@ -48,3 +48,83 @@ def environment(**settings) -> dict:
     """Machine, CPU, versions and the run's own settings (threads, spinning, ...) as one JSON-able dict."""
     return {"machine": platform.machine(), "system": platform.system(), "cores": os.cpu_count(),
             **cpu_info(), "versions": versions(), **settings}
+
+
+# ---------------------------------------------------------------- can this run be trusted (read before and after)
+SYS = Path("/sys")
+FREQ_DROP = 0.05          # a mean CPU frequency this much lower after a run than before it flags the run
+# `vcgencmd get_throttled` (Raspberry Pi): bits 0-3 are conditions now (under-voltage, frequency capped,
+# throttled, soft temperature limit), bits 16-19 the same conditions since boot.
+THROTTLE_NOW, THROTTLE_SINCE_BOOT = 0xF, 0xF0000
+_THROTTLE_BITS = ("under-voltage", "frequency capped", "throttled", "soft temperature limit")
+
+
+def _cpu_number(path: Path) -> int:
+    digits = "".join(c for c in path.parent.parent.name if c.isdigit())
+    return int(digits or -1)
+
+
+def _read_ints(paths) -> list[int]:
+    out = []
+    for p in paths:
+        try:
+            out.append(int(p.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def throttled_flags(vcgencmd: str | None = "vcgencmd") -> str | None:
+    """`vcgencmd get_throttled`'s value ("0x0" when all is well), or None where the command does not exist."""
+    import shutil
+    import subprocess
+    if not vcgencmd or shutil.which(vcgencmd) is None:
+        return None
+    try:
+        out = subprocess.run([vcgencmd, "get_throttled"], check=False, capture_output=True, text=True,
+                             timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    value = out.strip().partition("=")[2].strip()
+    try:
+        int(value, 16)
+    except ValueError:
+        return None
+    return value
+
+
+def cpu_state(sys_root: Path = SYS, vcgencmd: str | None = "vcgencmd") -> dict:
+    """CPU frequency of every core (kHz, cpufreq's scaling_cur_freq), every thermal zone's temperature (degrees
+    C) and the Pi's throttling flags; each None where the system does not expose it."""
+    cpus = sorted((sys_root / "devices" / "system" / "cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq"),
+                  key=_cpu_number)
+    zones = sorted((sys_root / "class" / "thermal").glob("thermal_zone*/temp"), key=lambda p: p.parent.name)
+    freqs, temps = _read_ints(cpus), _read_ints(zones)
+    return {"cpu_freq_khz": freqs or None, "temperature_c": [t / 1000 for t in temps] or None,
+            "throttled": throttled_flags(vcgencmd)}
+
+
+def cpu_warning(before: dict, after: dict, drop: float = FREQ_DROP) -> str | None:
+    """Why a run between the readings `before` and `after` (of `cpu_state`) cannot be trusted, or None: the
+    mean core frequency fell by more than `drop`, throttling is on after the run, or it started during it."""
+    problems = []
+    f0, f1 = before.get("cpu_freq_khz"), after.get("cpu_freq_khz")
+    if f0 and f1:
+        m0, m1 = sum(f0) / len(f0), sum(f1) / len(f1)
+        if m1 < (1 - drop) * m0:
+            problems.append(f"the mean CPU frequency dropped by {100 * (1 - m1 / m0):.1f}% during the run "
+                            f"({m0 / 1e3:.0f} MHz before, {m1 / 1e3:.0f} MHz after; limit {100 * drop:.0f}%)")
+    t0, t1 = before.get("throttled"), after.get("throttled")
+    if t1 is not None:
+        now = int(t1, 16) & THROTTLE_NOW
+        new = (int(t1, 16) & ~(int(t0, 16) if t0 is not None else 0) & THROTTLE_SINCE_BOOT) >> 16
+        named = [n for i, n in enumerate(_THROTTLE_BITS) if now & (1 << i)]
+        new = [n for i, n in enumerate(_THROTTLE_BITS) if new & (1 << i)]
+        if named:
+            problems.append(f"vcgencmd get_throttled = {t1} after the run: {', '.join(named)}")
+        elif new:
+            problems.append(f"vcgencmd get_throttled = {t1}: {', '.join(new)} occurred during the run")
+    if not problems:
+        return None
+    return ("CPU: " + "; ".join(problems) + ": the latencies of this run were not measured at a steady clock "
+            "(cool the device, check its power supply, and re-run)")

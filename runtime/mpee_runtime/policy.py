@@ -22,6 +22,8 @@ from .errors import MpeeRuntimeError
 
 POLICIES = ("entropy", "normalized_entropy", "max_prob", "patience", "depth")
 STATEFUL = ("patience", "depth")   # rules that count layers within a sample: one instance per request
+# The rule that runs every layer, whatever a bundle's default policy is: entropy is never below 0.
+NO_EXIT = {"policy": "entropy", "threshold": 0.0}
 
 
 def check_threshold(policy: str, threshold: float) -> None:
@@ -89,11 +91,3 @@ def first_exit_layers(probs: np.ndarray, entropies: np.ndarray, policy: str, thr
                 exits[i] = layer + 1
                 break
     return exits
-
-
-def entropy_of(probs: np.ndarray) -> np.ndarray:
-    """Entropy in nats over the last axis, with 0 log 0 = 0."""
-    p = np.asarray(probs, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p), 0.0)
-    return -terms.sum(axis=-1)

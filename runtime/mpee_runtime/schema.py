@@ -1,5 +1,8 @@
-"""The bundle contract (docs/design.md, "The bundle"): file names, tensor names, dummy inputs, and the
-typed `Manifest`, the only code that reads or writes manifest.json.
+"""The contracts between exporter and runtime (docs/design.md, "The bundle"): the bundle's file names,
+tensor names, dummy inputs and the typed `Manifest`, the only code that reads or writes manifest.json; and
+the reference folder of `mpee-export reference` (`FULL_MODELS`, `ReferenceRecord`), the full models every
+speed-up is measured against. The choice lists of the model's options (scoring, selection, exit pooling,
+metric, precision) and the ONNX opset are defined here once; the exporter imports them.
 
 The exporter writes bundles with these names and the runtime reads them; nothing else spells them.
 A bundle folder holds manifest.json, tokenizer.json, embeddings.onnx and layer_XX.onnx per layer.
@@ -31,12 +34,12 @@ FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 EMBEDDINGS = "embeddings.onnx"
-MIN_OPSET = 17
-PRECISIONS = ("fp32", "int8")
-SCORINGS = ("cls", "all", "mean")
-SELECTIONS = ("top", "bottom")
-METRICS = ("accuracy", "f1")
-EXIT_POOLINGS = ("cls", "mean")
+OPSET = 17                        # the default ONNX opset of every graph, and the lowest the runtime reads
+BUNDLE_PRECISIONS = ("fp32", "int8")   # of a bundle's graphs (training precisions are another list)
+SCORINGS = ("cls", "all", "mean")     # token score: [CLS] query row, mean over all query rows, mean query
+SELECTIONS = ("top", "bottom")        # which tokens a pruning layer keeps
+METRICS = ("accuracy", "f1")          # a task's headline metric (f1: of class 1)
+EXIT_POOLINGS = ("cls", "mean")       # exit head input: [CLS] vector or mean of the tokens
 # Key of the ONNX metadata entry that names the graph (its manifest entry name): a layer file swapped
 # for another layer's, even with re-computed checksums, is refused.
 GRAPH_ID_KEY = "mpee_graph"
@@ -283,7 +286,7 @@ class GraphEntry:
         return cls(name=f.text("name"), file=ref.file, sha256=ref.sha256,
                    inputs=f.items("inputs", str, what="tensor names"), outputs=f.items("outputs", str, what="tensor names"),
                    layer=f.integer("layer", lo=0, optional=True), prunes=f.flag("prunes"),
-                   precision=f.text("precision", choices=PRECISIONS))
+                   precision=f.text("precision", choices=BUNDLE_PRECISIONS))
 
     def expected_io(self) -> tuple[list[str], list[str]]:
         """The inputs and outputs the contract requires of this graph."""
@@ -306,7 +309,7 @@ class ExportSection:
 
     @classmethod
     def parse(cls, f: _Fields) -> ExportSection:
-        return cls(opset=f.integer("opset", lo=MIN_OPSET), quantization=f.text("quantization", choices=("int8",),
+        return cls(opset=f.integer("opset", lo=OPSET), quantization=f.text("quantization", choices=("int8",),
                                                                           optional=True),
                    graph_ops=f.text("graph_ops", choices=GRAPH_OPS), untrained_exits=f.flag("untrained_exits"))
 
@@ -456,3 +459,77 @@ class Manifest:
         if Path(name).is_absolute() or folder.resolve() not in path.parents:
             raise MpeeRuntimeError(f"{MANIFEST}: {what} path {name!r} points outside the bundle")
         return path
+
+
+# ---------------------------------------------------------------- the reference folder
+# What `mpee-export reference CKPT REF` writes and mpee-bench reads: the same fine-tuned model as users would
+# deploy it without MPEE (docs/benchmarking.md, "Baselines").
+REFERENCE_RECORD = "reference.json"
+REFERENCE_HF = "hf"                   # BertForSequenceClassification + tokenizer: the PyTorch eager baseline
+REFERENCE_SCHEMA = 2
+
+
+@dataclass(frozen=True)
+class FullModel:
+    """One full-model graph of the reference folder and the benchmark variant that runs it."""
+
+    variant: str
+    file: str
+    precision: str
+    description: str
+
+
+FULL_MODELS = (
+    FullModel("onnx_full", "model.onnx", "fp32", "full model, optimum export (plain), onnxruntime"),
+    FullModel("onnx_fused", "model_fused.onnx", "fp32", "full model, optimum export + onnxruntime transformer fusions"),
+    FullModel("onnx_fused_int8", "model_fused_int8.onnx", "int8", "full model, fused, dynamic int8"),
+)
+PLAIN, FUSED, FUSED_INT8 = (m.file for m in FULL_MODELS)
+QUANT_RECIPES = ("avx512_vnni", "avx512", "avx2", "arm64")   # optimum's AutoQuantizationConfig methods
+
+
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """REF/reference.json: how the full models were made (the tools' own reports) and their files."""
+
+    exit_pooling: str
+    opset: int
+    fusion: dict                      # offline optimizer: fused_nodes by kind, plain_nodes, fully_fused, warning
+    quantization: dict                # recipe, recipe_reason, quantizer, settings, (fallback_reason)
+    files: dict                       # file name -> {"sha256", "bytes"}
+    warnings: list[str]
+    environment: dict
+    schema: int = REFERENCE_SCHEMA
+
+    @property
+    def recipe(self) -> str | None:
+        return self.quantization.get("recipe")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReferenceRecord:
+        f = _Fields(data, "reference")
+        if f.get("schema") != REFERENCE_SCHEMA:
+            raise MpeeRuntimeError(f"{REFERENCE_RECORD}: schema {f.get('schema')!r} unsupported (this version "
+                                   f"reads {REFERENCE_SCHEMA}; re-run `mpee-export reference`)")
+        return cls(exit_pooling=f.text("exit_pooling", choices=EXIT_POOLINGS), opset=f.integer("opset", lo=OPSET),
+                   fusion=f.section("fusion").data, quantization=f.section("quantization").data,
+                   files=f.section("files").data, warnings=f.items("warnings", str, what="strings"),
+                   environment=f.section("environment").data)
+
+    def dump(self, folder: Path) -> None:
+        write_text(Path(folder) / REFERENCE_RECORD, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> ReferenceRecord:
+        path = Path(folder) / REFERENCE_RECORD
+        if not path.is_file():
+            raise MpeeRuntimeError(f"{folder}: no {REFERENCE_RECORD} (not a reference folder of "
+                                   "`mpee-export reference`, or an unfinished one)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise MpeeRuntimeError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+        return cls.from_dict(data)

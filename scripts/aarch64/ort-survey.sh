@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Which onnxruntime releases run under qemu-aarch64 (the table in README.md, "Deploying on a Raspberry Pi").
+# Which onnxruntime releases run under qemu-aarch64 (the table in docs/raspberry-pi.md).
 # For each version: import it and run the runtime on the tiny bundle against PyTorch's answers, under
 # each qemu CPU model, with the Raspberry Pi /proc/cpuinfo that scripts/test-aarch64.sh provides ("pi")
 # and with the host's x86 /proc/cpuinfo that qemu 7.2 passes through by default ("host").

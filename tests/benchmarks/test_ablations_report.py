@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -14,6 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ablations.py"
 def load_script():
     spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -21,11 +23,11 @@ def load_script():
 def fake_run(ab, variant: str, full: float, acc: dict, rho: dict) -> dict:
     """A run file whose grid metric is acc[(threshold, r)] (default `full`) and rho rho[(threshold, r)]."""
     def row(t, r, value, speed):
-        return {"threshold": t, "keep_ratio": r, "metric": {"name": "accuracy", "value": value}, "accuracy": value,
+        return {"threshold": t, "keep_ratio": r, "metric_name": "accuracy", "metric": value, "accuracy": value,
                 "rho": speed, "rho_pad128": 5 * speed, "mean_exit_layer": 6.0}
     grid = [row(t, r, acc.get((t, r), full), rho.get((t, r), 1.0)) for r in ab.KEEP_RATIOS for t in ab.THRESHOLDS]
     rec = {"task": "sst2", "seed": 42, "variant": variant, "full_model": row(0.0, 1.0, full, 1.0), "grid": grid,
-           "train_seconds": 10.0, "eval_seconds": 1.0, "environment": {"cpu_threads": 2}}
+           "train_seconds": 10.0, "eval_seconds": 1.0, "environment": {"threads": 2}}
     if variant == "mpee":
         rec["bottom_selection_no_exit"] = [row(0.0, r, 0.5, 1.0) for r in ab.KEEP_RATIOS]
     return rec

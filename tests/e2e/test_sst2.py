@@ -33,6 +33,6 @@ def test_sst2_learns_with_the_defaults(glue_dir, tmp_path):
     assert full["accuracy"] >= 0.80                      # chance is 0.51
     # mean-pooled exits carry the input from the first layer on ([CLS] exits 1-3 stay at the majority class)
     assert min(full["per_exit_accuracy"][:3]) > 0.65, full["per_exit_accuracy"]
-    rows = {(r["keep_ratio"], r["threshold"]): r for r in out["rows"] if r.get("row") != "static"}
+    rows = {(r["keep_ratio"], r["threshold"]): r for r in out["rows"] if r["kind"] == "mpee"}
     assert rows[(0.7, 0.0)]["accuracy"] > 0.78           # pruned, no early exit
     assert rows[(1.0, 0.69)]["mean_exit_layer"] < 3 and rows[(1.0, 0.69)]["rho"] > 2

@@ -19,7 +19,7 @@ from mpee_export import validate as validate_mod
 from mpee_export.checkpoint import save_checkpoint
 from mpee_export.cli import export
 from mpee_export.errors import MpeeExportError
-from mpee_export.export import ExportOptions, export_bundle
+from mpee_export.export import CalibrationRequest, ExportOptions, ExportRecord, export_bundle
 from mpee_runtime import schema as S
 from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.policy import ExitPolicy
@@ -83,7 +83,7 @@ def test_graph_contract(tmp_path, tiny_backbone):
                                      manifest.export.graph_ops == "fused" else set())
         assert {op.domain for op in proto.opset_import} <= domains
         assert all(n.domain in domains for n in proto.graph.node)
-        assert any(op.version >= S.MIN_OPSET for op in proto.opset_import)
+        assert any(op.version >= S.OPSET for op in proto.opset_import)
         # the sequence axis is symbolic, never traced as a constant
         first = proto.graph.input[0].type.tensor_type.shape.dim[1]
         assert first.dim_param and not first.dim_value
@@ -144,7 +144,7 @@ def test_int8_bundle_loads_and_predicts(tmp_path, tiny_backbone):
     assert [g.precision for g in manifest.graphs] == ["int8", "int8", "int8", "int8"]   # embeddings too (the recipe)
     assert manifest.export.quantization == "int8" and manifest.precision == "int8"
     assert manifest.validation.passed and manifest.validation.checks["int8"]["passed"] is None
-    assert "accuracy_runtime" in record["int8"]["chain"]
+    assert record.int8.chain.accuracy_runtime is not None
     ops = {n.op_type for n in onnx.load(str(out / S.layer_file(0))).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
     pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
@@ -161,8 +161,10 @@ def test_validate_command(tmp_path, tiny_backbone):
     assert CliRunner().invoke(export, [str(ckpt), str(out)]).exit_code == 0
     res = CliRunner().invoke(export, ["validate", str(out), str(ckpt)])
     assert res.exit_code == 0 and "PASSED" in res.output
-    res = CliRunner().invoke(export, ["validate", str(out), str(other)])   # other weights: must fail
-    assert res.exit_code == 1 and "FAILED" in res.output
+    res = CliRunner().invoke(export, ["validate", str(out), str(other), "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 3 and "FAILED" in res.output        # other weights: the parity failure's code
+    assert res.output.splitlines()[-1].startswith("Error: ") and "parity check failed" in res.output
+    assert json.loads((tmp_path / "v.json").read_text())["fp32"]["passed"] is False   # the record is written
 
 
 def _bad(args, needle):
@@ -221,11 +223,11 @@ def test_chain_graph_matches_layers(tmp_path):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
 
 
-def test_optimize_flag_keeps_parity(tmp_path, tiny_backbone):
+def test_fused_graph_ops_keep_parity(tmp_path, tiny_backbone):
     model = tiny_model(layers=3, prune_layers=[1])
     record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(graph_ops="fused"),
                            texts=TEXTS, log=lambda m: None)
-    assert record["fp32"]["passed"]
+    assert record.fp32.passed
     assert S.Manifest.load(tmp_path / "opt").export.graph_ops == "fused"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
     assert {"MultiHeadAttention", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied (layer 1 scores)
@@ -237,21 +239,25 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     examples = validate_mod.validation_examples(tok, TEXTS * 3, model)
     labels = [0, 1, 1, 0] * 3
     record = export_bundle(model, tok, tmp_path / "cal", ExportOptions(), texts=TEXTS, log=lambda m: None,
-                           calibration={"max_drop": 5.0, "examples": examples, "labels": labels,
-                                        "full_metric": 0.5})
-    cal = record["calibration"]
-    chosen = cal["chosen"]
-    assert chosen["accuracy"] >= 0.5 - 0.05
+                           calibration=CalibrationRequest(max_drop=5.0, examples=examples, labels=labels,
+                                                          full_metric=0.5))
+    cal = record.calibration
+    chosen = cal.chosen
+    assert chosen.scores.accuracy >= 0.5 - 0.05
     # the cheapest admissible point: nothing admissible is faster
-    assert all(c["rho"] <= chosen["rho"] for c in cal["candidates"] if c["accuracy"] >= 0.45)
+    assert all(c.rho <= chosen.rho for c in cal.candidates if c.scores.accuracy >= 0.45)
     manifest = S.Manifest.load(tmp_path / "cal")
-    assert manifest.exit.default_threshold == chosen["threshold"]
+    assert manifest.exit.default_threshold == chosen.threshold
     assert manifest.exit.calibration["max_drop_points"] == 5.0
     assert model.mpee.default_threshold == 0.1 and model.mpee.keep_ratios == [0.7]   # the model is untouched
-    assert max(c["threshold"] for c in cal["candidates"]) == pytest.approx(np.log(2), abs=1e-4)
+    assert max(c.threshold for c in cal.candidates) == pytest.approx(np.log(2), abs=1e-4)
+    # validation.json holds the same record, read back by its one reader
+    written = ExportRecord.from_dict(json.loads((tmp_path / "cal" / "validation.json").read_text()))
+    assert written == record
     with pytest.raises(MpeeExportError, match="no threshold"):
         export_bundle(model, tok, tmp_path / "none", ExportOptions(), log=lambda m: None,
-                      calibration={"max_drop": 0.0, "examples": examples, "labels": labels, "full_metric": 1.01})
+                      calibration=CalibrationRequest(max_drop=0.0, examples=examples, labels=labels,
+                                                     full_metric=1.01))
     assert not (tmp_path / "none").exists()
 
 
@@ -284,10 +290,10 @@ def test_calibration_on_f1_chooses_by_f1():
     by_acc = calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40)
     by_f1 = calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40,
                                 metric="f1")
-    assert by_acc["metric"] == "accuracy" and by_f1["metric"] == "f1"
-    assert by_acc["chosen"]["mean_exit_layer"] == 2 and by_acc["chosen"]["accuracy"] == 1.0
-    assert by_f1["chosen"]["mean_exit_layer"] == 1 and by_f1["chosen"]["f1"] == pytest.approx(2 / 3)
-    assert by_f1["chosen"]["rho"] > by_acc["chosen"]["rho"]
+    assert by_acc.metric == "accuracy" and by_f1.metric == "f1"
+    assert by_acc.chosen.mean_exit_layer == 2 and by_acc.chosen.scores.accuracy == 1.0
+    assert by_f1.chosen.mean_exit_layer == 1 and by_f1.chosen.scores.f1 == pytest.approx(2 / 3)
+    assert by_f1.chosen.rho > by_acc.chosen.rho
     with pytest.raises(MpeeExportError, match="metric must be"):
         calibrate_threshold(_RecordedEngine(early, late), examples, labels, full_metric=1.0, max_drop=40,
                             metric="mcc")
@@ -304,5 +310,5 @@ def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone
     (out / S.MANIFEST).write_text(json.dumps(manifest))
     examples = validate_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
     chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
-    assert chain["keep_ratio"] == 1.0 and chain["same_exit_layer"] == 1.0
-    assert chain["max_prob_diff_same_exit"] < 1e-5
+    assert chain.keep_ratio == 1.0 and chain.same_exit_layer == 1.0
+    assert chain.max_prob_diff_same_exit < 1e-5

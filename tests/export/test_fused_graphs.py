@@ -61,7 +61,7 @@ def _same_as_pytorch(out, model, backbone, ratios=(None, 0.3, 1.0), thresholds=(
 def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
     model = tiny_model(**kw)
     out, record = _export(tmp_path, tiny_backbone, model)   # fused is the default
-    assert record["fp32"]["passed"] and record["fp32"]["graphs"]["max_abs_diff_overall"] < 1e-4
+    assert record.fp32.passed and record.fp32.graphs.max_abs_diff_overall < 1e-4
     manifest = S.Manifest.load(out)
     assert manifest.export.graph_ops == "fused"
     assert json.loads((out / S.MANIFEST).read_text())["export"]["graph_ops"] == "fused"
@@ -93,7 +93,7 @@ def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
 def test_scoring_all_keeps_the_attention_unfused(tmp_path):
     """'all' reads the attention probabilities, which the fused operator does not return: left as is."""
     model = tiny_model(layers=2, prune_layers=[1], scoring="all")
-    export_graphs(model, tmp_path, 17, graph_ops="fused")
+    export_graphs(model, tmp_path, S.OPSET, graph_ops="fused")
     ops = _ops(tmp_path / S.layer_file(1))
     assert not ops[("com.microsoft", "Attention")] and ops[("com.microsoft", "BiasGelu")] == 1
 
@@ -101,7 +101,7 @@ def test_scoring_all_keeps_the_attention_unfused(tmp_path):
 def test_standard_ops_option(tmp_path, tiny_backbone):
     model = tiny_model(layers=2, prune_layers=[1])
     out, record = _export(tmp_path, tiny_backbone, model, graph_ops="standard")
-    assert record["fp32"]["passed"]
+    assert record.fp32.passed
     manifest = S.Manifest.load(out)
     assert manifest.export.graph_ops == "standard"
     for g in manifest.graphs:
@@ -118,8 +118,8 @@ def test_cli_standard_ops_flag(tmp_path, tiny_backbone):
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "std"), "--standard-ops"])
     assert res.exit_code == 0, res.output
     assert S.Manifest.load(tmp_path / "std").export.graph_ops == "standard"
-    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--standard-ops", "--optimize"])
-    assert res.exit_code == 2 and "exclude each other" in res.output
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--optimize"])   # removed: fused is the default
+    assert res.exit_code == 2 and "No such option" in res.output
     with pytest.raises(MpeeExportError, match="graph_ops"):
         export_bundle(tiny_model(layers=2), tok, tmp_path / "y", ExportOptions(graph_ops="turbo"))
 
@@ -181,8 +181,8 @@ def test_fused_int8(tmp_path, tiny_backbone):
     for n in graph.node:
         if n.op_type == "DequantizeLinear":
             assert n.input[0] not in inits   # dequantizes gathered rows, not a table
-    assert "accuracy_runtime" in record["int8"]["chain"]
-    assert record["int8"]["chain"]["same_label"] >= 0.75
+    assert record.int8.chain.accuracy_runtime is not None
+    assert record.int8.chain.same_label >= 0.75
     pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
     assert pred.exit_layer == 3 and abs(sum(pred.probs) - 1) < 1e-5
 
@@ -192,7 +192,7 @@ def test_int8_recipe_is_the_reference_recipe():
     assert settings["is_static"] is False and settings["per_channel"] is False
     assert "MatMul" in settings["operators_to_quantize"] and "Attention" in settings["operators_to_quantize"]
     pytest.importorskip("optimum.onnxruntime")
-    from mpee_export.reference import RECIPES
+    from mpee_runtime.schema import QUANT_RECIPES as RECIPES
     for recipe in RECIPES:   # the copy used without optimum says what optimum says
         assert fallback_settings(recipe) == recipe_settings(recipe)["settings"]
 

@@ -90,20 +90,24 @@ def test_flipped_byte_in_the_weights(ckpt, tmp_path):
 
 
 def test_checkpoint_folder_named_like_a_subcommand(ckpt, tmp_path, monkeypatch):
+    """A subcommand's name is always the subcommand; a checkpoint folder of that name is given as a path."""
     monkeypatch.chdir(tmp_path)
     os.rename(ckpt, tmp_path / "validate")
-    res = CliRunner().invoke(export, ["validate", "out"])           # CKPT=validate, OUT=out
+    res = CliRunner().invoke(export, ["./validate", "out"])          # CKPT=./validate, OUT=out
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "manifest.json").is_file()
     res = CliRunner().invoke(export, ["validate", "out", "validate"])   # the subcommand: BUNDLE CKPT
     assert res.exit_code == 0 and "PASSED" in res.output, res.output
+    res = CliRunner().invoke(export, ["validate", "out"])            # the subcommand, missing its CKPT
+    assert res.exit_code == 2 and "CHECKPOINT" in res.output, res.output
+    assert not (tmp_path / "validate" / "manifest.json").exists()
 
 
 def test_keep_failed_bundle_needs_allow_unvalidated(ckpt, tmp_path, monkeypatch, capsys):
     from mpee_export import validate as validate_mod
     monkeypatch.setitem(validate_mod.ATOL, "fp32", -1.0)      # every graph "fails"
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "out")])
-    assert res.exit_code == 2 and res.output.splitlines()[-1].startswith("Error: fp32 parity check failed")
+    assert res.exit_code == 3 and res.output.splitlines()[-1].startswith("Error: fp32 parity check failed")
     assert not (tmp_path / "out").exists()
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "out"), "--keep-failed"])
     assert res.exit_code == 0 and "FAILED" in res.output, res.output
@@ -150,6 +154,7 @@ def _temps(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.tmp-*"))
 
 
+@pytest.mark.integration
 def test_killed_export_leaves_nothing_mpee_run_accepts(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     proc = _start_export(ckpt, out)

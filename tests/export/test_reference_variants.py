@@ -3,8 +3,6 @@ all-or-nothing writing."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,6 +13,7 @@ from transformers import AutoTokenizer
 from mpee_export import reference
 from mpee_export.checkpoint import save_checkpoint
 from mpee_export.cli import export
+from mpee_runtime.schema import ReferenceRecord
 
 pytest.importorskip("optimum.onnxruntime")
 
@@ -54,6 +53,7 @@ def _logits(path, ids):
     return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
 
 
+@pytest.mark.integration
 def test_fallback_to_quantize_dynamic(tmp_path, tiny_backbone, monkeypatch):
     model, tok = _ckpt(tmp_path, tiny_backbone)
 
@@ -62,17 +62,18 @@ def test_fallback_to_quantize_dynamic(tmp_path, tiny_backbone, monkeypatch):
     monkeypatch.setattr(reference, "_optimum_quantize", refuse)
     out = tmp_path / "ref"
     record = reference.export_reference(model, tok, out, recipe="avx2", per_channel=True)
-    q = record["quantization"]
+    q = record.quantization
     assert q["quantizer"] == "onnxruntime.quantization.quantize_dynamic" and "simulated" in q["fallback_reason"]
     assert q["extra_options"]["DefaultTensorType"] == "FLOAT" and q["recipe_reason"] == "given"
     assert q["settings"]["weights_dtype"] == "QUInt8" and q["settings"]["per_channel"] is True   # avx2's settings
-    assert json.loads((out / "reference.json").read_text())["quantization"] == q
+    assert ReferenceRecord.load(out) == record       # reference.json, read back by its one reader
     assert q["quantized_nodes"]["QAttention"] == 2
     ids = np.array([[2, 30, 31, 40, 33, 12, 3]], dtype=np.int64)
     plain, int8 = _logits(out / "model.onnx", ids), _logits(out / "model_fused_int8.onnx", ids)
     assert np.abs(int8 - plain).max() <= 0.15 * np.abs(plain).max()
 
 
+@pytest.mark.integration
 def test_nothing_written_when_a_stage_fails(tmp_path, tiny_backbone, monkeypatch):
     _ckpt(tmp_path, tiny_backbone)
 

@@ -4,17 +4,23 @@ import numpy as np
 import pytest
 
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.policy import ExitPolicy, check_threshold, entropy_of, first_exit_layers
+from mpee_runtime.policy import NO_EXIT, ExitPolicy, check_threshold, first_exit_layers
 
 # three layers of two-class predictions: unsure, confident, very confident
 PROBS = np.array([[[0.55, 0.45], [0.9, 0.1], [0.99, 0.01]],
                   [[0.5, 0.5], [0.4, 0.6], [0.45, 0.55]]])
-ENT = entropy_of(PROBS)
+# entropies in nats, written out: H(p) = -sum p log p
+ENT = -(PROBS * np.log(PROBS)).sum(-1)
 
 
-def test_entropy_of_matches_definition():
+def test_entropies_of_the_fixture():
     assert ENT[1, 0] == pytest.approx(math.log(2))
-    assert entropy_of(np.array([1.0, 0.0])) == 0.0
+
+
+def test_no_exit_rule_runs_every_layer():
+    certain = np.array([[[1.0 - 1e-9, 1e-9]] * 3])
+    ent = np.zeros((1, 3))   # even an entropy of exactly 0 does not stop a sample
+    assert first_exit_layers(certain, ent, **NO_EXIT).tolist() == [3]
 
 
 def test_entropy_policy_exit_layers():

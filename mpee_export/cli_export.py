@@ -1,0 +1,204 @@
+"""mpee-export: CKPT OUT (the export), `reference` (the full-model baselines), `validate` (re-check a bundle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mpee_runtime import schema as S
+from mpee_runtime.files import check_output_file, check_output_folder, write_text
+
+from .cli_common import MpeeCommand, _UserErrors, export_data_option
+from .errors import MpeeExportError, ParityError
+
+
+class ParityFailed(click.ClickException):
+    """A bundle that does not match PyTorch: `Error:` line and exit code 3, from the export and from
+    `mpee-export validate` alike (bad input stays exit 2)."""
+
+    exit_code = ParityError.exit_code
+
+
+class ExportGroup(_UserErrors, click.Group):
+    """`mpee-export CKPT OUT` runs the export; `mpee-export reference CKPT REF` and `mpee-export validate
+    BUNDLE CKPT` are subcommands.
+
+    Rule: a first word that is a subcommand's name (reference, validate, run) is that subcommand; any other
+    first word is the checkpoint of the export (the subcommand `run`). A checkpoint folder named like a
+    subcommand is given as a path: `mpee-export ./validate OUT`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=ExportGroup)
+def export() -> None:
+    """Export an MPEE checkpoint to a bundle of per-layer ONNX graphs (`mpee-export CKPT OUT`)."""
+
+
+def _load_for_export(checkpoint: Path, allow_untrained_exits: bool, task: str | None):
+    """An MPEE checkpoint, or (with --allow-untrained-exits) a plain BERT folder with fresh exit heads."""
+    from .checkpoint import (
+        from_backbone,
+        is_mpee_checkpoint,
+        load_backbone_config,
+        load_checkpoint,
+        load_tokenizer,
+    )
+    from .config import MpeeConfig
+    from .glue import get_task
+    if not allow_untrained_exits or is_mpee_checkpoint(checkpoint):
+        return load_checkpoint(checkpoint)
+    config = load_backbone_config(checkpoint)
+    labels = list(get_task(task).labels) if task else [config.id2label[i] for i in range(config.num_labels)]
+    mpee = MpeeConfig.build(num_layers=config.num_hidden_layers, labels=labels, task=task)
+    return from_backbone(checkpoint, mpee).eval(), load_tokenizer(checkpoint)
+
+
+def _dev_examples(data_dir: Path, model, task: str | None, limit: int | None):
+    from .glue import get_task, load_split
+    name = task or model.mpee.task
+    if name is None:
+        raise MpeeExportError("the checkpoint names no task: pass --task with --data")
+    glue_task = get_task(name)
+    return load_split(data_dir, glue_task, "dev", limit=limit), glue_task
+
+
+def _texts(examples) -> list[tuple[str, str | None]]:
+    return [(e.text_a, e.text_b) for e in examples]
+
+
+@export.command("run", cls=MpeeCommand)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Quantize the layer graphs and the embedding tables.")
+@click.option("--fp32-embeddings", is_flag=True,
+              help="With --quantize int8: keep the embedding tables fp32 (a larger bundle: MiniLM 61 MB "
+                   "instead of 25).")
+@export_data_option
+@click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
+@click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="With --calibrate: points of the task's metric (accuracy; F1 for MRPC and QQP) allowed "
+                   "below the fp32 full model.")
+@click.option("--opset", default=S.OPSET, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--allow-untrained-exits", is_flag=True,
+              help="Export a plain BERT checkpoint with untrained exit heads (recorded in the manifest).")
+@click.option("--standard-ops", is_flag=True,
+              help="Layer graphs with standard ONNX operators only (default: onnxruntime's fused operators, "
+                   "com.microsoft Attention and BiasGelu; recorded as export.graph_ops).")
+@click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Dev examples for the chain parity check.")
+@click.option("--keep-failed", is_flag=True,
+              help="Publish the bundle even if fp32 parity fails (marked unvalidated: mpee-run then needs "
+                   "--allow-unvalidated).")
+def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate, max_drop, opset, force,
+               allow_untrained_exits, standard_ops, validation_examples, keep_failed) -> None:
+    """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
+    from .export import ExportOptions, check_opset, export_bundle
+    if calibrate and (data is None or max_drop is None):
+        raise MpeeExportError("--calibrate needs --data and --max-drop")
+    if max_drop is not None and not calibrate:
+        raise MpeeExportError("--max-drop needs --calibrate")
+    if fp32_embeddings and quantize != "int8":
+        raise MpeeExportError("--fp32-embeddings needs --quantize int8")
+    check_output_folder(out, force=force)
+    check_opset(opset)
+    model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
+    opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
+                         keep_failed=keep_failed, int8_embeddings=not fp32_embeddings,
+                         **({"graph_ops": "standard"} if standard_ops else {}))
+    texts = labels = calibration = None
+    if data is not None:
+        examples, glue_task = _dev_examples(Path(data), model, task, None)
+        texts, labels = _texts(examples[:validation_examples]), [e.label for e in examples[:validation_examples]]
+    if calibrate:
+        calibration = _calibration_request(model, tokenizer, examples, glue_task, max_drop)
+    try:
+        record = export_bundle(model, tokenizer, out, opts, texts=texts, labels=labels, calibration=calibration,
+                               log=lambda m: click.echo(m, err=True))
+    except ParityError as e:
+        raise ParityFailed(str(e)) from None
+    click.echo(record.describe())
+    click.echo(f"wrote {out}")
+
+
+def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float):
+    """The dev examples as token ids with their labels, and the fp32 full model's metric on them."""
+    from .batching import encode
+    from .evaluate import full_model_row
+    from .export import CalibrationRequest
+    from .validate import validation_examples as to_ids
+    full = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))
+    return CalibrationRequest(max_drop=max_drop, examples=to_ids(tokenizer, _texts(examples), model),
+                              labels=[e.label for e in examples], full_metric=full.metric,
+                              metric=glue_task.metric)
+
+
+@export.command("reference", cls=MpeeCommand)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--opset", default=S.OPSET, show_default=True, type=int)
+@click.option("--recipe", type=click.Choice(["auto", *S.QUANT_RECIPES]), default="auto",
+              show_default=True, help="optimum's int8 recipe (auto: from this machine's CPU flags).")
+@click.option("--per-channel", is_flag=True, help="Per-channel int8 weights (optimum-cli's --per_channel).")
+def export_reference_cmd(checkpoint, out, opset, recipe, per_channel) -> None:
+    """Export the full model as users deploy it: OUT/hf (PyTorch), OUT/model.onnx (optimum, plain),
+    OUT/model_fused.onnx (onnxruntime's offline transformer fusions), OUT/model_fused_int8.onnx (optimum's
+    dynamic int8 recipe for this CPU) and OUT/reference.json: the baselines of mpee-bench."""
+    from .checkpoint import load_checkpoint
+    from .export import check_opset
+    from .reference import export_reference
+    check_opset(opset)
+    check_output_folder(out)
+    model, tokenizer = load_checkpoint(checkpoint)
+    record = export_reference(model, tokenizer, out, opset=opset, per_channel=per_channel,
+                              recipe=None if recipe == "auto" else recipe)
+    fused, quant = record.fusion["fused_nodes"], record.quantization
+    click.echo(f"fused: {fused['attention']} Attention, {fused['skip_layer_norm']} SkipLayerNormalization, "
+               f"{fused['gelu']} Gelu, {fused['embed_layer_norm']} EmbedLayerNormalization; "
+               f"{fused['nodes']} nodes (plain export: {record.fusion['plain_nodes']})")
+    click.echo(f"int8: optimum recipe {quant['recipe']} ({quant['recipe_reason']}), per_channel "
+               f"{quant['settings']['per_channel']}, quantizer {quant['quantizer']}"
+               + (f" ({quant['fallback_reason']})" if "fallback_reason" in quant else ""))
+    for warning in record.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out}: {', '.join(record.files)}, {S.REFERENCE_RECORD}, {S.REFERENCE_HF}/")
+
+
+@export.command("validate", cls=MpeeCommand)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@export_data_option
+@click.option("--task", default=None)
+@click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full record as JSON.")
+def export_validate(bundle, checkpoint, data, task, validation_examples, json_path) -> None:
+    """Re-run the parity check of BUNDLE against CHECKPOINT (exit code 3 if fp32 parity fails, as for the
+    export; the record is printed and written first)."""
+    from mpee_runtime.schema import Manifest
+
+    from .checkpoint import load_checkpoint
+    from .validate import validate_bundle
+    from .validate import validation_examples as to_ids
+    if json_path is not None:
+        check_output_file(json_path)
+    manifest = Manifest.load(bundle)
+    model, tokenizer = load_checkpoint(checkpoint)
+    texts = labels = None
+    if data is not None:
+        examples, _ = _dev_examples(Path(data), model, task, validation_examples)
+        texts, labels = _texts(examples), [e.label for e in examples]
+    result = validate_bundle(model, bundle, manifest, to_ids(tokenizer, texts, model), labels,
+                             precision=manifest.precision)
+    click.echo(result.describe())
+    if json_path:
+        write_text(json_path, json.dumps({result.precision: result.to_dict()}, indent=1) + "\n")
+    if result.passed is False:
+        raise ParityFailed(f"{bundle}: fp32 parity check failed: " + "; ".join(result.problems[:3]))
