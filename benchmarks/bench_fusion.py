@@ -41,6 +41,7 @@ from mpee_runtime import schema as S
 from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
+from mpee_runtime.policy import NO_EXIT
 from mpee_runtime.schema import FUSED, FUSED_INT8
 from mpee_runtime.session import open_session, session_options
 
@@ -177,7 +178,7 @@ class Chain:
         self.engine, self.ids, self.types, self.layers = engine, ids, np.zeros_like(ids), layers
 
     def run(self, _outputs, _feeds) -> None:
-        pred = self.engine.run_ids(self.ids, self.types, threshold=0.0, keep_ratio=1.0, policy="entropy")
+        pred = self.engine.run_ids(self.ids, self.types, **NO_EXIT, keep_ratio=1.0)
         assert pred.exit_layer == self.layers
 
 

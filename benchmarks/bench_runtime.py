@@ -32,6 +32,7 @@ import torch
 from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.env import environment
 from mpee_runtime.files import write_text
+from mpee_runtime.policy import NO_EXIT
 from mpee_runtime.session import open_session, session_options
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -54,7 +55,7 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
     chain_us, single_us, loop_us, request_us = [], [], [], []
     for i in range(repeats + 30):
         t = time.perf_counter_ns()
-        pred = engine.run_ids(ids, types, threshold=0.0, keep_ratio=1.0, policy="entropy")
+        pred = engine.run_ids(ids, types, **NO_EXIT, keep_ratio=1.0)
         chain = (time.perf_counter_ns() - t) / 1e3
         t = time.perf_counter_ns()
         sess.run(None, feeds)

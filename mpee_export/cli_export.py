@@ -78,8 +78,7 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Quantize the layer graphs and the embedding tables.")
 @click.option("--fp32-embeddings", is_flag=True,
-              help="With --quantize int8: keep the embedding tables fp32 (a larger bundle: MiniLM 61 MB "
-                   "instead of 25).")
+              help="With --quantize int8: keep the embedding tables fp32 (a larger bundle).")
 @export_data_option
 @click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
 @click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")

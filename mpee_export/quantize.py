@@ -11,8 +11,8 @@ fuses it) for the dense layers.
 
 The embeddings graph is quantized too (unless `embeddings=False`), as the recipe's `Gather` does to the
 full model's embedding lookups (its QEmbedLayerNormalization): the three tables are stored int8 and only
-the gathered rows are dequantized, so the int8 bundle shrinks from 61 to 25 MB (MiniLM) at +2 us per
-request. Left fp32: the exit heads (nodes named `exits`: tiny, and their probabilities decide where samples
+the gathered rows are dequantized, so the bundle is about a quarter the size at a small cost per request
+(docs/results.md). Left fp32: the exit heads (nodes named `exits`: tiny, and their probabilities decide where samples
 stop). In a layer that computes a token score, the packed Q/K/V product is a MatMul of its own
 (optimize.py) and becomes DynamicQuantizeMatMul, the same int8 product QAttention runs inside; the score
 reads its Q and K.

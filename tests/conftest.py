@@ -11,7 +11,7 @@ from tiny import tiny_bert_config
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def glue_dir() -> Path:
     if not (GLUE_DIR / "SST-2" / "dev.tsv").is_file():
         pytest.skip(f"real-data test skipped: GLUE data not found at {GLUE_DIR} (set GLUE_DIR)")

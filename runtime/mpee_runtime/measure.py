@@ -38,7 +38,6 @@ from .schema import FULL_MODELS, MANIFEST, REFERENCE_RECORD, ReferenceRecord, sh
 AA_NAMES = ("chain", "chain_aa")
 ORDER_SEED = 0        # the interleaved pass's per-block orders are drawn from this seed
 BLOCK = 16            # examples per block of the interleaved pass (--block)
-GROUPS = ("table", "sweep", "static")
 # What a measuring pass leaves in OUT: the rows and the run record, for the onnxruntime pass and for PyTorch's.
 ROWS, RUN = "rows.jsonl", "run.json"
 PYTORCH_ROWS, PYTORCH_RUN = "rows_pytorch.jsonl", "run_pytorch.json"
@@ -83,7 +82,7 @@ class VariantInfo:
     name: str
     description: str
     precision: str = "fp32"
-    group: str = "table"
+    group: str = "table"             # "table", "sweep" or "static"
     runtime: str = "onnxruntime"
     threshold: float | None = None
     keep_ratio: float | None = None

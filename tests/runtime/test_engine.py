@@ -152,8 +152,9 @@ def test_cli_bad_input(built, capsys, args, needle):
 
 @pytest.mark.integration
 def test_runtime_imports_no_torch():
-    code = ("import sys, mpee_runtime.engine, mpee_runtime.cli, mpee_runtime.schema; "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = ("import sys, mpee_runtime.engine, mpee_runtime.cli, mpee_runtime.schema, mpee_runtime.bench, "
+            "mpee_runtime.measure, mpee_runtime.report, mpee_runtime.session, mpee_runtime.tradeoff; "
+            "bad = [m for m in ('torch', 'transformers', 'mpee_export') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
