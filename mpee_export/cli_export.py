@@ -1,4 +1,5 @@
-"""mpee-export: CKPT OUT (the export), `reference` (the full-model baselines), `validate` (re-check a bundle)."""
+"""mpee-export: CKPT OUT (the export), `reference` (the full-model baselines), `validate` (re-check a bundle),
+`keygen` (a key pair for --sign)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ class ParityFailed(click.ClickException):
 
 
 class ExportGroup(_UserErrors, click.Group):
-    """`mpee-export CKPT OUT` runs the export; `mpee-export reference CKPT REF` and `mpee-export validate
-    BUNDLE CKPT` are subcommands.
+    """`mpee-export CKPT OUT` runs the export; `mpee-export reference CKPT REF`, `mpee-export validate
+    BUNDLE CKPT` and `mpee-export keygen KEY` are subcommands.
 
-    Rule: a first word that is a subcommand's name (reference, validate, run) is that subcommand; any other
+    Rule: a first word that is a subcommand's name (reference, validate, keygen, run) is that subcommand; any other
     first word is the checkpoint of the export (the subcommand `run`). A checkpoint folder named like a
     subcommand is given as a path: `mpee-export ./validate OUT`."""
 
@@ -97,8 +98,11 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--keep-failed", is_flag=True,
               help="Publish the bundle even if fp32 parity fails (marked unvalidated: mpee-run then needs "
                    "--allow-unvalidated).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY",
+              help="Sign the bundle with this Ed25519 private key (from `mpee-export keygen KEY`): "
+                   "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
 def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate, max_drop, opset, force,
-               allow_untrained_exits, standard_ops, validation_examples, keep_failed) -> None:
+               allow_untrained_exits, standard_ops, validation_examples, keep_failed, sign_key) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, export_bundle
     if calibrate and (data is None or max_drop is None):
@@ -109,9 +113,12 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate
         raise MpeeExportError("--fp32-embeddings needs --quantize int8")
     check_output_folder(out, force=force)
     check_opset(opset)
+    if sign_key is not None:   # a missing or bad key is refused before any work
+        from mpee_runtime.signing import key_id, load_private_key
+        signer = key_id(load_private_key(sign_key).public_key())
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
-                         keep_failed=keep_failed, int8_embeddings=not fp32_embeddings,
+                         keep_failed=keep_failed, int8_embeddings=not fp32_embeddings, sign_key=sign_key,
                          **({"graph_ops": "standard"} if standard_ops else {}))
     texts = labels = calibration = None
     if data is not None:
@@ -125,7 +132,7 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate
     except ParityError as e:
         raise ParityFailed(str(e)) from None
     click.echo(record.describe())
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {out}" + (f", signed with key {signer}" if sign_key is not None else ""))
 
 
 def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float):
@@ -201,3 +208,14 @@ def export_validate(bundle, checkpoint, data, task, validation_examples, json_pa
         write_text(json_path, json.dumps({result.precision: result.to_dict()}, indent=1) + "\n")
     if result.passed is False:
         raise ParityFailed(f"{bundle}: fp32 parity check failed: " + "; ".join(result.problems[:3]))
+
+
+@export.command("keygen", cls=MpeeCommand)
+@click.argument("key", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing KEY and KEY.pub.")
+def export_keygen(key, force) -> None:
+    """Write a new Ed25519 key pair for signing bundles: KEY (private, PEM, mode 0600: keep it with the
+    exporter) and KEY.pub (public: give it to the devices, `mpee-run BUNDLE ... --trust KEY.pub`)."""
+    from mpee_runtime.signing import generate_key, public_key_path
+    kid = generate_key(key, force=force)
+    click.echo(f"wrote {key} (private, mode 0600) and {public_key_path(key)} (public), key id {kid}")

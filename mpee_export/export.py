@@ -3,12 +3,16 @@
     write graphs -> validate (validate.py) -> [quantize, validate int8] -> [calibrate (calibrate.py)] -> publish
 
 Everything happens in a hidden temporary folder beside `out/`. The manifest is built in memory, handed to
-the runtime engine that validation and calibration run, and written once, last; then the folder is renamed
-into place. An interrupted export leaves no folder that `mpee-run` accepts.
+the runtime engine that validation and calibration run, and written once, last, sealed with its integrity
+record (`Manifest.dump`); then the folder is renamed into place. An interrupted export leaves no folder
+that `mpee-run` accepts. Every graph is stamped with its role, its precision, the bundle's identity
+(`bundle_id`) and the tokenizer's sha256 (`seal_graphs`), so that the runtime refuses a graph of another
+bundle or precision, or a replaced tokenizer, even when every checksum in the manifest is re-computed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import warnings
@@ -44,6 +48,7 @@ class ExportOptions:
     graph_ops: str = "fused"             # "fused": com.microsoft fused operators (optimize.py); "standard": ONNX only
     keep_failed: bool = False            # publish a bundle that failed fp32 validation (recorded as not passed)
     int8_embeddings: bool = True         # with quantize "int8": the embedding tables too (the recipe's Gather)
+    sign_key: Path | None = None         # Ed25519 private key: sign the bundle (mpee_runtime.signing)
 
 
 @dataclass(frozen=True)
@@ -112,23 +117,51 @@ def dummy_inputs(model: MpeeModel, names: list[str]) -> tuple[torch.Tensor, ...]
     return tuple(torch.from_numpy(feeds[n]) for n in names)
 
 
-def seal_graphs(folder: Path, entries: list[S.GraphEntry]) -> list[S.GraphEntry]:
-    """Stamp each graph file with its identity (ONNX metadata the runtime checks, so a swapped file is
-    refused) and record its sha256. Run after every stage that rewrites graph files."""
+# The export options that change the graphs (not where or whether the bundle is written).
+IDENTITY_OPTIONS = ("opset", "quantize", "graph_ops", "untrained_exits", "int8_embeddings")
+
+
+def weights_sha256(model: MpeeModel) -> str:
+    """sha256 of the model's state dict: every tensor's name, dtype, shape and bytes, in name order. It also
+    identifies models that have no checkpoint digest (--allow-untrained-exits: fresh exit heads)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def bundle_id(model: MpeeModel, opts: ExportOptions) -> str:
+    """The bundle's identity (manifest export.bundle_id, stamped into every graph): sha256 of the canonical
+    JSON of the weights' digest, the export options that shape the graphs and the model's MPEE config. Two
+    exports of the same model with the same options share it; any other pair of bundles does not."""
+    return S.digest_of({"weights_sha256": weights_sha256(model), "mpee": model.mpee.to_dict(),
+                        "options": {k: getattr(opts, k) for k in IDENTITY_OPTIONS}})
+
+
+def seal_graphs(folder: Path, entries: list[S.GraphEntry], bundle: str = "", tokenizer_sha256: str = ""
+                ) -> list[S.GraphEntry]:
+    """Stamp each graph file (ONNX metadata, `schema.graph_stamp`: its role, its entry's precision, the
+    bundle's identity and the tokenizer's sha256, which the runtime compares with the manifest) and record
+    its sha256. Run after every stage that rewrites graph files or changes their precision."""
     sealed = []
     for e in entries:
         path = folder / e.file
+        stamp = S.graph_stamp(e.name, e.precision, bundle, tokenizer_sha256)
         proto = onnx.load(str(path))
         props = {p.key: p.value for p in proto.metadata_props}
-        if props.get(S.GRAPH_ID_KEY) != e.name:
-            onnx.helper.set_model_props(proto, props | {S.GRAPH_ID_KEY: e.name})
+        if any(props.get(k) != v for k, v in stamp.items()):
+            onnx.helper.set_model_props(proto, props | stamp)
             onnx.save(proto, str(path))
         sealed.append(replace(e, sha256=S.sha256_of(path)))
     return sealed
 
 
-def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "standard") -> list[S.GraphEntry]:
-    """Write embeddings.onnx and layer_XX.onnx into `folder`; return their (sealed) manifest entries.
+def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "standard", *, bundle: str = "",
+                  tokenizer_sha256: str = "") -> list[S.GraphEntry]:
+    """Write embeddings.onnx and layer_XX.onnx into `folder`; return their (sealed) manifest entries, the
+    graphs stamped with `bundle` (the bundle id) and `tokenizer_sha256`.
 
     graph_ops "fused" rewrites the layer graphs with onnxruntime's fused operators (optimize.py); the
     embeddings graph stays standard."""
@@ -148,7 +181,7 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
         from .optimize import optimize_layers
         entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
                                   hidden=model.config.hidden_size)
-    return seal_graphs(folder, entries)
+    return seal_graphs(folder, entries, bundle, tokenizer_sha256)
 
 
 def export_chain_graph(model: MpeeModel, path: Path, opset: int = S.OPSET) -> None:
@@ -167,8 +200,8 @@ def task_section(task_name: str | None) -> S.TaskSection | None:
     return S.TaskSection(name=t.name, text_a=t.text_a, text_b=t.text_b, label_column=t.label_column, metric=t.metric)
 
 
-def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha: str, opts: ExportOptions
-                   ) -> S.Manifest:
+def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha: str, opts: ExportOptions,
+                   bundle: str) -> S.Manifest:
     """The bundle's manifest for `model`, not yet validated (validation.passed is False)."""
     c, m = model.config, model.mpee
     return S.Manifest(
@@ -181,7 +214,7 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
         exit=S.ExitSection(m.default_policy, m.default_threshold, m.layer_exit, m.exit_pooling),
         tokenizer=S.FileRef(S.TOKENIZER, tokenizer_sha), graphs=entries,
         export=S.ExportSection(opset=opts.opset, quantization=opts.quantize, graph_ops=opts.graph_ops,
-                               untrained_exits=opts.untrained_exits),
+                               untrained_exits=opts.untrained_exits, bundle_id=bundle),
         validation=S.ValidationSection(passed=False), task=task_section(m.task), flops_convention=FLOPS_CONVENTION,
         versions={"mpee_export": __version__, "mpee_runtime": runtime_version, "torch": torch.__version__,
                   "transformers": transformers.__version__, "onnx": onnx.__version__,
@@ -206,10 +239,12 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
     if opts.graph_ops not in S.GRAPH_OPS:
         raise MpeeExportError(f"graph_ops must be one of {list(S.GRAPH_OPS)}, got {opts.graph_ops!r}")
     with AtomicFolder(out, force=opts.force) as tmp:
-        # 1. graphs and tokenizer
-        entries = export_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops)
+        # 1. tokenizer, then the graphs, stamped with the bundle's identity and the tokenizer's sha256
         tokenizer.backend_tokenizer.save(str(tmp / S.TOKENIZER))
-        manifest = build_manifest(model, entries, S.sha256_of(tmp / S.TOKENIZER), opts)
+        tokenizer_sha, identity = S.sha256_of(tmp / S.TOKENIZER), bundle_id(model, opts)
+        entries = export_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops, bundle=identity,
+                                tokenizer_sha256=tokenizer_sha)
+        manifest = build_manifest(model, entries, tokenizer_sha, opts, identity)
         # 2. validation (the decision is validate.py's)
         examples = validation_examples(tokenizer, texts, model)
         log(f"exported {len(entries)} graphs; validating on {len(examples)} "
@@ -221,7 +256,7 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         if opts.quantize == "int8":
             from .quantize import quantize_layers
             graphs = quantize_layers(tmp, manifest.graphs, embeddings=opts.int8_embeddings)
-            manifest = replace(manifest, graphs=seal_graphs(tmp, graphs))
+            manifest = replace(manifest, graphs=seal_graphs(tmp, graphs, identity, tokenizer_sha))   # re-stamped int8
             int8 = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
         # 3. calibration: returns values; the model is left as it was
         cal = None
@@ -232,9 +267,13 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
                                       metric=calibration.metric)
             manifest = apply_calibration(manifest, cal)
         record = ExportRecord(fp32, int8, cal)
-        # 4. publish: validation.json, then the manifest, written once and last; then the rename
+        # 4. publish: validation.json, then the manifest, written once and last and sealed (its integrity
+        # record covers every section, validation and calibration included); then the rename
         checks = {v.precision: v.summary() for v in record.validations}
         manifest = replace(manifest, validation=S.ValidationSection(bool(fp32.passed), checks))
         write_text(tmp / VALIDATION_RECORD, json.dumps(record.to_dict(), indent=1) + "\n")
         manifest.dump(tmp)
+        if opts.sign_key is not None:   # last: the signature covers manifest.json and validation.json
+            from mpee_runtime.signing import sign_bundle
+            sign_bundle(tmp, opts.sign_key)
     return record

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spinning", dest="spinning", action="store_false",
                    help="with --thread-pool session: idle pool threads sleep instead of spinning during a run")
     p.add_argument("--allow-unvalidated", action="store_true", help="accept bundles that failed validation")
+    p.add_argument("--trust", type=Path, metavar="PUBKEY", help="refuse the bundle and the --int8 bundle "
+                   "unless signed with this public key and unchanged since (pip install 'mpee-runtime[sign]')")
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model")
     p.add_argument("--budget-ms", type=float, help="name the most accurate point with p50 within B ms")
     p.add_argument("--out", type=Path, required=True,

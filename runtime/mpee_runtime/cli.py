@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --thread-pool session: idle pool threads sleep instead of spinning during a run")
     p.add_argument("--allow-unvalidated", action="store_true",
                    help="run a bundle that did not pass the export's parity check")
+    p.add_argument("--trust", type=Path, metavar="PUBKEY",
+                   help="refuse the bundle unless signed with this public key (KEY.pub of mpee-export keygen) "
+                   "and unchanged since; needs pip install 'mpee-runtime[sign]'")
     return p
 
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     from .engine import MpeeEngine
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool, trust=args.trust)
     knobs = {"threshold": args.threshold, "keep_ratio": args.keep_ratio, "policy": args.policy}
     check_threshold(args.policy or engine.default_policy,
                     engine.default_threshold if args.threshold is None else args.threshold)

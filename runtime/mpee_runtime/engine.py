@@ -39,20 +39,39 @@ class Prediction:
 _CACHE_SIZE = 64   # exit rules and keep-ratio feeds kept per engine (a sweep uses a few dozen)
 
 
-def _open_graph(bundle: Path, entry: S.GraphEntry, opts: ort.SessionOptions, providers: list[str]
-                ) -> ort.InferenceSession:
-    """One session, refused when the file is not the graph the manifest says it is."""
+def _open_graph(bundle: Path, entry: S.GraphEntry, opts: ort.SessionOptions, providers: list[str],
+                manifest: S.Manifest) -> ort.InferenceSession:
+    """One session, refused when the file is not the graph the manifest says it is: its stamps
+    (`_check_stamp`) or its input and output names differ."""
     path = bundle / entry.file
     sess = open_session(path, opts, providers=providers)
-    identity = sess.get_modelmeta().custom_metadata_map.get(S.GRAPH_ID_KEY)
-    if identity != entry.name:
-        raise MpeeRuntimeError(f"{path}: holds graph {identity!r}, the manifest expects {entry.name!r} "
-                               "(files swapped or replaced)")
+    _check_stamp(path, sess.get_modelmeta().custom_metadata_map, manifest.graph_stamp(entry))
     inputs, outputs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
     if inputs != entry.inputs or outputs != entry.outputs:
         raise MpeeRuntimeError(f"{path}: inputs {inputs} and outputs {outputs} differ from the manifest's "
                                f"{entry.inputs} and {entry.outputs}")
     return sess
+
+
+def _check_stamp(path: Path, props: dict[str, str], want: dict[str, str]) -> None:
+    """The graph's metadata stamps against the manifest's (`schema.graph_stamp`), in this order: role,
+    precision, bundle, tokenizer; the first that differs is refused in one line. These hold when every
+    sha256 and digest in the manifest has been re-computed around a replaced file."""
+    got = {key: props.get(key) for key in want}
+    role, precision = S.GRAPH_ID_KEY, S.PRECISION_KEY
+    if got[role] != want[role]:
+        raise MpeeRuntimeError(f"{path}: holds graph {S.shown(got[role])}, the manifest expects {want[role]!r} "
+                               "(files swapped or replaced)")
+    if got[precision] != want[precision]:
+        raise MpeeRuntimeError(f"{path}: a {S.shown(got[precision])} graph, the manifest says {want[precision]!r} "
+                               "(replaced by a graph of another export)")
+    if got[S.BUNDLE_ID_KEY] != want[S.BUNDLE_ID_KEY]:
+        raise MpeeRuntimeError(f"{path}: stamped for bundle {S.shown(got[S.BUNDLE_ID_KEY], 20)}, this bundle is "
+                               f"{want[S.BUNDLE_ID_KEY][:16]!r}... (a graph of another bundle)")
+    if got[S.TOKENIZER_KEY] != want[S.TOKENIZER_KEY]:
+        raise MpeeRuntimeError(f"{path}: exported with tokenizer sha256 {S.shown(got[S.TOKENIZER_KEY], 20)}, the "
+                               f"manifest's tokenizer is {want[S.TOKENIZER_KEY][:16]!r}... (tokenizer.json "
+                               "replaced)")
 
 
 def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
@@ -78,14 +97,18 @@ class MpeeEngine:
     gives each graph its own pool, whose threads spin while a run lasts when `spinning`; "global" runs every
     graph on onnxruntime's process-wide pool (see `session_options`; `self.thread_pool` and `self.threads`
     say what was used); `shared_arena` places all sessions' intermediate tensors in one process-wide
-    onnxruntime arena.
+    onnxruntime arena. `trust` (a public key file) refuses a bundle not signed with its key, or changed since
+    (`signing.verify_bundle`, needs `pip install 'mpee-runtime[sign]'`).
     """
 
     def __init__(self, bundle: str | Path, *, threads: int | None = None, spinning: bool = True,
                  warmup: int = 2, providers: list[str] | None = None, shared_arena: bool = True,
                  allow_unvalidated: bool = False, manifest: S.Manifest | None = None,
-                 thread_pool: str = "session") -> None:
+                 thread_pool: str = "session", trust: str | Path | None = None) -> None:
         self.bundle = Path(bundle)
+        if trust is not None:   # signed by the key in `trust` and unchanged since, before the manifest is read
+            from .signing import verify_bundle
+            verify_bundle(self.bundle, trust)
         # Checked before any session exists. `manifest` lets the exporter run a bundle it has not published.
         if manifest is None:
             manifest = S.Manifest.load(self.bundle, verify=True)
@@ -110,7 +133,7 @@ class MpeeEngine:
         self.thread_pool = "session" if opts.use_per_session_threads else "global"
         self.threads = self.threads if opts.use_per_session_threads else global_pool_width()
         providers = providers or ["CPUExecutionProvider"]
-        self._sessions = [_open_graph(self.bundle, g, opts, providers) for g in manifest.graphs]
+        self._sessions = [_open_graph(self.bundle, g, opts, providers, manifest) for g in manifest.graphs]
         self._inputs = [g.inputs for g in manifest.graphs]
         self._outputs = [g.outputs for g in manifest.graphs]
         self.tokenizer = _open_tokenizer(self.bundle, manifest)

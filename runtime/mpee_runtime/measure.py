@@ -292,10 +292,12 @@ def floats(text: str) -> list[float]:
 
 
 def open_engine(args: argparse.Namespace, bundle: Path):
-    """A bundle's engine with the run's thread, spinning and validation options (every chain variant's)."""
+    """A bundle's engine with the run's thread, spinning, validation and --trust options (every chain
+    variant's: the bundle, its A/A twin and the --int8 bundle are each verified when they are opened)."""
     from .engine import MpeeEngine
     return MpeeEngine(bundle, threads=args.threads, spinning=args.spinning,
-                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool)
+                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool,
+                      trust=args.trust)
 
 
 def load_setup(args: argparse.Namespace) -> Setup:

@@ -6,9 +6,13 @@ metric, precision) and the ONNX opset are defined here once; the exporter import
 
 The exporter writes bundles with these names and the runtime reads them; nothing else spells them.
 A bundle folder holds manifest.json, tokenizer.json, embeddings.onnx and layer_XX.onnx per layer.
-`Manifest.load` refuses, before any session exists, a manifest with a missing, mistyped or out-of-range
-field, an unknown schema version, a file that is missing, does not match its sha256 or lies outside the
-folder; each refusal is one MpeeRuntimeError line naming the field or file.
+`Manifest.load` refuses, before any session exists, an unknown schema version, a manifest whose content
+differs from its integrity record (`Manifest.check_integrity`: any edit not made by `Manifest.dump`, the
+exporter's publish step), a missing, mistyped or out-of-range field, a file name that is too long or holds
+a non-printable character, a file that is missing, does not match its sha256 or lies outside the folder;
+each refusal is one MpeeRuntimeError line naming the field or file. Every graph carries stamps
+(`graph_stamp`: its role, precision, the bundle's identity and the tokenizer's sha256) that the engine
+compares with the manifest when it opens the graph.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +33,9 @@ from .flops import FlopsModel
 from .policy import POLICIES, check_threshold
 
 # 2: typed manifest; validation.passed; graphs stamped with their identity; flops facts read from "model".
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMA_VERSIONS = (2,)
+# 3: the manifest's integrity record; export.bundle_id; graphs stamped with bundle, precision and tokenizer.
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMA_VERSIONS = (3,)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -40,9 +46,20 @@ SCORINGS = ("cls", "all", "mean")     # token score: [CLS] query row, mean over 
 SELECTIONS = ("top", "bottom")        # which tokens a pruning layer keeps
 METRICS = ("accuracy", "f1")          # a task's headline metric (f1: of class 1)
 EXIT_POOLINGS = ("cls", "mean")       # exit head input: [CLS] vector or mean of the tokens
-# Key of the ONNX metadata entry that names the graph (its manifest entry name): a layer file swapped
-# for another layer's, even with re-computed checksums, is refused.
+# Keys of the ONNX metadata entries stamped into every graph at export (`graph_stamp`) and compared with the
+# manifest when the engine opens it, so a graph file replaced by another, even with every checksum and
+# digest re-computed, is refused: its role (manifest entry name: another layer's file), its precision (an
+# int8 graph in an fp32 bundle), the bundle's identity (a graph of another bundle), the sha256 of the
+# tokenizer it was exported with (a different tokenizer; tokenizer.json cannot carry a stamp of its own,
+# because the tokenizers library refuses unknown keys).
 GRAPH_ID_KEY = "mpee_graph"
+PRECISION_KEY = "mpee_precision"
+BUNDLE_ID_KEY = "mpee_bundle"
+TOKENIZER_KEY = "mpee_tokenizer_sha256"
+# The manifest's integrity record (top-level key) and how its digests are computed (`digest_of`).
+INTEGRITY = "integrity"
+INTEGRITY_ALGORITHM = "sha256 of canonical JSON (sorted keys, compact separators, UTF-8)"
+MAX_FILE_NAME = 255               # bytes in UTF-8: the common file-system limit of one name
 
 # Tensor names. Layer graphs take the state of the previous layer and return the next one.
 INPUT_IDS, TOKEN_TYPE_IDS = "input_ids", "token_type_ids"
@@ -103,6 +120,51 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def canonical_json(value: Any) -> bytes:
+    """The one byte form of a JSON value that its digests are computed on: sorted keys, no whitespace,
+    UTF-8 (lone surrogates kept as they are, so that hashing never fails)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8",
+                                                                                               "surrogatepass")
+
+
+def digest_of(value: Any) -> str:
+    """sha256 (hex) of a JSON value's canonical form: any change of a key, a value or a type changes it."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def graph_stamp(name: str, precision: str, bundle_id: str, tokenizer_sha256: str) -> dict[str, str]:
+    """The ONNX metadata entries a graph of the bundle carries: written by the exporter, compared by the
+    engine (`Manifest.graph_stamp` gives the ones the manifest expects)."""
+    return {GRAPH_ID_KEY: name, PRECISION_KEY: precision, BUNDLE_ID_KEY: bundle_id,
+            TOKENIZER_KEY: tokenizer_sha256}
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`value` for a one-line message: its repr (control characters escaped), cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def check_file_name(name: str, where: str) -> None:
+    """A file name from the manifest, checked before the file system sees it: at most MAX_FILE_NAME bytes,
+    printable characters only (no NUL byte, newline or other control or format character)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_NAME:
+        raise MpeeRuntimeError(f"{MANIFEST}: {where} {shown(name)} is {size} bytes long (a file name is at "
+                               f"most {MAX_FILE_NAME})")
+    bad = next((c for c in name if not c.isprintable()), None)
+    if bad is not None:
+        what = "a NUL byte" if bad == "\0" else f"the non-printable character {bad!r}"
+        raise MpeeRuntimeError(f"{MANIFEST}: {where} {shown(name)} holds {what}")
+
+
+def _sections(keys: list[str]) -> str:
+    return ("section " if len(keys) == 1 else "sections ") + ", ".join(shown(k, 40) for k in keys)
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 # ---------------------------------------------------------------- field checks
 class _Fields:
     """Typed access to one JSON object of the manifest; every refusal names the field's path."""
@@ -151,6 +213,12 @@ class _Fields:
             return None
         if not isinstance(v, str) or not v or (choices is not None and v not in choices):
             raise self._fail(key, f"one of {list(choices)}" if choices else "a non-empty string")
+        return v
+
+    def hex64(self, key: str) -> str:
+        v = self.text(key)
+        if not _HEX64.fullmatch(v):
+            raise self._fail(key, "64 lowercase hex digits")
         return v
 
     def items(self, key: str, item: type, *, what: str) -> list:
@@ -263,10 +331,9 @@ class FileRef:
 
     @classmethod
     def parse(cls, f: _Fields) -> FileRef:
-        digest = f.text("sha256")
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise f._fail("sha256", "64 lowercase hex digits")
-        return cls(f.text("file"), digest)
+        name = f.text("file")
+        check_file_name(name, f"{f.where}.file")
+        return cls(name, f.hex64("sha256"))
 
 
 @dataclass(frozen=True)
@@ -306,12 +373,14 @@ class ExportSection:
     quantization: str | None       # None or "int8"
     graph_ops: str                    # one of GRAPH_OPS: the operators the layer graphs use
     untrained_exits: bool             # exported from a plain BERT with random exit heads
+    bundle_id: str                    # sha256 of the weights, export options and MPEE config; in every graph
 
     @classmethod
     def parse(cls, f: _Fields) -> ExportSection:
         return cls(opset=f.integer("opset", lo=OPSET), quantization=f.text("quantization", choices=("int8",),
                                                                           optional=True),
-                   graph_ops=f.text("graph_ops", choices=GRAPH_OPS), untrained_exits=f.flag("untrained_exits"))
+                   graph_ops=f.text("graph_ops", choices=GRAPH_OPS), untrained_exits=f.flag("untrained_exits"),
+                   bundle_id=f.hex64("bundle_id"))
 
 
 @dataclass(frozen=True)
@@ -364,25 +433,78 @@ class Manifest:
         m = self.model
         return FlopsModel(m.hidden_size, m.intermediate_size, m.num_labels, m.num_layers)
 
+    def graph_stamp(self, entry: GraphEntry) -> dict[str, str]:
+        """The metadata entries the ONNX file of `entry` must carry."""
+        return graph_stamp(entry.name, entry.precision, self.export.bundle_id, self.tokenizer.sha256)
+
     # -------------------------------------------------------- reading and writing
     def to_dict(self) -> dict:
         return asdict(self)
 
     def dump(self, folder: Path) -> None:
-        """Write manifest.json into `folder` (atomically)."""
-        write_text(Path(folder) / MANIFEST, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write manifest.json into `folder` (atomically), sealed: with the integrity record of its content
+        (`seal`). The exporter's publish step is its one caller, so any later edit is refused."""
+        data = json.loads(json.dumps(self.to_dict()))   # as the file will read back: lists, string keys
+        write_text(Path(folder) / MANIFEST, json.dumps(self.seal(data), indent=1) + "\n")
+
+    @staticmethod
+    def seal(data: dict) -> dict:
+        """`data` (a manifest as JSON) with its integrity record: the digest of every top-level section and
+        of the whole manifest, `integrity` excluded (`digest_of`). Whoever can run this can re-seal an edited
+        manifest: it protects against accidents and hand edits, signatures against deliberate changes."""
+        body = {k: v for k, v in data.items() if k != INTEGRITY}
+        return body | {INTEGRITY: {"algorithm": INTEGRITY_ALGORITHM,
+                                   "sections": {k: digest_of(v) for k, v in sorted(body.items())},
+                                   "manifest": digest_of(body)}}
+
+    @staticmethod
+    def check_integrity(data: dict) -> None:
+        """Refuse, in one line naming the sections, a manifest whose content is not what `seal` recorded: a
+        section edited, added or deleted, or the integrity record itself edited."""
+        def refuse(what: str) -> MpeeRuntimeError:
+            return MpeeRuntimeError(f"{MANIFEST}: {what} (edited after export?): re-export the bundle")
+
+        record = data.get(INTEGRITY)
+        if record is None:
+            raise refuse(f"no {INTEGRITY} record, so its content cannot be checked")
+        sections = record.get("sections") if isinstance(record, dict) else None
+        if (not isinstance(record, dict) or set(record) != {"algorithm", "sections", "manifest"}
+                or record["algorithm"] != INTEGRITY_ALGORITHM or not isinstance(sections, dict)
+                or not all(isinstance(v, str) for v in sections.values())):
+            raise refuse(f"the {INTEGRITY} record is not the one the exporter writes")
+        body = {k: v for k, v in data.items() if k != INTEGRITY}
+        changed = sorted(k for k in body.keys() & sections.keys() if digest_of(body[k]) != sections[k])
+        added, deleted = sorted(body.keys() - sections.keys()), sorted(sections.keys() - body.keys())
+        problems = []
+        if changed:
+            problems.append(f"{_sections(changed)} "
+                            + ("differs from its digest" if len(changed) == 1 else "differ from their digests"))
+        if added:
+            problems.append(f"{_sections(added)} added (not in the {INTEGRITY} record)")
+        if deleted:
+            problems.append(f"{_sections(deleted)} deleted (listed in the {INTEGRITY} record)")
+        if problems:
+            raise refuse("; ".join(problems))
+        if digest_of(body) != record["manifest"]:
+            raise refuse("the whole-manifest digest differs from its content")
 
     def with_changes(self, **changes) -> Manifest:
         return replace(self, **changes)
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Manifest:
-        """Check every field's presence, type and range; refuse with the first bad field's path."""
-        top = _Fields(data, "manifest")
+    @staticmethod
+    def check_version(data: dict) -> int:
         version = data.get("schema_version")
         if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
-            raise MpeeRuntimeError(f"{MANIFEST}: schema_version {version!r} unsupported (this runtime reads "
+            raise MpeeRuntimeError(f"{MANIFEST}: schema_version {shown(version)} unsupported (this runtime reads "
                                    f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}; re-export the bundle)")
+        return version
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Check every field's presence, type and range; refuse with the first bad field's path. (The
+        integrity record is `load`'s to check: this also reads manifests built in memory.)"""
+        top = _Fields(data, "manifest")
+        version = cls.check_version(data)
         top.text("format", choices=(FORMAT,))
         model = ModelSection.parse(top.section("model"))
         graph_list = top.get("graphs")
@@ -424,7 +546,8 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path, *, verify: bool = True) -> Manifest:
-        """Read and check `folder`/manifest.json; with `verify`, also every file's presence and sha256."""
+        """Read and check `folder`/manifest.json: its schema version, then its integrity record, then every
+        field; with `verify`, also every file's presence and sha256."""
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():
@@ -435,6 +558,8 @@ class Manifest:
             raise MpeeRuntimeError(f"{path}: not valid JSON ({str(e)[:120]})") from None
         if not isinstance(data, dict):
             raise MpeeRuntimeError(f"{path}: not a JSON object")
+        cls.check_version(data)
+        cls.check_integrity(data)
         manifest = cls.from_dict(data)
         if verify:
             manifest.verify_files(folder)
@@ -446,18 +571,27 @@ class Manifest:
         refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.graphs]
         for name, digest, what in refs:
             target = self.path_of(folder, name, what)
-            if not target.is_file():
-                raise MpeeRuntimeError(f"{folder}: {what} file {name} is missing")
-            if sha256_of(target) != digest:
-                raise MpeeRuntimeError(f"{folder}: {what} file {name} does not match its sha256 (modified?)")
+            try:
+                if not target.is_file():
+                    raise MpeeRuntimeError(f"{folder}: {what} file {name} is missing")
+                if sha256_of(target) != digest:
+                    raise MpeeRuntimeError(f"{folder}: {what} file {name} does not match its sha256 (modified?)")
+            except OSError as e:
+                raise MpeeRuntimeError(f"{folder}: {what} file {name} cannot be read ({e.strerror})") from None
 
     @staticmethod
     def path_of(folder: Path, name: str, what: str = "file") -> Path:
-        """`folder`/`name`, refused when `name` points outside the bundle."""
+        """`folder`/`name`, refused when `name` is not a valid file name (`check_file_name`, before the file
+        system sees it) or points outside the bundle."""
+        check_file_name(name, f"{what} file name")
         folder = Path(folder)
-        path = (folder / name).resolve()
-        if Path(name).is_absolute() or folder.resolve() not in path.parents:
-            raise MpeeRuntimeError(f"{MANIFEST}: {what} path {name!r} points outside the bundle")
+        try:
+            path = (folder / name).resolve()
+            inside = folder.resolve() in path.parents
+        except (OSError, RuntimeError) as e:   # a symlink loop; RuntimeError before Python 3.13
+            raise MpeeRuntimeError(f"{MANIFEST}: {what} path {shown(name)} cannot be resolved ({e})"[:300]) from None
+        if Path(name).is_absolute() or not inside:
+            raise MpeeRuntimeError(f"{MANIFEST}: {what} path {shown(name)} points outside the bundle")
         return path
 
 

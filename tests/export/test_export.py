@@ -307,7 +307,7 @@ def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone
     export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(), texts=TEXTS, log=lambda m: None)
     manifest = json.loads((out / S.MANIFEST).read_text())
     manifest["pruning"]["keep_ratios"] = [1.0, 1.0]
-    (out / S.MANIFEST).write_text(json.dumps(manifest))
+    (out / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))   # as calibration's publish would
     examples = validate_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
     chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
     assert chain.keep_ratio == 1.0 and chain.same_exit_layer == 1.0

@@ -1,7 +1,8 @@
 """Hostile input to the device runtime: every failure is one `Error:` line, exit 2, nothing left behind.
 
-Bundles here are tampered with and then re-hashed, so the sha256 check alone cannot catch them: the typed
-manifest, the graphs' stamped identity and the tokenizer checks must.
+Bundles here are tampered with and then re-hashed and re-sealed, so neither the sha256 check nor the
+manifest's integrity record can catch them: the typed manifest, the graphs' stamps and the tokenizer checks
+must (tests/runtime/test_integrity.py has the edits that are not re-sealed).
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def _manifest(bundle: Path) -> dict:
     return json.loads((bundle / S.MANIFEST).read_text())
 
 
+def _write_sealed(bundle: Path, manifest: dict) -> None:
+    """Write the manifest with its integrity record re-computed, as someone editing it on purpose would."""
+    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))
+
+
 def _write_rehashed(bundle: Path, manifest: dict) -> None:
     """Recompute every listed file's sha256, as someone replacing files on purpose would."""
     manifest["tokenizer"]["sha256"] = S.sha256_of(bundle / manifest["tokenizer"]["file"])
     for g in manifest["graphs"]:
         g["sha256"] = S.sha256_of(bundle / g["file"])
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _write_sealed(bundle, manifest)
 
 
 # ---------------------------------------------------------------- input files
@@ -167,7 +173,7 @@ def test_mistyped_manifest_fields(bundle, capsys, path, value, needle):
         del target[path[-1]]
     else:
         target[path[-1]] = value
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _write_sealed(bundle, manifest)
     err = _error(capsys, [str(bundle), "x"], needle)
     assert "Traceback" not in err
 
@@ -175,7 +181,7 @@ def test_mistyped_manifest_fields(bundle, capsys, path, value, needle):
 def test_graph_list_shorter_than_the_model(bundle, capsys):
     manifest = _manifest(bundle)
     manifest["graphs"].pop()
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _write_sealed(bundle, manifest)
     _error(capsys, [str(bundle), "x"], "3 graphs for 3 layers")
 
 
@@ -187,7 +193,7 @@ def test_deeply_nested_manifest(bundle, capsys):
 def test_unvalidated_bundle_needs_the_flag(bundle, capsys):
     manifest = _manifest(bundle)
     manifest["validation"]["passed"] = False
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    _write_sealed(bundle, manifest)
     _error(capsys, [str(bundle), "x"], "--allow-unvalidated")
     assert run_cli([str(bundle), "x", "--allow-unvalidated"]) == 0
     assert json.loads(capsys.readouterr().out)["exit_layer"] >= 1
