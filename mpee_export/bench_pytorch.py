@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mpee_runtime.data import Columns, read_examples
+from mpee_runtime.data import Columns, cut_text, read_examples
 from mpee_runtime.errors import MpeeRuntimeError
 from mpee_runtime.flops import FlopsModel
 from mpee_runtime.measure import (
@@ -67,17 +67,21 @@ def pytorch_variant(hf_dir: Path, exit_pooling: str, flops_model: FlopsModel, th
 
 def tokenised_inputs(hf_dir: Path, run: RunRecord, input_path: Path, max_examples: int | None
                      ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int] | None]:
-    """The measurement's examples, read as it read them and tokenised by REF/hf's tokenizer; refused unless
-    they are the examples and token ids measured in OUT."""
+    """The measurement's examples, read and cut as it read and cut them (`max_chars`, data.cut_text) and
+    tokenised by REF/hf's tokenizer; refused unless they are the examples and token ids measured in OUT (a
+    pair with a cut side may tokenise differently: docs/design.md, "Input limits")."""
     from transformers import AutoTokenizer
     spec = run.input
     limit = spec.get("max_examples") if max_examples is None else max_examples
+    max_chars = spec.get("max_chars")
     examples = read_examples(input_path, Columns(**spec["columns"]), labels=run.labels,
-                             require_label=spec["require_label"], limit=limit)
+                             require_label=spec["require_label"], limit=limit, max_chars=max_chars)
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     inputs = []
     for ex in examples:
-        enc = tok(ex.text, ex.pair, truncation=True, max_length=spec["max_length"])
+        text = cut_text(ex.text, max_chars)[0]
+        pair = None if ex.pair is None else cut_text(ex.pair, max_chars)[0]
+        enc = tok(text, pair, truncation=True, max_length=spec["max_length"])
         ids = np.asarray([enc["input_ids"]], dtype=np.int64)
         types = np.asarray([enc.get("token_type_ids", [0] * ids.shape[1])], dtype=np.int64)
         inputs.append((ids, types))

@@ -1,7 +1,7 @@
 """What the commands share: the `Error:` mapping (exit 2), number lists, the data options, the backbone.
 
 User errors (bad paths, arguments, checkpoints) print one `Error: ...` line on stderr and exit 2;
-anything else is a bug and keeps its traceback. torch is imported inside the commands so that
+Ctrl-C prints `Error: interrupted` and exits 130; anything else is a bug and keeps its traceback. torch is imported inside the commands so that
 `--help` stays fast.
 """
 
@@ -21,15 +21,24 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C: `Error: interrupted` and exit 130, as the runtime's commands (click's own is "Aborted!", 1)."""
+
+    exit_code = 130
+
+
 class _UserErrors:
     """Mixin for click commands and groups: MpeeExportError / MpeeRuntimeError become one `Error:` line
-    and exit code 2 (the one place this mapping is written on the torch side)."""
+    and exit code 2 (the one place this mapping is written on the torch side); Ctrl-C becomes
+    `Error: interrupted` and exit code 130 (outputs are written atomically: none is left half-written)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
             raise UserError(str(e)) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
 
 
 class MpeeCommand(_UserErrors, click.Command):

@@ -2,6 +2,10 @@
 
     mpee-run BUNDLE "text" [--pair "text"]              prints one JSON object
     mpee-run BUNDLE --input FILE --output preds.jsonl   GLUE TSV or JSONL in, JSON lines out, summary
+
+Each text is tokenized from at most `engine.max_chars` characters (data.cut_text, docs/design.md "Input
+limits"); the summary's `texts_cut` counts the examples cut, and their output lines say `"chars_cut": true`.
+Ctrl-C exits 130 with one line, and no output file is left (written atomically at the end).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data import JSONL_LABEL, JSONL_PAIR, JSONL_TEXT, Columns, Example, read_examples
+from .data import JSONL_LABEL, JSONL_PAIR, JSONL_TEXT, Columns, Example, check_input_file, read_examples
 from .errors import MpeeRuntimeError, exit_2_on_error
 from .files import check_output_file, write_text
 from .metrics import Scores, latency_summary
@@ -46,10 +50,15 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", *
     """Predict every example; return the summary and one JSON line per example."""
     label_ids = {label: i for i, label in enumerate(engine.labels)}
     preds, exits, seq_lens, flops, latencies, lines = [], [], [], [], [], []
+    cut = 0
     for index, ex in enumerate(_progress(examples, len(examples))):
         pred = engine.predict(ex.text, ex.pair, **knobs)
-        lines.append(json.dumps({"index": index, "label": pred.label, "exit_layer": pred.exit_layer,
-                                 "probs": [round(p, 6) for p in pred.probs]}))
+        line = {"index": index, "label": pred.label, "exit_layer": pred.exit_layer,
+                "probs": [round(p, 6) for p in pred.probs]}
+        if ex.cut or pred.chars_cut:   # cut by the reader (or by the engine, for examples not read by it)
+            line["chars_cut"] = True
+            cut += 1
+        lines.append(json.dumps(line))
         preds.append(pred.label_index)
         exits.append(pred.exit_layer)
         seq_lens.append(pred.tokens_per_layer[0])
@@ -57,7 +66,8 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", *
         latencies.append(pred.timings_us["total"])
     rho, rho128 = engine.flops_model.dataset_speedups(seq_lens, flops)
     summary = {"examples": len(preds), "mean_exit_layer": sum(exits) / len(exits), "rho": rho, "rho_pad128": rho128,
-               "latency": latency_summary(latencies), "threads": engine.threads, **knobs}
+               "latency": latency_summary(latencies), "threads": engine.threads,
+               "texts_cut": cut, "max_chars": engine.max_chars, **knobs}
     if all(ex.label is not None for ex in examples):
         summary |= Scores.of(preds, [label_ids[ex.label] for ex in examples], metric).to_dict()
     return summary, lines
@@ -66,6 +76,22 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", *
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one "Error:" line and exit code 2, like every other bad input
         raise MpeeRuntimeError(message)
+
+    def parse_intermixed_args(self, args=None, namespace=None):
+        """Parse, then refuse a text argument that is not valid UTF-8 (Python hands its bytes over as lone
+        surrogates, which would fail later as "lone surrogate"). Paths may hold any bytes, as on disk."""
+        ns = super().parse_intermixed_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raw = value.encode("utf-8", "surrogateescape")
+                    name = action.option_strings[0] if action.option_strings else action.dest.upper()
+                    raise MpeeRuntimeError(f"argument {name} is not valid UTF-8: {raw[:60]!r}"
+                                           + ("..." if len(raw) > 60 else "")) from None
+        return ns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +133,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise MpeeRuntimeError("--output and the --*-column options need --input")
     if args.threads is not None and args.threads < 1:
         raise MpeeRuntimeError(f"--threads must be >= 1, got {args.threads}")
-    if args.input is not None and not args.input.is_file():
-        raise MpeeRuntimeError(f"{args.input}: input file not found")
+    if args.input is not None:
+        check_input_file(args.input)
     if args.output is not None:
         check_output_file(args.output)
 
@@ -130,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     task = engine.manifest.task
     columns, require_label = input_columns(args.input, task, text=args.text_column, pair=args.pair_column,
                                            label=args.label_column)
-    # The whole file is read and checked before the first prediction, so a bad line fails at once.
-    examples = read_examples(args.input, columns, labels=engine.labels, require_label=require_label)
+    # The whole file is read and checked before the first prediction, so a bad line fails at once; each text
+    # is cut to the engine's limit as it is read, so a huge line costs no more memory than a short one.
+    examples = read_examples(args.input, columns, labels=engine.labels, require_label=require_label,
+                             max_chars=engine.max_chars)
     summary, lines = run_examples(engine, examples, metric=task.metric if task else "accuracy", **knobs)
     if args.output is not None:
         write_text(args.output, "\n".join(lines) + "\n")

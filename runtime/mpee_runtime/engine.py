@@ -12,6 +12,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import schema as S
+from .data import WORD_CHARS, cut_text, max_chars_for
 from .errors import MpeeRuntimeError
 from .policy import NO_EXIT, STATEFUL, ExitPolicy
 from .session import global_pool_width, open_session, session_options
@@ -31,6 +32,7 @@ class Prediction:
     timings_us: dict = field(default_factory=dict)  # tokenize, embeddings, layers (list), total
     layer_probs: list[list[float]] | None = None    # with record=True: every executed layer's probs
     layer_entropies: list[float] | None = None
+    chars_cut: bool = False                         # the text or pair was cut to max_chars (data.cut_text)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -137,26 +139,79 @@ class MpeeEngine:
         self._inputs = [g.inputs for g in manifest.graphs]
         self._outputs = [g.outputs for g in manifest.graphs]
         self.tokenizer = _open_tokenizer(self.bundle, manifest)
+        # Characters of each text (and pair) tokenized at most: data.max_chars_for, docs/design.md "Input limits".
+        self._word_chars = getattr(self.tokenizer.model, "max_input_chars_per_word", WORD_CHARS)
+        self.max_chars: int = max_chars_for(manifest.model.max_length, self._word_chars)
         for _ in range(warmup):
             self.predict("warm up the sessions", **NO_EXIT)
 
     def encode(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and token type ids, int64 (1, T), truncated to the model's maximum length."""
+        """Token ids and token type ids, int64 (1, T), truncated to the model's maximum length; each text is
+        first cut to `self.max_chars` characters (data.cut_text; `encode_cut` also says whether it was)."""
+        ids, types, _ = self.encode_cut(text, text_pair)
+        return ids, types
+
+    def encode_cut(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+        """`encode`, and whether the text or the pair was longer than `self.max_chars` and cut."""
+        text, cut = cut_text(text, self.max_chars, self._word_chars)
+        cut_pair = False
+        if text_pair is not None:
+            text_pair, cut_pair = cut_text(text_pair, self.max_chars, self._word_chars)
         try:
-            enc = self.tokenizer.encode(text, text_pair) if text_pair is not None else self.tokenizer.encode(text)
+            if text_pair is None:
+                enc = self.tokenizer.encode(text)
+            elif cut or cut_pair:
+                enc = self._encode_cut_pair(text, text_pair, cut, cut_pair)
+            else:
+                enc = self.tokenizer.encode(text, text_pair)
         except TypeError:   # tokenizers refuses str objects that are not valid Unicode (lone surrogates)
             raise MpeeRuntimeError("text is not valid Unicode (it holds a lone surrogate)") from None
-        return (np.asarray([enc.ids], dtype=np.int64), np.asarray([enc.type_ids], dtype=np.int64))
+        return np.asarray([enc.ids], dtype=np.int64), np.asarray([enc.type_ids], dtype=np.int64), cut or cut_pair
+
+    def _whole_tokenizer(self) -> Tokenizer:
+        """The bundle's tokenizer without truncation, made on first use (two racing threads make two)."""
+        if getattr(self, "_whole", None) is None:
+            whole = Tokenizer.from_str(self.tokenizer.to_str())
+            whole.no_truncation()
+            self._whole = whole
+        return self._whole
+
+    def _encode_cut_pair(self, text: str, text_pair: str, cut: bool, cut_pair: bool):
+        """A pair with a cut side, truncated longest-first as the tokenizer truncates the whole pair: when both
+        sides must be cut to half the budget and the budget is odd, the longer side keeps the extra token. A
+        cut side counts as the longer (its whole text has more tokens than its kept part); two cut sides are
+        compared by their kept parts (the whole lengths are unknown: docs/design.md "Input limits")."""
+        tok = self.tokenizer
+        a, b = tok.encode(text, add_special_tokens=False), tok.encode(text_pair, add_special_tokens=False)
+        budget = self.manifest.model.max_length - tok.num_special_tokens_to_add(True)
+        na, nb = len(a.ids), len(b.ids)
+        if na + nb > budget:
+            if cut != cut_pair:
+                a_longer = cut
+            else:   # both cut: the kept parts' whole token counts (at most max_chars characters each)
+                whole = self._whole_tokenizer()
+                a_longer = len(whole.encode(text, add_special_tokens=False).ids) > len(
+                    whole.encode(text_pair, add_special_tokens=False).ids)   # a tie goes to the pair, as in tokenizers
+            short = nb if a_longer else na
+            if 2 * short > budget:
+                short, long = budget // 2, budget - budget // 2
+            else:
+                long = budget - short
+            a.truncate(long if a_longer else short)
+            b.truncate(short if a_longer else long)
+        return tok.post_process(a, b, add_special_tokens=True)
 
     def predict(self, text: str, text_pair: str | None = None, *, threshold: float | None = None,
                 keep_ratio: float | None = None, policy: str | None = None) -> Prediction:
-        """Classify one text (or pair), stopping at the first layer the exit policy accepts."""
+        """Classify one text (or pair), stopping at the first layer the exit policy accepts; a text longer than
+        `self.max_chars` is cut first (`Prediction.chars_cut`)."""
         if not isinstance(text, str) or (text_pair is not None and not isinstance(text_pair, str)):
             raise MpeeRuntimeError("text and text_pair must be strings")
         start = perf_counter_ns()
-        ids, types = self.encode(text, text_pair)
+        ids, types, cut = self.encode_cut(text, text_pair)
         tokenize_ns = perf_counter_ns() - start
         pred = self.run_ids(ids, types, threshold=threshold, keep_ratio=keep_ratio, policy=policy)
+        pred.chars_cut = cut
         pred.timings_us["tokenize"] = tokenize_ns / 1e3
         pred.timings_us["total"] += tokenize_ns / 1e3
         return pred

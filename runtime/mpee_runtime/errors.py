@@ -6,6 +6,8 @@ import functools
 import sys
 from collections.abc import Callable
 
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
 
 class MpeeRuntimeError(Exception):
     """A user-facing error: bad bundle, bad argument. The message is one line naming the problem."""
@@ -13,7 +15,9 @@ class MpeeRuntimeError(Exception):
 
 def exit_2_on_error(main: Callable[[list | None], int]) -> Callable[[list | None], int]:
     """Wrap a command's `main(argv) -> int`: an MpeeRuntimeError prints one `Error: ...` line on stderr and
-    returns 2 (click's code for usage errors); anything else is a bug and keeps its traceback."""
+    returns 2 (click's code for usage errors); Ctrl-C (KeyboardInterrupt) prints `Error: interrupted` and
+    returns 130, outputs being written atomically (files.py) so none is left half-written; anything else is
+    a bug and keeps its traceback."""
     @functools.wraps(main)
     def wrapper(argv: list | None = None) -> int:
         try:
@@ -21,4 +25,7 @@ def exit_2_on_error(main: Callable[[list | None], int]) -> Callable[[list | None
         except MpeeRuntimeError as e:
             print(f"Error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("Error: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return wrapper

@@ -3,7 +3,8 @@
 One helper for files (`write_text`) and one for folders (`AtomicFolder`), shared by the runtime's CLIs
 and by every writer of the torch side (bundles, checkpoints, reference exports, reports). Outputs are
 checked before any work (`check_output_file`, `check_output_folder`), so a bad path fails in a second,
-not after an hour of inference or export.
+not after an hour of inference or export. Files and folders get the modes open() and mkdir() would give them
+(the umask applies), not the private modes of mkstemp and mkdtemp.
 """
 
 from __future__ import annotations
@@ -33,13 +34,28 @@ def check_output_file(path: Path) -> Path:
     return path
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, renamed at the end."""
+    """Write `text` to `path` through a temporary file in the same folder, renamed at the end. The file gets
+    the mode a plain open() would give (0o666 less the umask), not mkstemp's private 0o600."""
     path = check_output_file(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            os.fchmod(f.fileno(), 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -118,6 +134,7 @@ class AtomicFolder:
         clean_stale_temps(self.out)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}{_TMP_MARK}{os.getpid()}-",
                                          dir=self.out.resolve().parent))
+        self.tmp.chmod(0o777 & ~umask())   # the published folder's mode as mkdir gives it, not mkdtemp's 0o700
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self.tmp

@@ -320,18 +320,21 @@ def load_setup(args: argparse.Namespace) -> Setup:
         engine.keep_ratio_feeds(r)
     columns, require_label = input_columns(args.input, engine.manifest.task, text=args.text_column,
                                            pair=args.pair_column, label=args.label_column)
+    # Texts are cut to the engine's limit as they are read (data.cut_text), as mpee-run cuts them.
     examples = read_examples(args.input, columns, labels=engine.labels, require_label=require_label,
-                             limit=args.max_examples)
+                             limit=args.max_examples, max_chars=engine.max_chars)
     label_ids = {label: i for i, label in enumerate(engine.labels)}
     labels = None if any(ex.label is None for ex in examples) else [label_ids[ex.label] for ex in examples]
-    tok_us, inputs = [], []
+    tok_us, inputs, cut = [], [], 0
     for ex in examples:
         t = time.perf_counter_ns()
-        inputs.append(engine.encode(ex.text, ex.pair))
+        ids, types, cut_here = engine.encode_cut(ex.text, ex.pair)
         tok_us.append((time.perf_counter_ns() - t) / 1e3)
+        inputs.append((ids, types))
+        cut += ex.cut or cut_here
     read = {"path": str(args.input), "columns": asdict(columns), "require_label": require_label,
             "max_examples": args.max_examples, "max_length": engine.manifest.model.max_length,
-            "examples": len(examples)}
+            "examples": len(examples), "max_chars": engine.max_chars, "texts_cut": cut}
     return Setup(engine, policy, threshold, ratio, grid_t, grid_r, inputs, labels, tok_us, read)
 
 
@@ -423,6 +426,10 @@ def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, 
     from .env import cpu_state, cpu_warning, environment
     setup = load_setup(args)
     plan = build_variants(setup, args)
+    if setup.input["texts_cut"]:
+        plan.notes.append(f"{setup.input['texts_cut']} of {setup.input['examples']} examples had a text longer "
+                          f"than {setup.input['max_chars']:,} characters, cut before tokenizing (docs/design.md, "
+                          "input limits)")
     variants = plan.variants
     print(f"mpee-bench: {len(setup.inputs)} examples x {len(variants)} onnxruntime variants interleaved, "
           f"{args.threads} threads", file=sys.stderr)

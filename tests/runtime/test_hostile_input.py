@@ -1,4 +1,5 @@
-"""Hostile input to the device runtime: every failure is one `Error:` line, exit 2, nothing left behind.
+"""Hostile input to the device runtime: every failure is one `Error:` line, exit 2, nothing left behind;
+Ctrl-C is one line and exit 130.
 
 Bundles here are tampered with and then re-hashed and re-sealed, so neither the sha256 check nor the
 manifest's integrity record can catch them: the typed manifest, the graphs' stamps and the tokenizer checks
@@ -9,12 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mpee_runtime import schema as S
 from mpee_runtime.cli import main as run_cli
+from mpee_runtime.data import Columns, read_examples
 from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
@@ -202,3 +209,116 @@ def test_unvalidated_bundle_needs_the_flag(bundle, capsys):
 def test_unfinished_export_folder_is_not_a_bundle(bundle, capsys):
     (bundle / S.MANIFEST).unlink()              # what an interrupted export leaves: never a manifest
     _error(capsys, [str(bundle), "x"], "not an MPEE bundle")
+
+
+# ---------------------------------------------------------------- Ctrl-C: exit 130, one line, no output
+def test_ctrl_c_during_input_run(built, tmp_path):
+    """SIGINT while mpee-run reads and predicts a large input: exit 130, one line, no output file left."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "the movie is great , not very good !"}\n' * 200_000)
+    out = tmp_path / "preds.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "mpee_runtime", str(built / "bundle"), "--input", str(inp),
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:   # started: the input file is open
+            fds = Path(f"/proc/{proc.pid}/fd")
+            try:
+                if any(os.readlink(fd) == str(inp) for fd in fds.iterdir()):
+                    break
+            except OSError:   # an fd closed while it was listed
+                pass
+            time.sleep(0.002)
+        assert proc.poll() is None, "mpee-run ended before it was interrupted"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr == "Error: interrupted\n" and stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]    # no output, no temporary file
+
+
+def test_ctrl_c_in_process(built, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(MpeeEngine, "predict", interrupted)
+    assert run_cli([str(built / "bundle"), "x"]) == 130
+    assert capsys.readouterr().err == "Error: interrupted\n"
+
+
+def test_ctrl_c_in_click_commands():
+    """mpee-export, mpee-train, mpee-eval: the same line and exit code as the runtime, not click's "Aborted!"."""
+    click = pytest.importorskip("click")
+    MpeeCommand = pytest.importorskip("mpee_export.cli_common").MpeeCommand   # the torch side's package
+    from click.testing import CliRunner
+
+    @click.command(cls=MpeeCommand)
+    def cmd():
+        raise KeyboardInterrupt
+    result = CliRunner().invoke(cmd, [])
+    assert result.exit_code == 130 and result.output.strip() == "Error: interrupted"
+
+
+# ---------------------------------------------------------------- output modes follow the umask
+@pytest.mark.parametrize("mask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                     (0o002, 0o664, 0o775)])
+def test_outputs_follow_the_umask(tmp_path, mask, file_mode, dir_mode):
+    from mpee_runtime.files import AtomicFolder, umask, write_text
+    old = os.umask(mask)
+    try:
+        assert umask() == mask
+        write_text(tmp_path / "out.json", "{}")
+        with AtomicFolder(tmp_path / "folder") as tmp:
+            write_text(tmp / "inside.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((tmp_path / "folder" / "inside.json").stat().st_mode) == file_mode
+
+
+# ---------------------------------------------------------------- BOM, input kinds, argument encoding
+@pytest.mark.parametrize("name", ["in.jsonl", "in.tsv"])
+def test_bom_accepted_at_the_start_in_tsv_and_jsonl(built, tmp_path, capsys, name):
+    path = tmp_path / name
+    body = ('{"text": "a boring film"}\n{"text": "fine"}\n' if name.endswith("jsonl") else
+            "index\tsentence1\tsentence2\tlabel\n0\ta boring film\tit was bad\tentailment\n")
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert run_cli([str(built / "bundle"), "--input", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == (2 if name.endswith("jsonl") else 1)
+
+
+def test_bom_inside_a_jsonl_file_is_refused(built, tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n\xef\xbb\xbf{"text": "x"}\n')
+    _error(capsys, [str(built / "bundle"), "--input", str(path)], "in.jsonl:2: not a JSON object")
+
+
+def test_input_kinds(built, tmp_path, capsys, monkeypatch):
+    def no_engine(*a, **k):
+        raise AssertionError("the bundle was loaded before the input was checked")
+    monkeypatch.setattr(MpeeEngine, "__init__", no_engine)
+    bundle = str(built / "bundle")
+    (tmp_path / "folder.jsonl").mkdir()
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    cases = [(tmp_path / "missing.jsonl", "missing.jsonl: input file not found"),
+             (tmp_path / "folder.jsonl", "folder.jsonl is a folder, not a regular file"),
+             (fifo, "pipe.jsonl is a named pipe (FIFO), not a regular file"),
+             (Path("/dev/zero"), "/dev/zero is a device file, not a regular file")]
+    for path, needle in cases:
+        _error(capsys, [bundle, "--input", str(path)], needle)
+    with pytest.raises(MpeeRuntimeError, match="is a folder"):   # the reader says the same
+        read_examples(tmp_path / "folder.jsonl", Columns("text"))
+
+
+@pytest.mark.parametrize("where", ["text", "pair", "column"])
+def test_invalid_utf8_argument(built, tmp_path, capsys, where):
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")    # how Python hands over the bytes of argv
+    args = {"text": [bad], "pair": ["x", "--pair", bad],
+            "column": ["--input", str(tmp_path / "x.jsonl"), "--text-column", bad]}[where]
+    name = {"text": "TEXT", "pair": "--pair", "column": "--text-column"}[where]
+    err = _error(capsys, [str(built / "bundle"), *args], f"argument {name} is not valid UTF-8")
+    assert "caf\\xe9" in err and "surrogate" not in err
