@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: the reader of stdout went away (`mpee-run ... | head`)
 
 
 class MpeeRuntimeError(Exception):
@@ -16,12 +18,19 @@ class MpeeRuntimeError(Exception):
 def exit_2_on_error(main: Callable[[list | None], int]) -> Callable[[list | None], int]:
     """Wrap a command's `main(argv) -> int`: an MpeeRuntimeError prints one `Error: ...` line on stderr and
     returns 2 (click's code for usage errors); Ctrl-C (KeyboardInterrupt) prints `Error: interrupted` and
-    returns 130, outputs being written atomically (files.py) so none is left half-written; anything else is
-    a bug and keeps its traceback."""
+    returns 130, outputs being written atomically (files.py) so none is left half-written; a closed stdout
+    (BrokenPipeError) returns 141 silently, as a shell command killed by SIGPIPE; anything else is a bug and
+    keeps its traceback."""
     @functools.wraps(main)
     def wrapper(argv: list | None = None) -> int:
         try:
-            return main(argv)
+            code = main(argv)
+            sys.stdout.flush()   # a broken pipe shows here, not at the interpreter's exit
+            return code
+        except BrokenPipeError:
+            # Python's documented remedy: point stdout at devnull so the exit's own flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except MpeeRuntimeError as e:
             print(f"Error: {e}", file=sys.stderr)
             return 2

@@ -322,3 +322,15 @@ def test_invalid_utf8_argument(built, tmp_path, capsys, where):
     name = {"text": "TEXT", "pair": "--pair", "column": "--text-column"}[where]
     err = _error(capsys, [str(built / "bundle"), *args], f"argument {name} is not valid UTF-8")
     assert "caf\\xe9" in err and "surrogate" not in err
+
+
+@pytest.mark.integration
+def test_closed_stdout_is_no_traceback(built, tmp_path):
+    """`mpee-run ... --input FILE | head -c 1`: the reader goes away; exit 141 (SIGPIPE's code), nothing on stderr."""
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": f"the movie is great {i}"}) + "\n" for i in range(50)))
+    proc = subprocess.Popen([sys.executable, "-m", "mpee_runtime", str(built / "bundle"), "--input", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # nobody reads the summary
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()
