@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import MpeeRuntimeError
 from .files import check_output_file, write_text
-from .schema import MANIFEST
+from .schema import MANIFEST, sha256_of
 
 SIGNATURE = MANIFEST + ".sig"
 FORMAT = "mpee-signature/1"
@@ -160,14 +160,6 @@ def generate_key(path: str | Path, *, force: bool = False) -> str:
     return key_id(key.public_key())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _listed_by_manifest(folder: Path) -> set[str]:
     """Files the manifest covers with its own sha256 (graphs, tokenizer): the signature reaches them through
     the manifest's digest. Read as plain JSON; anything unexpected covers every file directly instead."""
@@ -201,7 +193,7 @@ def sign_bundle(folder: str | Path, key: str | Path) -> str:
     names = sorted(p.name for p in folder.iterdir()
                    if p.is_file() and p.name != SIGNATURE and p.name not in skip and not p.name.startswith("."))
     fields = {"format": FORMAT, "algorithm": ALGORITHM, "key_id": key_id(private.public_key()),
-              "files": {name: _sha256(folder / name) for name in names}}
+              "files": {name: sha256_of(folder / name) for name in names}}
     fields["signature"] = base64.b64encode(private.sign(_statement(fields))).decode("ascii")
     write_text(folder / SIGNATURE, _render(fields))
     return fields["key_id"]
@@ -268,7 +260,7 @@ def verify_bundle(folder: str | Path, trust: str | Path) -> str:
             raise MpeeRuntimeError(f"{file}: missing, but the signature covers it (the bundle changed after "
                                    "signing)")
         try:
-            actual = _sha256(file)
+            actual = sha256_of(file)
         except OSError as e:
             raise MpeeRuntimeError(f"{file}: cannot read it ({e.strerror})") from None
         if actual != digest:
