@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from cli_checks import click_error
 from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
@@ -168,10 +169,7 @@ def test_validate_command(tmp_path, tiny_backbone):
 
 
 def _bad(args, needle):
-    res = CliRunner().invoke(export, args)
-    assert res.exit_code == 2, res.output
-    assert res.output.startswith("Error") and res.output.strip().count("\n") == 0, res.output
-    assert needle in res.output, res.output
+    click_error(export, args, needle)
 
 
 def test_bad_input(tmp_path, tiny_backbone):

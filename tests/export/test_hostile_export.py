@@ -12,29 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_checks import click_error
 from click.testing import CliRunner
-from tiny import tiny_model
-from transformers import AutoTokenizer
 
-from mpee_export.checkpoint import WEIGHTS_NAME, load_checkpoint, save_checkpoint
+from mpee_export.checkpoint import WEIGHTS_NAME, load_checkpoint
 from mpee_export.cli import evaluate, export, train
 from mpee_export.errors import MpeeExportError
 from mpee_runtime.cli import main as run_cli
 from mpee_runtime.files import AtomicFolder
 
-
-def _bad(command, args, needle):
-    res = CliRunner().invoke(command, args)
-    assert res.exit_code == 2, res.output
-    assert res.output.startswith("Error: ") and res.output.strip().count("\n") == 0, res.output
-    assert needle in res.output, res.output
-
-
-@pytest.fixture
-def ckpt(tmp_path, tiny_backbone) -> Path:
-    path = tmp_path / "ckpt"
-    save_checkpoint(tiny_model(layers=2, task="sst2"), AutoTokenizer.from_pretrained(str(tiny_backbone)), path)
-    return path
+_bad = click_error
 
 
 @pytest.fixture

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 import pytest
+from cli_checks import click_error
 from click.testing import CliRunner
-from tiny import tiny_model
-from transformers import AutoTokenizer
 
 from mpee_export import cli_export
-from mpee_export.checkpoint import save_checkpoint
 from mpee_export.cli import export
 from mpee_runtime import signing
 from mpee_runtime.cli import main as run_cli
@@ -20,17 +17,7 @@ pytest.importorskip("cryptography", reason="signing needs cryptography (mpee-run
 
 
 def _bad(args, needle):
-    res = CliRunner().invoke(export, args)
-    assert res.exit_code == 2, res.output
-    assert res.output.startswith("Error: ") and res.output.strip().count("\n") == 0, res.output
-    assert needle in res.output, res.output
-
-
-@pytest.fixture
-def ckpt(tmp_path, tiny_backbone) -> Path:
-    path = tmp_path / "ckpt"
-    save_checkpoint(tiny_model(layers=2, task="sst2"), AutoTokenizer.from_pretrained(str(tiny_backbone)), path)
-    return path
+    click_error(export, args, needle)
 
 
 def test_keygen(tmp_path):

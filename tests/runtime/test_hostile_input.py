@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_checks import run_error
 
 from mpee_runtime import schema as S
 from mpee_runtime.cli import main as run_cli
@@ -25,13 +26,7 @@ from mpee_runtime.data import Columns, read_examples
 from mpee_runtime.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
-
-def _error(capsys, args: list[str], needle: str) -> str:
-    assert run_cli(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("Error: ") and err.count("\n") == 1, err
-    assert needle in err, err
-    return err
+_error = run_error
 
 
 def _manifest(bundle: Path) -> dict:

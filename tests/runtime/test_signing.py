@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_checks import run_error
 
 from mpee_runtime import schema as S
 from mpee_runtime import signing
@@ -43,12 +44,7 @@ def signed(bundle, keys) -> Path:
     return bundle
 
 
-def _error(capsys, args: list[str], needle: str) -> str:
-    assert run_cli(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("Error: ") and err.count("\n") == 1, err
-    assert needle in err, err
-    return err
+_error = run_error
 
 
 def _refused(bundle: Path, trust: Path, needle: str) -> str:
