@@ -33,6 +33,7 @@ from mpee_export.batching import encode
 from mpee_export.checkpoint import load_checkpoint
 from mpee_export.cli import default_backbone
 from mpee_export.config import ABLATIONS
+from mpee_export.datasets import glue_source
 from mpee_export.errors import MpeeExportError
 from mpee_export.evaluate import EvalRow, full_model_row, sweep
 from mpee_export.glue import get_task, load_split
@@ -227,7 +228,7 @@ def one_run(data: Path, backbone: Path, artifacts: Path, target: Path, task: str
     overrides = {"exit_pooling": exit_pooling} | VARIANTS[variant]
     schedule = COMMON | SCHEDULES[task]
     mpee = mpee_config(backbone, get_task(task), max_length=schedule["max_length"], **overrides)
-    args = TrainArgs(task=task, data=data, backbone=backbone, out=ckpt, seed=seed, mpee=mpee,
+    args = TrainArgs(data=glue_source(data, task), backbone=backbone, out=ckpt, seed=seed, mpee=mpee,
                      **{k: v for k, v in schedule.items() if k != "max_length"})
     t0 = time.time()
     log_file = ckpt / "train_log.json"

@@ -17,6 +17,7 @@ import click
 import torch
 
 from mpee_export.cli import default_backbone
+from mpee_export.datasets import glue_source
 from mpee_export.glue import get_task
 from mpee_export.train import TrainArgs, mpee_config, train
 from mpee_runtime.env import environment
@@ -49,7 +50,7 @@ def main(data: str, artifacts: Path, results: Path, threads: int) -> None:
         if not target.is_file():
             click.echo(f"== {name}", err=True)
             backbone = default_backbone()
-            args = TrainArgs(task="sst2", data=Path(data), backbone=backbone, out=artifacts / name,
+            args = TrainArgs(data=glue_source(Path(data), "sst2"), backbone=backbone, out=artifacts / name,
                              mpee=mpee_config(backbone, get_task("sst2"), exit_pooling=pooling),
                              epochs=epochs, lr=lr, max_train_samples=TRAIN_SAMPLES)
             t0 = time.time()

@@ -1,4 +1,4 @@
-"""Tokenised GLUE examples and right-padded batches, grouped by length so CPU time goes to real tokens."""
+"""Tokenised examples and right-padded batches, grouped by length so CPU time goes to real tokens."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from .glue import GlueExample
+from mpee_runtime import truncation as truncation_rule
+
+from .glue import TaskExample
 
 
 @dataclass
@@ -21,12 +24,30 @@ class Encoded:
         return len(self.labels)
 
 
-def encode(examples: Sequence[GlueExample], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    """Tokenise with truncation to `max_length`; sentence pairs get token type ids 0/1."""
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str] | None,
+             max_length: int, truncation: str = "head") -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids and token type ids of each text (and pair), at most `max_length` tokens by the rule
+    `truncation` (mpee_runtime.truncation): `head` is the tokenizer's own truncation; `head+tail` runs the
+    runtime's rule on this tokenizer's backend, so PyTorch and the device keep the same tokens."""
+    if truncation == "head":
+        enc = tokenizer(list(texts), None if pairs is None else list(pairs), truncation=True,
+                        max_length=max_length, return_token_type_ids=True)
+        return enc["input_ids"], enc["token_type_ids"]
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    encs = [truncation_rule.encode(backend, a, None if pairs is None else pairs[i], max_length, truncation)
+            for i, a in enumerate(texts)]
+    return [e.ids for e in encs], [e.type_ids for e in encs]
+
+
+def encode(examples: Sequence[TaskExample], tokenizer: PreTrainedTokenizerBase, max_length: int,
+           truncation: str = "head") -> Encoded:
+    """Tokenise to at most `max_length` tokens (`tokenize`); sentence pairs get token type ids 0/1."""
     a = [ex.text_a for ex in examples]
     b = [ex.text_b for ex in examples] if examples and examples[0].text_b is not None else None
-    enc = tokenizer(a, b, truncation=True, max_length=max_length, return_token_type_ids=True)
-    return Encoded(enc["input_ids"], enc["token_type_ids"], [ex.label for ex in examples])
+    ids, types = tokenize(tokenizer, a, b, max_length, truncation)
+    return Encoded(ids, types, [ex.label for ex in examples])
 
 
 def collate(data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -75,16 +75,18 @@ def tokenised_inputs(hf_dir: Path, run: RunRecord, input_path: Path, max_example
     limit = spec.get("max_examples") if max_examples is None else max_examples
     max_chars = spec.get("max_chars")
     examples = read_examples(input_path, Columns(**spec["columns"]), labels=run.labels,
-                             require_label=spec["require_label"], limit=limit, max_chars=max_chars)
+                             require_label=spec["require_label"], limit=limit, max_chars=max_chars,
+                             tail=spec.get("truncation", "head") != "head")
+    from .batching import tokenize
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    truncation = spec.get("truncation", "head")
+    tail = truncation != "head"
     inputs = []
     for ex in examples:
-        text = cut_text(ex.text, max_chars)[0]
-        pair = None if ex.pair is None else cut_text(ex.pair, max_chars)[0]
-        enc = tok(text, pair, truncation=True, max_length=spec["max_length"])
-        ids = np.asarray([enc["input_ids"]], dtype=np.int64)
-        types = np.asarray([enc.get("token_type_ids", [0] * ids.shape[1])], dtype=np.int64)
-        inputs.append((ids, types))
+        text = cut_text(ex.text, max_chars, tail=tail)[0]
+        pair = None if ex.pair is None else cut_text(ex.pair, max_chars, tail=tail)[0]
+        ids, types = tokenize(tok, [text], None if pair is None else [pair], spec["max_length"], truncation)
+        inputs.append((np.asarray(ids, dtype=np.int64), np.asarray(types, dtype=np.int64)))
     label_ids = {label: i for i, label in enumerate(run.labels)}
     gold = None if any(ex.label is None for ex in examples) else [label_ids[ex.label] for ex in examples]
     if inputs_digest(inputs) != run.inputs_sha256 or gold != run.gold:

@@ -1,5 +1,5 @@
 """Command-line entry points: mpee-train (cli_train.py), mpee-eval (cli_eval.py), mpee-export
-(cli_export.py) and mpee-convert (here); `python -m mpee_export.cli train ...` runs the same commands as
+(cli_export.py), mpee-convert and mpee-split (here); `python -m mpee_export.cli train ...` runs the same commands as
 subcommands (torchrun launches modules).
 """
 
@@ -16,7 +16,7 @@ from .cli_eval import evaluate
 from .cli_export import export
 from .cli_train import train
 
-__all__ = ["convert", "default_backbone", "evaluate", "export", "main", "train"]
+__all__ = ["convert", "default_backbone", "evaluate", "export", "main", "split", "train"]
 
 
 @click.command(cls=MpeeCommand)
@@ -34,12 +34,30 @@ def convert(source, out, task, force) -> None:
     click.echo(f"wrote {out}", err=True)
 
 
+@click.command(cls=MpeeCommand)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for train.<ext> and dev.<ext>.")
+@click.option("--dev-size", required=True, type=click.IntRange(min=1), help="Rows in the dev split.")
+@click.option("--text-column", default="text", show_default=True, help="Column of the text (checked).")
+@click.option("--label-column", default="label", show_default=True, help="Column of the label (stratified).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace existing train/dev files in OUT.")
+def split(source, out, dev_size, text_column, label_column, seed, force) -> None:
+    """Split SOURCE (CSV, JSONL or TSV with labels) into OUT/train and OUT/dev: a seeded dev split of
+    --dev-size rows with the labels in the file's proportions (for data without a dev set, such as IMDB)."""
+    from .split import split_file
+    counts = split_file(source, out, dev_size=dev_size, label_column=label_column, text_column=text_column,
+                        seed=seed, force=force)
+    click.echo(f"wrote {out}: train {sum(counts.train.values())} {counts.train}, "
+               f"dev {sum(counts.dev.values())} {counts.dev}")
+
+
 @click.group()
 def main() -> None:
     """MPEE commands as subcommands: `python -m mpee_export.cli train ...` (torchrun launches modules)."""
 
 
-for _command in (train, evaluate, convert, export):
+for _command in (train, evaluate, convert, export, split):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import click
 from mpee_runtime.files import check_output_file, write_text
 from mpee_runtime.policy import POLICIES, check_threshold
 
-from .cli_common import MpeeCommand, _data_dir, _floats, data_option, grouped
+from .cli_common import MpeeCommand, _floats, data_option, dev_file_option, eval_source, grouped
 from .config import MpeeConfig, check_keep_ratio
 from .errors import MpeeExportError
 
@@ -94,6 +94,7 @@ output_options = grouped("outputs", [
 @click.command(cls=MpeeCommand)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @data_option
+@dev_file_option
 @click.option("--task", default=None, help="GLUE task [default: the checkpoint's task].")
 @click.option("--split", default="dev", show_default=True, type=click.Choice(["dev", "train"]))
 @point_options
@@ -101,7 +102,8 @@ output_options = grouped("outputs", [
 @click.option("--max-eval-samples", type=click.IntRange(min=1), help="Use only the first N rows.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @output_options
-def evaluate(checkpoint: Path, data: str | None, task: str | None, split: str, point: OperatingPoint,
+def evaluate(checkpoint: Path, data: str | None, dev_file: Path | None, task: str | None, split: str,
+             point: OperatingPoint,
              grid: SweepGrid, max_eval_samples: int | None, batch_size: int, outputs: Outputs) -> None:
     """Evaluate an MPEE checkpoint: metric, exit layers, tokens per layer and FLOPs speed-up (rho).
 
@@ -111,16 +113,17 @@ def evaluate(checkpoint: Path, data: str | None, task: str | None, split: str, p
     point = point.resolved(mpee)
     grid.check(point.policy)
     outputs.check(grid.on)
-    data_dir = _data_dir(data)
-    glue_task = _task(data_dir, task, mpee)
+    if dev_file is not None and split != "dev":
+        raise MpeeExportError("--dev FILE is the dev split; drop --split")
+    source = eval_source(data, dev_file, task, mpee)
+    glue_task = source.task
 
     from .batching import encode
     from .checkpoint import load_checkpoint
     from .evaluate import EvalResult, full_model_row
-    from .glue import load_split
-    examples = load_split(data_dir, glue_task, split, limit=max_eval_samples)
+    examples = source.load(split, limit=max_eval_samples)
     model, tokenizer = load_checkpoint(checkpoint)
-    data_enc = encode(examples, tokenizer, mpee.max_length)
+    data_enc = encode(examples, tokenizer, mpee.max_length, mpee.truncation)
     full = full_model_row(model, glue_task, data_enc, batch_size=batch_size)
     if grid.on:
         rows = _sweep(model, glue_task, data_enc, point.policy, grid, batch_size)
@@ -131,24 +134,9 @@ def evaluate(checkpoint: Path, data: str | None, task: str | None, split: str, p
     if outputs.plot_path is not None:
         from .evaluate import plot_eval
         plot_eval(outputs.plot_path, [(checkpoint.name, result)],
-                  title=f"{glue_task.name} dev: MPEE against static depth")
+                  title=f"{glue_task.name} {split}: MPEE against static depth")
     if outputs.json_path:
         write_text(outputs.json_path, json.dumps(result.to_dict(), indent=1) + "\n")
-
-
-def _task(data_dir: Path, task: str | None, mpee: MpeeConfig):
-    """The GLUE task to evaluate on: --task, else the checkpoint's, else the data folder's name; its labels
-    must be the checkpoint's."""
-    from .glue import get_task, infer_task, resolve_task_dir
-    name = task or mpee.task or getattr(infer_task(data_dir), "name", None)
-    if name is None:
-        raise MpeeExportError(f"cannot tell the task of {data_dir}: pass --task")
-    glue_task = get_task(name)
-    if tuple(glue_task.labels) != tuple(mpee.labels):
-        raise MpeeExportError(f"task {glue_task.name} has labels {list(glue_task.labels)} but the checkpoint "
-                              f"was trained on {mpee.labels}")
-    resolve_task_dir(data_dir, glue_task)
-    return glue_task
 
 
 def _sweep(model, glue_task, data_enc, policy: str, grid: SweepGrid, batch_size: int) -> list:

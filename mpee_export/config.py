@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from mpee_runtime.schema import EXIT_POOLINGS, SCORINGS, SELECTIONS
+from mpee_runtime.schema import EXIT_POOLINGS, METRICS, SCORINGS, SELECTIONS, TRUNCATIONS
 
 from .errors import MpeeExportError
 
@@ -59,6 +59,12 @@ class MpeeConfig:
     default_policy: str = "entropy"
     default_threshold: float = 0.1
     exit_pooling: str = "cls"              # exit head input: [CLS] ("cls") or the mean of the tokens ("mean")
+    truncation: str = "head"               # which tokens of a longer text are read (mpee_runtime.truncation)
+    # A task on the user's own files (datasets.py): its columns and metric. None for a GLUE task.
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str | None = None
+    metric: str | None = None
 
     @property
     def num_labels(self) -> int:
@@ -87,6 +93,10 @@ class MpeeConfig:
             raise MpeeExportError(f"prune_select must be one of {SELECTIONS}, got {self.prune_select!r}")
         if not 0 < self.lam <= 1 or not all(0 < b <= 1 for b in self.betas):
             raise MpeeExportError(f"lam and betas must be in (0, 1], got lam={self.lam}, betas={self.betas}")
+        if self.truncation not in TRUNCATIONS:
+            raise MpeeExportError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+        if self.metric is not None and self.metric not in METRICS:
+            raise MpeeExportError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.num_labels < 2:
             raise MpeeExportError(f"need at least 2 labels, got {self.labels}")
 

@@ -22,7 +22,7 @@ from mpee_runtime.tradeoff import Curve, Level, pareto_front, plot_tradeoff
 
 from .batching import Encoded, collate, eval_batches
 from .errors import MpeeExportError
-from .glue import GlueTask, compute_metrics
+from .glue import Task, compute_metrics
 from .modeling import MpeeModel, memories_to_probs
 
 DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -136,7 +136,7 @@ def exit_layers(model: MpeeModel, traces: Traces, policy: str, threshold: float)
     return first_exit_layers(traces.probs, traces.entropies, policy, threshold)
 
 
-def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarray, *,
+def summarize(model: MpeeModel, task: Task, traces: Traces, exits: np.ndarray, *,
               policy: str, threshold: float, kind: str = "mpee") -> EvalRow:
     """Scores, exit statistics and FLOPs speed-up of one operating point."""
     n, layers = traces.attn_lens.shape
@@ -162,7 +162,7 @@ def summarize(model: MpeeModel, task: GlueTask, traces: Traces, exits: np.ndarra
         flops_executed_per_example=sum(executed) / n, rho=rho, rho_pad128=rho128)
 
 
-def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_size: int = 64) -> EvalRow:
+def full_model_row(model: MpeeModel, task: Task, data: Encoded, *, batch_size: int = 64) -> EvalRow:
     """The reference row: last exit, no pruning (keep ratio 1), no early exit; with the accuracy each
     exit would have if every sample ran to it (no pruning)."""
     traces = compute_traces(model, data, keep_ratio=1.0, batch_size=batch_size)
@@ -171,7 +171,7 @@ def full_model_row(model: MpeeModel, task: GlueTask, data: Encoded, *, batch_siz
     return replace(row, per_exit_accuracy=per_exit_accuracy(traces))
 
 
-def sweep(model: MpeeModel, task: GlueTask, data: Encoded, *, thresholds: Sequence[float],
+def sweep(model: MpeeModel, task: Task, data: Encoded, *, thresholds: Sequence[float],
           keep_ratios: Sequence[float], policy: str = "entropy", batch_size: int = 64,
           progress: bool = False, static: bool = False) -> list[EvalRow]:
     """One row per (keep ratio, threshold); one model pass per keep ratio. With `static`, also one row per

@@ -191,12 +191,13 @@ def export_chain_graph(model: MpeeModel, path: Path, opset: int = S.OPSET) -> No
     _torch_export(graph, dummy_inputs(model, names), path, names, list(graph.output_names), opset)
 
 
-def task_section(task_name: str | None) -> S.TaskSection | None:
-    """What the runtime needs to read the task's GLUE TSV files and score them."""
-    if task_name is None:
+def task_section(mpee) -> S.TaskSection | None:
+    """What the runtime needs to read the task's files and score them: the checkpoint's task (its GLUE
+    task's columns, or the columns of the user's files it was trained on)."""
+    from .datasets import checkpoint_task
+    t = checkpoint_task(mpee)
+    if t is None:
         return None
-    from .glue import get_task
-    t = get_task(task_name)
     return S.TaskSection(name=t.name, text_a=t.text_a, text_b=t.text_b, label_column=t.label_column, metric=t.metric)
 
 
@@ -207,7 +208,8 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
     return S.Manifest(
         model=S.ModelSection(num_layers=m.num_layers, hidden_size=c.hidden_size,
                              intermediate_size=c.intermediate_size, num_heads=c.num_attention_heads,
-                             labels=list(m.labels), max_length=m.max_length, vocab_size=c.vocab_size, task=m.task),
+                             labels=list(m.labels), max_length=m.max_length, vocab_size=c.vocab_size, task=m.task,
+                             truncation=m.truncation),
         pruning=S.PruningSection(prune_layers=list(m.prune_layers), keep_ratios=list(m.keep_ratios),
                                  scoring=m.scoring, prune_select=m.prune_select, fuse_token=m.fuse_token,
                                  betas=list(m.betas), lam=m.lam),
@@ -215,7 +217,7 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
         tokenizer=S.FileRef(S.TOKENIZER, tokenizer_sha), graphs=entries,
         export=S.ExportSection(opset=opts.opset, quantization=opts.quantize, graph_ops=opts.graph_ops,
                                untrained_exits=opts.untrained_exits, bundle_id=bundle),
-        validation=S.ValidationSection(passed=False), task=task_section(m.task), flops_convention=FLOPS_CONVENTION,
+        validation=S.ValidationSection(passed=False), task=task_section(m), flops_convention=FLOPS_CONVENTION,
         versions={"mpee_export": __version__, "mpee_runtime": runtime_version, "torch": torch.__version__,
                   "transformers": transformers.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort.__version__, "python": platform.python_version()})

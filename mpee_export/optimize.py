@@ -21,8 +21,11 @@ and the topological sort fails with "Graph is not a DAG". Here:
   of W_q, measured slower: benchmarks/results/fusion_log.md).
 
 Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
-(the fused operator does not return them); the other rewrites still apply. A pattern that does not match
-exactly is left as it is, so the graph always stays correct.
+(the fused operator does not return them); the other rewrites still apply, and the score's mean of the
+probabilities over heads and query rows is one matrix-vector product (`received_attention_rows`: the
+ReduceMean over axes (1, 2) as exported is a slow strided reduction; at 400 tokens it cost as much as an
+FFN product: benchmarks/results/long_inputs/profile.md). A pattern that does not match exactly is left as it
+is, so the graph always stays correct.
 
 No SkipLayerNormalization: onnxruntime's CPU kernel measured slower than Add + LayerNormalization at MiniLM
 width (benchmarks/results/fusion_log.md). The Sum form also keeps the session-level SkipLayerNormFusion,
@@ -74,6 +77,7 @@ def fuse_layer(path: Path, *, num_heads: int, hidden: int) -> dict:
         model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
                                optimization_options=fusion_options(), opt_level=0)
         fuse_attention(model, num_heads)
+        received_attention_rows(model)
         residual_sums(model)
         model.prune_graph()
         model.topological_sort()
@@ -120,6 +124,61 @@ def residual_sums(model) -> int:
             done += 1
             break
     return done
+
+
+# ---------------------------------------------------------------- scoring "all"
+def received_attention_rows(model) -> int:
+    """ReduceMean(P, axes=[1, 2], keepdims=0) of attention probabilities P (1, H, N, N) -> ones(1, H N) x
+    Reshape(P, [H N, N]) / (H N); return how many.
+
+    The same (1, N) mean (the graphs are batch 1), as one matrix-vector product. onnxruntime's CPU ReduceMean
+    over the two middle axes of a 4-D tensor is a slow strided reduction: at 400 tokens it took as long as an
+    FFN product (7.9 ms against 1.0 ms for the product, 2 threads; a ReduceMean over the leading axis of the
+    reshaped matrix, 2.8 ms, is fast on one thread but not on two: benchmarks/results/long_inputs/profile.md)."""
+    if not _batch_one(model):
+        return 0
+    producer = model.output_name_to_node()
+    done = 0
+    for node in list(model.get_nodes_by_op_type("ReduceMean")):
+        softmax = producer.get(node.input[0])
+        if softmax is None or softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
+            continue
+        axes = _attr(node, "axes")
+        if axes is None and len(node.input) > 1:
+            axes = model.get_constant_value(node.input[1])
+        if axes is None or sorted(int(a) % 4 for a in np.asarray(axes).reshape(-1)) != [1, 2] or (
+                _attr(node, "keepdims", 1) != 0):
+            continue
+        pre = node.name + "_rows"
+        minus1 = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), pre + "_minus1")
+        one = numpy_helper.from_array(np.asarray([1], dtype=np.int64), pre + "_one")
+        model.add_initializer(minus1)
+        model.add_initializer(one)
+        p = node.input[0]
+        ones = numpy_helper.from_array(np.asarray([1.0], dtype=np.float32), pre + "_ones_value")
+        new = [helper.make_node("Shape", [p], [pre + "_n"], name=pre + "_n", start=3),
+               helper.make_node("Concat", [minus1.name, pre + "_n"], [pre + "_shape"], name=pre + "_shape", axis=0),
+               helper.make_node("Reshape", [p, pre + "_shape"], [pre + "_flat"], name=pre + "_flat"),   # (H N, N)
+               helper.make_node("Shape", [pre + "_flat"], [pre + "_hn"], name=pre + "_hn", end=1),
+               helper.make_node("Concat", [one.name, pre + "_hn"], [pre + "_ones_shape"], name=pre + "_ones_shape",
+                                axis=0),
+               helper.make_node("ConstantOfShape", [pre + "_ones_shape"], [pre + "_ones"], name=pre + "_ones",
+                                value=ones),
+               helper.make_node("MatMul", [pre + "_ones", pre + "_flat"], [pre + "_sum"], name=pre + "_sum"),
+               helper.make_node("Cast", [pre + "_hn"], [pre + "_count"], name=pre + "_count",
+                                to=onnx.TensorProto.FLOAT),
+               helper.make_node("Div", [pre + "_sum", pre + "_count"], [node.output[0]], name=pre)]
+        model.remove_node(node)
+        for n in new:
+            model.add_node(n)
+        done += 1
+    return done
+
+
+def _batch_one(model) -> bool:
+    """Whether every input tensor of rank >= 2 has batch (axis 0) fixed at 1, as the bundle schema's do."""
+    dims = [i.type.tensor_type.shape.dim for i in model.model.graph.input]
+    return all(len(d) < 2 or d[0].dim_value == 1 for d in dims)
 
 
 # ---------------------------------------------------------------- attention

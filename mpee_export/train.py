@@ -31,6 +31,7 @@ from mpee_runtime.files import AtomicFolder, write_text
 from .batching import Encoded, collate, encode, train_batches
 from .checkpoint import from_backbone, load_backbone_config, load_state, load_tokenizer, save_checkpoint
 from .config import DEFAULT_LR, MpeeConfig
+from .datasets import DataSource, task_fields
 from .distributed import (
     DistEnv,
     autocast,
@@ -44,23 +45,32 @@ from .distributed import (
 )
 from .errors import MpeeExportError
 from .evaluate import compute_traces, full_model_row, per_exit_accuracy
-from .glue import GlueTask, get_task, load_split
+from .glue import Task
 from .modeling import MpeeModel
 
 STATE_DIR = "train_state"
 
 
-def mpee_config(backbone: Path, task: GlueTask, **build) -> MpeeConfig:
-    """The MpeeConfig for a backbone (its number of layers) and a GLUE task (its labels); `build` holds
-    MpeeConfig.build's keyword arguments (the design's defaults for anything not given)."""
-    return MpeeConfig.build(num_layers=load_backbone_config(backbone).num_hidden_layers, labels=list(task.labels),
-                            task=task.name, **build)
+def mpee_config(backbone: Path, task: Task, **build) -> MpeeConfig:
+    """The MpeeConfig for a backbone (its number of layers, its positions) and a task (its labels, and its
+    columns for the user's own files); `build` holds MpeeConfig.build's keyword arguments (the design's
+    defaults for anything not given). A max_length beyond the backbone's position embeddings is refused; none
+    given is 128, or the positions if fewer."""
+    config = load_backbone_config(backbone)
+    positions = getattr(config, "max_position_embeddings", None)
+    if build.get("max_length") is None:   # the default, within the backbone's positions
+        build["max_length"] = min(MpeeConfig.max_length, positions or MpeeConfig.max_length)
+    max_length = build["max_length"]
+    if positions is not None and max_length > positions:
+        raise MpeeExportError(f"--max-length {max_length} is more than the backbone's {positions} positions "
+                              f"({backbone}); use at most {positions}")
+    return MpeeConfig.build(num_layers=config.num_hidden_layers, labels=list(task.labels), **task_fields(task),
+                            **build)
 
 
 @dataclass
 class TrainArgs:
-    task: str
-    data: Path
+    data: DataSource                # the task and its files (datasets.glue_source / file_source)
     backbone: Path
     out: Path
     mpee: MpeeConfig                # the model to train (mpee_config builds one for a backbone and task)
@@ -126,7 +136,7 @@ class _Run:
     args: TrainArgs
     env: DistEnv
     device: torch.device
-    task: GlueTask
+    task: Task
     model: MpeeModel                 # the module itself (losses, checkpoints, evaluation)
     net: torch.nn.Module             # what the forward pass goes through: the model or its DDP wrapper
     opt: torch.optim.Optimizer
@@ -137,6 +147,7 @@ class _Run:
     dev_data: Encoded
     steps_per_epoch: int
     log: object
+    tokens: int = 0                  # real tokens trained on since this process started (mpee-train's tokens/s)
 
     @property
     def out(self) -> Path:
@@ -245,9 +256,10 @@ def _train(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tupl
     while progress["epoch"] < args.epochs:
         t0 = time.time()
         if not _run_epoch(run, progress):
-            _stop(run, progress, rate=_rate(progress["step"] - first_step, time.time() - t_run))
+            _stop(run, progress, rate=_rate(progress["step"] - first_step, time.time() - t_run, run.tokens))
             return Stopped(progress["step"])
         result = _end_epoch(run, progress, time.time() - t0)
+    log(_rate(progress["step"] - first_step, time.time() - t_run, run.tokens))
     if env.is_main:
         write_text(run.out / "train_log.json", json.dumps(progress, indent=1))
         shutil.rmtree(run.out / STATE_DIR, ignore_errors=True)
@@ -265,14 +277,14 @@ def _check_out(out: Path) -> bool:
 
 def _setup(args: TrainArgs, env: DistEnv, device: torch.device, log) -> _Run:
     """Read and encode the data, build the model on its backbone, the optimizer and the schedule."""
-    task = get_task(args.task)
-    train_examples = load_split(args.data, task, "train", limit=args.max_train_samples)
-    dev_examples = load_split(args.data, task, "dev", limit=args.max_eval_samples)
+    task = args.data.task
+    train_examples = args.data.load("train", limit=args.max_train_samples)
+    dev_examples = args.data.load("dev", limit=args.max_eval_samples)
     torch.manual_seed(args.seed)
     model = from_backbone(args.backbone, args.mpee).to(device)
     tokenizer = load_tokenizer(args.backbone)
-    train_data = encode(train_examples, tokenizer, args.mpee.max_length)
-    dev_data = encode(dev_examples, tokenizer, args.mpee.max_length)
+    train_data = encode(train_examples, tokenizer, args.mpee.max_length, args.mpee.truncation)
+    dev_data = encode(dev_examples, tokenizer, args.mpee.max_length, args.mpee.truncation)
     steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = int(args.warmup_ratio * total)
@@ -310,13 +322,17 @@ def _run_epoch(run: _Run, progress: dict) -> bool:
     run.model.train()
     bar = tqdm(batches[start:], desc=f"epoch {epoch + 1}/{args.epochs}", initial=start,
                total=len(batches), dynamic_ncols=True, mininterval=2, disable=not env.is_main)
+    t0, tokens0 = time.time(), run.tokens
     with bar:
         for idx in bar:
             if env.distributed:
                 torch.manual_seed(dropout_seed(args.seed, step, env.rank))
             loss = _train_step(run, run.train_data, idx)
             step += 1
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.sched.get_last_lr()[0]:.2e}", refresh=False)
+            run.tokens += sum(len(run.train_data.input_ids[i]) for i in idx)
+            rate = (run.tokens - tokens0) / max(time.time() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.sched.get_last_lr()[0]:.2e}", tok_s=f"{rate:.0f}",
+                            refresh=False)
             progress["step"] = step
             stop = args.max_steps is not None and step >= args.max_steps
             if env.is_main and (step % args.save_every == 0 or stop):
@@ -381,9 +397,12 @@ def _train_step(run: _Run, data: Encoded, batch: list[int]) -> float:
     return float(shown) / sum(len(p) for p, _ in parts)
 
 
-def _rate(steps: int, seconds: float) -> str:
-    """Optimizer steps per second since this process started training (the measure of scaling)."""
-    return f"{steps} optimizer steps in {seconds:.1f} s: {steps / max(seconds, 1e-9):.3f} steps/s"
+def _rate(steps: int, seconds: float, tokens: int) -> str:
+    """Optimizer steps and tokens per second since this process started training (the measure of scaling);
+    tokens are the examples' real tokens (padding excluded), of the whole global batch."""
+    seconds = max(seconds, 1e-9)
+    return (f"{steps} optimizer steps in {seconds:.1f} s: {steps / seconds:.3f} steps/s, "
+            f"{tokens / seconds:,.0f} tokens/s")
 
 
 def _micro_loss(run: _Run, data: Encoded, part: list[int]) -> torch.Tensor:
@@ -432,7 +451,7 @@ def _barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def _dev_eval(model: MpeeModel, task: GlueTask, dev_data: Encoded, epoch: int, seconds: float) -> EpochResult:
+def _dev_eval(model: MpeeModel, task: Task, dev_data: Encoded, epoch: int, seconds: float) -> EpochResult:
     full = full_model_row(model, task, dev_data)
     traces = compute_traces(model, dev_data)  # configured keep ratios, all exits
     return EpochResult(epoch=epoch, train_seconds=seconds, metric_name=full.metric_name, metric=full.metric,

@@ -11,7 +11,7 @@ import pytest
 from mpee_export.errors import MpeeExportError
 from mpee_export.glue import (
     TASKS,
-    GlueExample,
+    TaskExample,
     compute_metrics,
     get_task,
     infer_task,
@@ -73,7 +73,7 @@ def test_real_train_counts(name, rows):
 def test_real_sst2_first_example_is_stripped():
     task = get_task("sst2")
     first = load_split(real("SST-2"), task, "dev", limit=1)
-    assert first == [GlueExample(0, "it 's a charming and often affecting journey .", None, 1)]
+    assert first == [TaskExample(0, "it 's a charming and often affecting journey .", None, 1)]
 
 
 def test_real_mrpc_first_example_has_no_bom():
@@ -104,8 +104,8 @@ def test_synthetic_qnli(tmp_path):
         "1\tWho \"said\" it?\tNobody.\tnot_entailment",
     ])
     examples = load_split(tmp_path, get_task("qnli"), "dev")
-    assert examples == [GlueExample(0, "What is it?", "It is a test.", 0),
-                        GlueExample(1, 'Who "said" it?', "Nobody.", 1)]
+    assert examples == [TaskExample(0, "What is it?", "It is a test.", 0),
+                        TaskExample(1, 'Who "said" it?', "Nobody.", 1)]
 
 
 def test_synthetic_qqp_columns_by_name(tmp_path):
@@ -136,7 +136,7 @@ def test_synthetic_mnli_dev_matched(tmp_path):
 def test_bom_header_and_trailing_blank_line(tmp_path):
     path = write(tmp_path / "dev.tsv", ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "0\t1\t2\tA .\tB .", ""],
                  bom=True)
-    assert read_examples(path, TASKS["mrpc"]) == [GlueExample(0, "A .", "B .", 0)]
+    assert read_examples(path, TASKS["mrpc"]) == [TaskExample(0, "A .", "B .", 0)]
 
 
 # Tasks, folders and splits.

@@ -13,6 +13,7 @@ from tiny import tiny_model
 
 from mpee_export.checkpoint import load_checkpoint, save_checkpoint
 from mpee_export.cli import convert, evaluate, train
+from mpee_export.datasets import glue_source
 from mpee_export.errors import MpeeExportError
 from mpee_export.glue import get_task
 from mpee_export.train import Stopped, TrainArgs, mpee_config
@@ -35,7 +36,7 @@ def sst_dir(tmp_path: Path) -> Path:
 
 
 def _args(sst_dir, backbone, out, **kw) -> TrainArgs:
-    return TrainArgs(task="sst2", data=sst_dir, backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
+    return TrainArgs(data=glue_source(sst_dir, "sst2"), backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
                      batch_size=8, lr=1e-3, save_every=2, seed=3, **kw)
 
 

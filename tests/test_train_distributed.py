@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from tiny import tiny_bert_config
 
 from mpee_export.cli import train as train_cli
+from mpee_export.datasets import glue_source
 from mpee_export.distributed import weighted_micro_batches
 from mpee_export.errors import MpeeExportError
 from mpee_export.glue import get_task
@@ -70,7 +71,7 @@ def nodrop_backbone(tmp_path_factory) -> Path:
 
 
 def _args(data: Path, backbone: Path, out: Path, **kw) -> TrainArgs:
-    return TrainArgs(task="sst2", data=data, backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
+    return TrainArgs(data=glue_source(data, "sst2"), backbone=backbone, out=out, mpee=mpee_config(backbone, get_task("sst2")),
                      batch_size=BATCH, lr=1e-3, seed=3, device="cpu", **kw)
 
 

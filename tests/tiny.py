@@ -10,15 +10,16 @@ def tiny_bert_config(layers: int = 3, **kw):
     return BertConfig(**(base | kw))
 
 
-def tiny_model(layers: int = 3, seed: int = 0, labels=("0", "1"), **mpee_kw):
-    """A random MPEE model in eval mode (dropout off), prune layers by the design's defaults unless given."""
+def tiny_model(layers: int = 3, seed: int = 0, labels=("0", "1"), positions: int = 64, **mpee_kw):
+    """A random MPEE model in eval mode (dropout off), prune layers by the design's defaults unless given;
+    `positions` position embeddings (long-input tests use 512)."""
     import torch
 
     from mpee_export.config import MpeeConfig
     from mpee_export.modeling import MpeeModel
     torch.manual_seed(seed)
     mpee = MpeeConfig.build(num_layers=layers, labels=list(labels), **mpee_kw)
-    model = MpeeModel(tiny_bert_config(layers), mpee)
+    model = MpeeModel(tiny_bert_config(layers, max_position_embeddings=positions), mpee)
     # Larger random weights make attention peaky, so rankings are far from ties.
     for p in model.bert.encoder.parameters():
         if p.ndim == 2:

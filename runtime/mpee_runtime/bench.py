@@ -1,15 +1,16 @@
 """mpee-bench: on-device latency and the accuracy/speed trade-off, side by side with the full model.
 
     mpee-bench BUNDLE --input DEV [--reference REF] [--int8 B] ... --out OUT   measure, then report
-    mpee-bench report OUT [--max-drop D | --budget-ms B]                      report again from OUT's rows
+    mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]   report again from OUT's rows
 
 Measuring (`mpee_runtime.measure`, torch-free) writes OUT/rows.jsonl (one line per timed request) and
-OUT/run.json; reporting (`mpee_runtime.report`) reads them and writes results.json, table.md, sweep.csv and
-tradeoff.png. The PyTorch eager baseline is timed by `python -m mpee_export.bench_pytorch REF --input DEV
---threads N --out OUT` after the measurement, in a process of its own; `mpee-bench report OUT` then puts it
-in the table. Variants: the full models of REF (schema.FULL_MODELS), our chain (twice: the A/A control),
-exits only, pruning only, MPEE, the int8 chain and MPEE int8, a threshold x keep-ratio sweep and the
-static-depth points (exit k for every example). The method, its rules and why: docs/benchmarking.md.
+OUT/run.json; reporting (`mpee_runtime.report`) reads them and writes results.json, table.md (with the table
+by input length), sweep.csv, tradeoff.png and speedup_by_length.png. The PyTorch eager baseline is timed by
+`python -m mpee_export.bench_pytorch REF --input DEV --threads N --out OUT` after the measurement, in a
+process of its own; `mpee-bench report OUT` then puts it in the table. Variants: the full models of REF
+(schema.FULL_MODELS), our chain (twice: the A/A control), exits only, pruning only, MPEE, the int8 chain and
+MPEE int8, a threshold x keep-ratio sweep and the static-depth points (exit k for every example). The method,
+its rules and why: docs/benchmarking.md.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ REPORT = "report"   # `mpee-bench report OUT`; a bundle folder named "report" is
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _Parser
     from .measure import BLOCK
+    from .report import add_length_buckets_option
     from .session import THREAD_POOLS
     p = _Parser(prog="mpee-bench", description=__doc__.split("\n")[0],
-                epilog="mpee-bench report OUT [--max-drop D | --budget-ms B]: the report again, from OUT's rows")
+                epilog="mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]: the report "
+                "again, from OUT's rows")
     p.add_argument("bundle", type=Path)
     p.add_argument("--input", type=Path, required=True, help="GLUE TSV or JSONL with labels (e.g. dev.tsv)")
     p.add_argument("--text-column", help="column (TSV) or key (JSONL) of the text [default: as mpee-run]")
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless signed with this public key and unchanged since (pip install 'mpee-runtime[sign]')")
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model")
     p.add_argument("--budget-ms", type=float, help="name the most accurate point with p50 within B ms")
+    add_length_buckets_option(p)   # a report-time choice; given here so a bad value fails before measuring
     p.add_argument("--out", type=Path, required=True,
                    help="folder for rows.jsonl, run.json, results.json, sweep.csv, table.md, plot")
     return p
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import measure
     args = build_parser().parse_intermixed_args(argv)
     measure.run(args)
-    report.report(args.out)
+    report.report(args.out, length_edges=args.length_buckets)
     return 0
 
 

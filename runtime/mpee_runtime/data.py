@@ -56,16 +56,29 @@ def max_chars_for(max_length: int, word_chars: int = WORD_CHARS) -> int:
     return (word_chars + 1) * (max_length + 1)
 
 
-def cut_text(text: str, max_chars: int | None, word_chars: int = WORD_CHARS) -> tuple[str, bool]:
+def cut_text(text: str, max_chars: int | None, word_chars: int = WORD_CHARS, *,
+             tail: bool = False) -> tuple[str, bool]:
     """`text` limited to `max_chars` characters, and whether it was cut.
 
     A longer text keeps text[:k]: k is the last whitespace (space, tab, newline, carriage return) among
     the characters max_chars - word_chars - 1 .. max_chars, so the last word kept is whole; without such
     whitespace (one run longer than a word), k = max_chars. Every word and punctuation mark that ends before
     k is tokenized as in the whole text, so the token ids (truncated to max_length) are unchanged whenever
-    the first max_length tokens come from the first max_chars - word_chars - 1 characters."""
+    the first max_length tokens come from the first max_chars - word_chars - 1 characters.
+
+    `tail` (for `head+tail` truncation, which also reads a text's last tokens): a longer text keeps its
+    head cut as above to max_chars // 4 characters, a space, and its tail: the last max_chars - max_chars // 4
+    - 1 characters from the first whitespace among their first word_chars + 1 (so its first word is whole).
+    The result is at most max_chars characters (cutting it again changes nothing), and its tokens are the
+    whole text's first and last ones whenever the kept head and tail hold the tokens head+tail keeps."""
     if max_chars is None or len(text) <= max_chars:
         return text, False
+    if tail:
+        head_chars = max_chars // 4
+        head, _ = cut_text(text, head_chars, word_chars)
+        rest = text[len(text) - (max_chars - head_chars - 1):]
+        k = min((i for i in (rest.find(c, 0, word_chars + 1) for c in _CUT_AT) if i >= 0), default=-1)
+        return head + " " + (rest[k + 1:] if k >= 0 else rest), True
     lo = max(0, max_chars - word_chars - 1)
     k = max(text.rfind(c, lo, max_chars + 1) for c in _CUT_AT)
     return text[:k if k >= 0 else max_chars], True
@@ -114,18 +127,22 @@ def _short(value: str, n: int = 60) -> str:
     return value if len(value) <= n else value[:n] + "..."
 
 
-def bounded(text: str, max_chars: int | None) -> tuple[str, bool]:
+def bounded(text: str, max_chars: int | None, tail: bool = False) -> tuple[str, bool]:
     """What the reader keeps of a text: the text stripped, or, when it is longer than `max_chars`, its first
-    max_chars + 1 characters (all `cut_text` looks at) and True."""
+    max_chars + 1 characters (all `cut_text` looks at) and True; with `tail` (head+tail truncation) the text
+    already cut by `cut_text(..., tail=True)`, which cutting again leaves as it is."""
     if max_chars is not None and len(text) > max_chars:
-        return text[:max_chars + 1], True
+        return (cut_text(text, max_chars, tail=True)[0] if tail else text[:max_chars + 1]), True
     return text.strip(), False
 
 
-def _checked_text(value: object, where: str, column: str, max_chars: int | None) -> tuple[str, bool]:
+def _checked_text(value: object, where: str, column: str, max_chars: int | None,
+                  tail: bool = False) -> tuple[str, bool]:
     if not isinstance(value, str):
         raise MpeeRuntimeError(f"{where}: {column!r} must be a string, got {type(value).__name__}")
-    value, cut = bounded(value, max_chars)
+    value, cut = bounded(value, max_chars, tail)
+    if not value.strip():
+        raise MpeeRuntimeError(f"{where}: {column!r} is empty")
     try:
         (cut_text(value, max_chars)[0] if cut else value).encode("utf-8")
     except UnicodeEncodeError:   # JSON allows lone surrogates such as "\ud800"; no tokenizer does
@@ -258,7 +275,8 @@ def _jsonl_rows(path: Path, max_chars: int | None) -> Iterator[tuple[str, object
             yield where, row
 
 
-def _read_jsonl(path: Path, columns: Columns, labels, limit, require_label: bool, max_chars) -> list[Example]:
+def _read_jsonl(path: Path, columns: Columns, labels, limit, require_label: bool, max_chars,
+                tail: bool) -> list[Example]:
     out: list[Example] = []
     if limit is not None and limit <= 0:
         return out
@@ -269,8 +287,8 @@ def _read_jsonl(path: Path, columns: Columns, labels, limit, require_label: bool
         label = row.get(columns.label) if columns.label else None
         if label is None and require_label:
             raise MpeeRuntimeError(f"{where}: no {columns.label!r}")
-        text, cut_a = _checked_text(row[columns.text], where, columns.text, max_chars)
-        pair, cut_b = (None, False) if pair is None else _checked_text(pair, where, columns.pair, max_chars)
+        text, cut_a = _checked_text(row[columns.text], where, columns.text, max_chars, tail)
+        pair, cut_b = (None, False) if pair is None else _checked_text(pair, where, columns.pair, max_chars, tail)
         out.append(Example(text, pair, None if label is None else _checked_label(label, where, labels),
                            cut_a or cut_b))
         del row
@@ -279,7 +297,7 @@ def _read_jsonl(path: Path, columns: Columns, labels, limit, require_label: bool
     return out
 
 
-# ---------------------------------------------------------------- TSV
+# ---------------------------------------------------------------- TSV and CSV
 def _bounded_lines(f, path: Path, max_line: int) -> Iterator[str]:
     for line_no in range(1, 1 << 62):
         line = f.readline(max_line + 1)
@@ -291,14 +309,26 @@ def _bounded_lines(f, path: Path, max_line: int) -> Iterator[str]:
         yield line
 
 
-def _read_tsv(path: Path, columns: Columns, labels, limit, require_label: bool, max_chars) -> list[Example]:
-    csv.field_size_limit(1 << 30)
+def _kept(value: str, where: str, column: str, max_chars: int | None, tail: bool) -> tuple[str, bool]:
+    text, cut = bounded(value, max_chars, tail)
+    if not text.strip():
+        raise MpeeRuntimeError(f"{where}: {column!r} is empty")
+    return text, cut
+
+
+def _read_table(path: Path, columns: Columns, labels, limit, require_label: bool, max_chars, tail: bool, *,
+                comma: bool) -> list[Example]:
+    """A TSV file (GLUE: no quoting) or, with `comma`, a CSV file (RFC 4180: quoted fields may hold commas,
+    quotes doubled, line breaks)."""
+    kind = "comma" if comma else "tab"
+    # A CSV field may span lines, so its bound is the field size; a TSV line is bounded as it is read.
+    csv.field_size_limit(TSV_LINE_LIMIT if comma and max_chars is not None else 1 << 30)
     out: list[Example] = []
     # utf-8-sig: MRPC starts with a byte order mark that would otherwise glue onto the first header name.
     with path.open(encoding="utf-8-sig", newline="") as f:
-        lines = f if max_chars is None else _bounded_lines(f, path, TSV_LINE_LIMIT)
-        # QUOTE_NONE: GLUE texts contain unbalanced quotes, which are text, not CSV quoting.
-        rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        lines = f if max_chars is None or comma else _bounded_lines(f, path, TSV_LINE_LIMIT)
+        # QUOTE_NONE for TSV: GLUE texts contain unbalanced quotes, which are text, not CSV quoting.
+        rows = csv.reader(lines, strict=True) if comma else csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = [h.strip() for h in next(rows, [])]
         if not any(header):
             raise MpeeRuntimeError(f"{path} is empty (expected a header line)")
@@ -316,18 +346,30 @@ def _read_tsv(path: Path, columns: Columns, labels, limit, require_label: bool, 
                 continue
             where = f"{path}:{rows.line_num}"
             if len(row) != len(header):
-                raise MpeeRuntimeError(f"{where}: {len(row)} tab-separated fields, the header has {len(header)}")
-            text, cut_a = bounded(row[ia], max_chars)
-            pair, cut_b = bounded(row[ib], max_chars) if ib is not None else (None, False)
+                raise MpeeRuntimeError(f"{where}: {len(row)} {kind}-separated fields, the header has {len(header)}")
+            text, cut_a = _kept(row[ia], where, columns.text, max_chars, tail)
+            pair, cut_b = _kept(row[ib], where, columns.pair, max_chars, tail) if ib is not None else (None, False)
             out.append(Example(text, pair, _checked_label(row[il], where, labels) if il is not None else None,
                                cut_a or cut_b))
     return out
 
 
+def _read_tsv(*args, **kw) -> list[Example]:
+    return _read_table(*args, **kw, comma=False)
+
+
+def _read_csv(*args, **kw) -> list[Example]:
+    return _read_table(*args, **kw, comma=True)
+
+
+READERS = {".jsonl": _read_jsonl, ".csv": _read_csv}   # by file suffix; anything else is read as TSV
+
+
 def read_examples(path: Path, columns: Columns, *, labels: Sequence[str] | None = None,
                   require_label: bool = False, limit: int | None = None,
-                  max_chars: int | None = None) -> list[Example]:
-    """Examples of a `.jsonl` file (one object per line) or of a tab-separated file with a header.
+                  max_chars: int | None = None, tail: bool = False) -> list[Example]:
+    """Examples of a `.jsonl` file (one object per line), a `.csv` file (RFC 4180) or a tab-separated file,
+    the latter two with a header line. A text or pair that is empty after stripping is refused.
 
     Args:
         columns: where text, pair and label are; a pair or label column that is None is not read.
@@ -337,17 +379,20 @@ def read_examples(path: Path, columns: Columns, *, labels: Sequence[str] | None 
         max_chars: keep of each text and pair longer than this its first max_chars + 1 characters while
             reading (`bounded`; `Example.cut` says which were), so that a line costs bounded memory (see the
             module docstring); the engine then cuts them (`cut_text`). None: read texts whole.
+        tail: the model truncates head+tail: a text longer than `max_chars` keeps its head and its tail
+            (`cut_text(tail=True)`); a JSONL line over 1 MiB still keeps only the start of each string.
     Returns:
         At least one example unless `limit` is 0 (an empty file, or a header alone, is an error).
     """
     path = check_input_file(path)
-    reader = _read_jsonl if path.suffix == ".jsonl" else _read_tsv
+    reader = READERS.get(path.suffix.lower(), _read_tsv)
     try:
-        examples = reader(path, columns, labels, limit, require_label, max_chars)
+        examples = reader(path, columns, labels, limit, require_label, max_chars, tail)
     except UnicodeDecodeError as e:
         raise MpeeRuntimeError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except csv.Error as e:
-        raise MpeeRuntimeError(f"{path}: unreadable TSV ({e})") from None
+        what = "CSV" if path.suffix.lower() == ".csv" else "TSV"
+        raise MpeeRuntimeError(f"{path}: unreadable {what} ({e})") from None
     except OSError as e:
         raise MpeeRuntimeError(f"{path}: cannot read the input file ({e.strerror})") from None
     if not examples and limit != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
@@ -12,6 +13,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import schema as S
+from . import truncation
 from .data import WORD_CHARS, cut_text, max_chars_for
 from .errors import MpeeRuntimeError
 from .policy import NO_EXIT, STATEFUL, ExitPolicy
@@ -77,7 +79,7 @@ def _check_stamp(path: Path, props: dict[str, str], want: dict[str, str]) -> Non
 
 
 def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
-    """The bundle's tokenizer, truncating to the model's length; refused when unreadable or when its
+    """The bundle's tokenizer, truncating to the model's length when the rule is `head`; refused when unreadable or when its
     vocabulary is larger than the model's embedding table (ids past the table would crash onnxruntime)."""
     path = bundle / manifest.tokenizer.file
     try:
@@ -88,7 +90,10 @@ def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
         raise MpeeRuntimeError(f"{path}: vocabulary of {tokenizer.get_vocab_size()} tokens, but the model has "
                                f"{manifest.model.vocab_size} embeddings (a different model's tokenizer?)")
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=manifest.model.max_length)
+    if manifest.model.truncation == "head":   # the library's own truncation is the head rule, and fastest
+        tokenizer.enable_truncation(max_length=manifest.model.max_length)
+    else:
+        tokenizer.no_truncation()
     return tokenizer
 
 
@@ -139,6 +144,7 @@ class MpeeEngine:
         self._inputs = [g.inputs for g in manifest.graphs]
         self._outputs = [g.outputs for g in manifest.graphs]
         self.tokenizer = _open_tokenizer(self.bundle, manifest)
+        self.truncation: str = manifest.model.truncation   # truncation.py: head, or head+tail
         # Characters of each text (and pair) tokenized at most: data.max_chars_for, docs/design.md "Input limits".
         self._word_chars = getattr(self.tokenizer.model, "max_input_chars_per_word", WORD_CHARS)
         self.max_chars: int = max_chars_for(manifest.model.max_length, self._word_chars)
@@ -153,15 +159,17 @@ class MpeeEngine:
 
     def encode_cut(self, text: str, text_pair: str | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
         """`encode`, and whether the text or the pair was longer than `self.max_chars` and cut."""
-        text, cut = cut_text(text, self.max_chars, self._word_chars)
+        tail = self.truncation != "head"
+        text, cut = cut_text(text, self.max_chars, self._word_chars, tail=tail)
         cut_pair = False
         if text_pair is not None:
-            text_pair, cut_pair = cut_text(text_pair, self.max_chars, self._word_chars)
+            text_pair, cut_pair = cut_text(text_pair, self.max_chars, self._word_chars, tail=tail)
         try:
-            if text_pair is None:
-                enc = self.tokenizer.encode(text)
-            elif cut or cut_pair:
+            if text_pair is not None and (cut or cut_pair):
                 enc = self._encode_cut_pair(text, text_pair, cut, cut_pair)
+            elif tail:
+                enc = truncation.encode(self.tokenizer, text, text_pair, self.manifest.model.max_length,
+                                        self.truncation)
             else:
                 enc = self.tokenizer.encode(text, text_pair)
         except TypeError:   # tokenizers refuses str objects that are not valid Unicode (lone surrogates)
@@ -177,32 +185,20 @@ class MpeeEngine:
         return self._whole
 
     def _encode_cut_pair(self, text: str, text_pair: str, cut: bool, cut_pair: bool):
-        """A pair with a cut side, truncated longest-first as the tokenizer truncates the whole pair: when both
-        sides must be cut to half the budget and the budget is odd, the longer side keeps the extra token. A
-        cut side counts as the longer (its whole text has more tokens than its kept part); two cut sides are
-        compared by their kept parts (the whole lengths are unknown: docs/design.md "Input limits")."""
-        tok = self.tokenizer
-        a, b = tok.encode(text, add_special_tokens=False), tok.encode(text_pair, add_special_tokens=False)
-        budget = self.manifest.model.max_length - tok.num_special_tokens_to_add(True)
-        na, nb = len(a.ids), len(b.ids)
-        if na + nb > budget:
-            if cut != cut_pair:
-                a_longer = cut
-            else:   # both cut: the kept parts' whole token counts (at most max_chars characters each)
-                whole = self._whole_tokenizer()
-                a_longer = len(whole.encode(text, add_special_tokens=False).ids) > len(
-                    whole.encode(text_pair, add_special_tokens=False).ids)   # a tie goes to the pair, as in tokenizers
-            short = nb if a_longer else na
-            if 2 * short > budget:
-                short, long = budget // 2, budget - budget // 2
-            else:
-                long = budget - short
-            a.truncate(long if a_longer else short)
-            b.truncate(short if a_longer else long)
-        return tok.post_process(a, b, add_special_tokens=True)
+        """A pair with a cut side, shared out longest-first as the tokenizer shares the whole pair
+        (truncation.pair_budgets). A cut side counts as the longer (its whole text has more tokens than its
+        kept part); two cut sides are compared by their kept parts (the whole lengths are unknown:
+        docs/design.md "Input limits")."""
+        whole = self._whole_tokenizer()
+        a_longer = cut
+        if cut == cut_pair:   # both cut: the kept parts' whole token counts (at most max_chars characters each)
+            a_longer = len(whole.encode(text, add_special_tokens=False).ids) > len(
+                whole.encode(text_pair, add_special_tokens=False).ids)   # a tie goes to the pair, as in tokenizers
+        return truncation.encode(whole, text, text_pair, self.manifest.model.max_length, self.truncation,
+                                 a_longer=a_longer)
 
     def predict(self, text: str, text_pair: str | None = None, *, threshold: float | None = None,
-                keep_ratio: float | None = None, policy: str | None = None) -> Prediction:
+                keep_ratio: float | Sequence[float] | None = None, policy: str | None = None) -> Prediction:
         """Classify one text (or pair), stopping at the first layer the exit policy accepts; a text longer than
         `self.max_chars` is cut first (`Prediction.chars_cut`)."""
         if not isinstance(text, str) or (text_pair is not None and not isinstance(text_pair, str)):
@@ -232,22 +228,30 @@ class MpeeEngine:
             self._rules[key] = rule
         return rule
 
-    def keep_ratio_feeds(self, keep_ratio: float | None) -> dict[int, np.ndarray]:
-        """Keep-ratio input of each pruning layer: the bundle's defaults or one override (built once each)."""
+    def keep_ratio_feeds(self, keep_ratio: float | Sequence[float] | None) -> dict[int, np.ndarray]:
+        """Keep-ratio input of each pruning layer (built once each): the bundle's defaults (None), one ratio for
+        every pruning layer, or a schedule of one ratio per pruning layer in layer order (1.0: that layer keeps
+        every token, so a schedule also chooses which layers prune)."""
         if keep_ratio is None:
             return self._default_ratio_feeds
-        feeds = self._ratio_feeds.get(keep_ratio)
+        key = keep_ratio if isinstance(keep_ratio, (int, float)) else tuple(keep_ratio)
+        feeds = self._ratio_feeds.get(key)
         if feeds is None:
-            if not 0 < keep_ratio <= 1:
-                raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+            ratios = [key] * len(self.default_keep_ratios) if isinstance(key, (int, float)) else list(key)
+            if len(ratios) != len(self.default_keep_ratios):
+                raise MpeeRuntimeError(f"a keep-ratio schedule needs {len(self.default_keep_ratios)} ratios, one per "
+                                       f"pruning layer {sorted(self.default_keep_ratios)}, got {len(ratios)}")
+            for r in ratios:
+                if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+                    raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {r}")
             if len(self._ratio_feeds) >= _CACHE_SIZE:
                 self._ratio_feeds.clear()
-            feeds = self._ratio_feeds[keep_ratio] = dict.fromkeys(self.default_keep_ratios,
-                                                                  np.asarray(keep_ratio, dtype=np.float32))
+            feeds = self._ratio_feeds[key] = {i: np.asarray(r, dtype=np.float32)
+                                              for i, r in zip(sorted(self.default_keep_ratios), ratios)}
         return feeds
 
     def run_ids(self, input_ids: np.ndarray, token_type_ids: np.ndarray, *, threshold: float | None = None,
-                keep_ratio: float | None = None, policy: str | None = None, record: bool = False
+                keep_ratio: float | Sequence[float] | None = None, policy: str | None = None, record: bool = False
                 ) -> Prediction:
         """Run the chain on token ids (1, T) int64; `record` keeps every executed layer's prediction."""
         rule = self.exit_rule(policy, threshold)

@@ -322,7 +322,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
                                            pair=args.pair_column, label=args.label_column)
     # Texts are cut to the engine's limit as they are read (data.cut_text), as mpee-run cuts them.
     examples = read_examples(args.input, columns, labels=engine.labels, require_label=require_label,
-                             limit=args.max_examples, max_chars=engine.max_chars)
+                             limit=args.max_examples, max_chars=engine.max_chars,
+                             tail=engine.truncation != "head")
     label_ids = {label: i for i, label in enumerate(engine.labels)}
     labels = None if any(ex.label is None for ex in examples) else [label_ids[ex.label] for ex in examples]
     tok_us, inputs, cut = [], [], 0
@@ -334,6 +335,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         cut += ex.cut or cut_here
     read = {"path": str(args.input), "columns": asdict(columns), "require_label": require_label,
             "max_examples": args.max_examples, "max_length": engine.manifest.model.max_length,
+            "truncation": engine.truncation,
             "examples": len(examples), "max_chars": engine.max_chars, "texts_cut": cut}
     return Setup(engine, policy, threshold, ratio, grid_t, grid_r, inputs, labels, tok_us, read)
 

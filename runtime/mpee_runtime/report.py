@@ -1,6 +1,7 @@
 """Reporting, the half of mpee-bench that runs anywhere (numpy, matplotlib optional): read the rows and run
 records a measuring pass left in OUT (`mpee_runtime.measure`, `mpee_export.bench_pytorch`) and write
-results.json, table.md, sweep.csv and tradeoff.png. `mpee-bench report OUT` does this alone.
+results.json, table.md, sweep.csv, tradeoff.png and speedup_by_length.png. `mpee-bench report OUT` does
+this alone.
 
 Rules (the method and why: docs/benchmarking.md):
 - Every speed-up says what it is against. speedup_mean / speedup_p50: against the best full model of the
@@ -13,6 +14,11 @@ Rules (the method and why: docs/benchmarking.md):
   clock dropped or was throttled (`device_warnings`).
 - The operating point: the fastest sweep point (mean latency) within --max-drop points of the fp32 baseline's
   metric, or the most accurate one whose p50 fits --budget-ms.
+- By input length (--length-buckets, input tokens as given to the model, [CLS]/[SEP] included): every table
+  variant summarised again on the examples of each bucket, its speed-ups against the best full model of its
+  precision *on those examples* (chosen again per bucket), rho over those examples, and realisation =
+  speedup_mean / rho (mean latency and rho are both ratios of sums over the examples). Empty buckets are
+  left out; a bucket of fewer than MIN_BUCKET_EXAMPLES examples is marked `few`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ from .tradeoff import Curve, Level, fastest_within, pareto_front, plot_tradeoff
 
 AA_THRESHOLD = 0.03   # relative spread of the A/A pair above which a run is flagged
 RESULTS, TABLE, SWEEP_CSV, PLOT = "results.json", "table.md", "sweep.csv", "tradeoff.png"
+LENGTH_PLOT = "speedup_by_length.png"
+LENGTH_EDGES = (128, 256)    # default buckets: <=128, 129-256, 257 up to the model's max length (IMDB: 512)
+MIN_BUCKET_EXAMPLES = 10     # below this a bucket's latency statistics are too few to read much into
+PLOT_BIN_TOKENS = 64         # the length plot's bins: finer than the buckets, so the curve has a shape
+LENGTH_PLOT_VARIANTS = ("mpee", "pruning", "exits", "chain", "mpee_int8", "chain_int8")
 
 
 # ---------------------------------------------------------------- typed records
@@ -76,6 +87,7 @@ class VariantSummary:
     speedup_mean: float | None = None
     speedup_p50_vs_plain_fp32: float | None = None
     speedup_mean_vs_plain_fp32: float | None = None
+    realisation: float | None = None   # speedup_mean / rho: how much of the FLOPs saving the latency shows
 
     @property
     def p50_us(self) -> float:
@@ -174,6 +186,55 @@ class StaticComparison:
 
 
 @dataclass
+class LengthBucket:
+    """The table's variants on the examples whose input length lies in lo..hi tokens (hi None: no upper
+    bound), with the speed-ups against this bucket's own baselines."""
+
+    label: str
+    lo: int
+    hi: int | None
+    examples: int
+    mean_tokens: float
+    few: bool                        # fewer than MIN_BUCKET_EXAMPLES examples
+    baselines: Baselines
+    variants: list[VariantSummary]
+
+    def row(self, variant: str) -> VariantSummary | None:
+        return next((r for r in self.variants if r.variant == variant), None)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "lo": self.lo, "hi": self.hi, "examples": self.examples,
+                "mean_tokens": self.mean_tokens, "few": self.few, "baselines": self.baselines.to_dict(),
+                "variants": [r.to_dict() for r in self.variants]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LengthBucket:
+        return cls(data["label"], data["lo"], data["hi"], data["examples"], data["mean_tokens"], data["few"],
+                   Baselines.from_dict(data["baselines"]),
+                   [VariantSummary.from_dict(r, "table") for r in data["variants"]])
+
+
+@dataclass
+class LengthBreakdown:
+    """The table by input length: the buckets with examples (empty ones left out), cut at `edges`."""
+
+    edges: list[int]                 # a bucket ends at each edge (inclusive); the last one is open-ended
+    examples: int                    # over all buckets, and their mean length: the "all" row's
+    mean_tokens: float
+    min_examples: int
+    buckets: list[LengthBucket]
+
+    def to_dict(self) -> dict:
+        return {"edges": self.edges, "examples": self.examples, "mean_tokens": self.mean_tokens,
+                "min_examples": self.min_examples, "buckets": [b.to_dict() for b in self.buckets]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LengthBreakdown:
+        return cls(list(data["edges"]), data["examples"], data["mean_tokens"], data["min_examples"],
+                   [LengthBucket.from_dict(b) for b in data["buckets"]])
+
+
+@dataclass
 class BenchResults:
     """results.json: written by `write` only."""
 
@@ -196,6 +257,8 @@ class BenchResults:
     operating_point: dict | None = None
     static_comparison: list[StaticComparison] | None = None
     asked_point: bool = False        # an operating point was asked for (then `operating_point` is written, None too)
+    length_buckets: LengthBreakdown | None = None   # the table by --length-buckets
+    length_bins: LengthBreakdown | None = None      # the same in PLOT_BIN_TOKENS bins: the length plot's points
 
     @property
     def reference(self) -> VariantSummary:
@@ -215,6 +278,9 @@ class BenchResults:
             out["operating_point"] = self.operating_point
         if self.static_comparison is not None:
             out["static_comparison"] = [c.to_dict() for c in self.static_comparison]
+        for key in ("length_buckets", "length_bins"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
         return out
 
     @classmethod
@@ -231,7 +297,9 @@ class BenchResults:
                    operating_point=data.get("operating_point"),
                    static_comparison=None if data.get("static_comparison") is None else
                    [StaticComparison.from_dict(c) for c in data["static_comparison"]],
-                   asked_point="operating_point" in data)
+                   asked_point="operating_point" in data,
+                   length_buckets=_breakdown(data.get("length_buckets")),
+                   length_bins=_breakdown(data.get("length_bins")))
 
     def write(self, path: Path) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -239,6 +307,10 @@ class BenchResults:
     @classmethod
     def load(cls, path: Path) -> BenchResults:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _breakdown(data: dict | None) -> LengthBreakdown | None:
+    return None if data is None else LengthBreakdown.from_dict(data)
 
 
 # ---------------------------------------------------------------- statistics (unit-tested on synthetic data)
@@ -306,6 +378,7 @@ def add_speedups(rows: Sequence[VariantSummary], table: Sequence[VariantSummary]
         base = by_name[baselines.of(r.precision)]
         r.speedup_baseline = base.variant
         r.speedup_p50, r.speedup_mean = base.p50_us / r.p50_us, base.mean_us / r.mean_us
+        r.realisation = r.speedup_mean / r.rho
         if plain is not None:
             r.speedup_p50_vs_plain_fp32 = plain.p50_us / r.p50_us
             r.speedup_mean_vs_plain_fp32 = plain.mean_us / r.mean_us
@@ -324,6 +397,58 @@ def static_comparison(sweep: Sequence[VariantSummary], static: Sequence[VariantS
         out.append(StaticComparison(int(st.threshold), st.keep_ratio, st.metric, st.speedup_mean, st.rho,
                                     best["speedup_mean"], gain["speedup_mean"], best["rho"], gain["rho"]))
     return out
+
+
+def parse_length_edges(text: str) -> list[int]:
+    """`--length-buckets 128,256` -> [128, 256]: each bucket ends at an edge (inclusive), the last one is
+    open-ended; "" gives one bucket of every example."""
+    try:
+        edges = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MpeeRuntimeError(f"--length-buckets: expected comma-separated token counts, got {text!r}") from None
+    if any(e < 1 for e in edges) or edges != sorted(set(edges)):
+        raise MpeeRuntimeError(f"--length-buckets: token counts must be positive and increasing, got {text!r}")
+    return edges
+
+
+def bucket_label(lo: int, hi: int | None, max_length: int | None = None) -> str:
+    """"<=128", "129-256", "257-512" (the open-ended last bucket ends at the model's max length when known)."""
+    if hi is None:
+        hi = max_length if max_length is not None and max_length >= lo else None
+        if hi is None:
+            return "all" if lo == 1 else f">={lo}"
+    return f"<={hi}" if lo == 1 else str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def length_breakdown(infos: Sequence[VariantInfo], by_variant: dict[str, list[RequestRow]],
+                     gold: Sequence[int] | None, metric: str, flops_model: FlopsModel, edges: Sequence[int],
+                     max_length: int | None = None) -> LengthBreakdown:
+    """Every variant of `infos` summarised on the examples of each length bucket, speed-ups against the
+    best full model of its precision among that bucket's rows (choose_baselines again per bucket)."""
+    # An example's length is the same in every variant's rows (the same token ids): read it from any.
+    tokens = {r.example: r.input_tokens for info in infos for r in by_variant[info.name]}
+    bounds = list(zip([1] + [e + 1 for e in edges], [*edges, None]))
+    buckets = []
+    for lo, hi in bounds:
+        chosen = sorted(e for e, n in tokens.items() if lo <= n and (hi is None or n <= hi))
+        if not chosen:
+            continue
+        keep = set(chosen)
+        sub_gold = None if gold is None else [gold[e] for e in chosen]   # in example order, as summarize sorts
+        table = [summarize(info, [r for r in by_variant[info.name] if r.example in keep], sub_gold, metric,
+                           flops_model) for info in infos]
+        baselines = choose_baselines(table)
+        add_speedups(table, table, baselines)
+        buckets.append(LengthBucket(bucket_label(lo, hi, max_length), lo, hi, len(chosen),
+                                    float(np.mean([tokens[e] for e in chosen])),
+                                    len(chosen) < MIN_BUCKET_EXAMPLES, baselines, table))
+    return LengthBreakdown(list(edges), len(tokens), float(np.mean(list(tokens.values()))), MIN_BUCKET_EXAMPLES,
+                           buckets)
+
+
+def plot_bin_edges(max_tokens: int, width: int = PLOT_BIN_TOKENS) -> list[int]:
+    """Edges of bins `width` tokens wide, the last one holding `max_tokens` (64, 128, ... up to it)."""
+    return list(range(width, max_tokens + width, width))
 
 
 # ---------------------------------------------------------------- reading a measurement folder
@@ -367,8 +492,10 @@ def _check_rows(info: VariantInfo, rows: Sequence[RequestRow], examples: int, wh
                                "(an incomplete or mixed measurement)")
 
 
-def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: float | None = None) -> BenchResults:
-    """Summaries of every variant, speed-ups against their baselines, the A/A control and the chosen points."""
+def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: float | None = None,
+                  length_edges: Sequence[int] = LENGTH_EDGES) -> BenchResults:
+    """Summaries of every variant, speed-ups against their baselines, the A/A control, the chosen points and
+    the table by input length (buckets cut at `length_edges`, and the plot's bins)."""
     if max_drop is not None and budget_ms is not None:
         raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
     run = m.run
@@ -403,6 +530,13 @@ def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: f
                        reference_export=run.reference_export, policy=run.policy,
                        tokenize=latency_summary(run.tokenize_us) if run.tokenize_us else None, notes=notes,
                        variants=table, sweep=sweep, static=static, device_warnings=device)
+    table_infos = [v for v in infos if v.group == "table"]
+    max_length = run.input.get("max_length")
+    res.length_buckets = length_breakdown(table_infos, by_variant, run.gold, run.metric_name, fm, length_edges,
+                                          max_length)
+    longest = max(r.input_tokens for r in m.rows)
+    res.length_bins = length_breakdown(table_infos, by_variant, run.gold, run.metric_name, fm,
+                                       plot_bin_edges(longest), max_length)
     if run.gold is not None and sweep:
         res.pareto = [p.point() for p in pareto_front(sweep)]
         if max_drop is not None or budget_ms is not None:
@@ -457,6 +591,54 @@ def markdown_table(rows: Sequence[VariantSummary], task: str, baselines: Baselin
     return "\n".join(lines) + "\n"
 
 
+def _against(baselines: Baselines) -> str:
+    return ("the best full model of the row's precision on the bucket's examples" if baselines.fp32 != "chain"
+            else "our chain (no --reference: no full model measured; int8 rows too)")
+
+
+def length_table(lb: LengthBreakdown, overall: Sequence[VariantSummary], baselines: Baselines) -> str:
+    """The table by input length: for every bucket (and "all", the overall rows) each variant's metric, p50,
+    speed-up against the bucket's baseline of its precision, FLOPs rho and realisation."""
+    edges = ",".join(map(str, lb.edges)) or "none"
+    intro = (f"Input length = tokens given to the model, [CLS]/[SEP] included; buckets cut at {edges} "
+             f"(--length-buckets). Speed-up: mean latency (p50) against {_against(baselines)}, named per row; "
+             "FLOPs rho: full-model FLOPs / the variant's FLOPs over the bucket's examples; realisation: "
+             f"speed-up (mean) / rho. *: fewer than {lb.min_examples} examples (noisy).")
+    lines = ["## By input length", "", intro, ""]
+    metric = next((r.metric_name for r in overall if r.metric_name), None) or "metric"
+    head = (f"| inputs (tokens) | examples | mean tokens | Method | precision | {metric} | p50 latency (ms) | "
+            "speed-up vs | speed-up | FLOPs rho | realisation |")
+    lines += [head, "|---|---:|---:|---|---|" + "---:|---:|---|" + "---:|" * 3]
+    groups = [("all", lb.examples, lb.mean_tokens, lb.examples < lb.min_examples, overall)] + [
+        (b.label, b.examples, b.mean_tokens, b.few, b.variants) for b in lb.buckets]
+    for label, n, tokens, few, rows in groups:
+        for r in rows:
+            score = "-" if r.metric is None else f"{100 * r.metric:.2f}"
+            lines.append(f"| {label}{' *' if few else ''} | {n} | {tokens:.1f} | {r.variant} | {r.precision} | "
+                         f"{score} | {r.p50_us / 1e3:.2f} | {r.speedup_baseline} | {_speedup_cell(r)} | "
+                         f"{r.rho:.2f}x | {r.realisation:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def length_brief(lb: LengthBreakdown, overall: Sequence[VariantSummary]) -> str:
+    """The table by input length in a few lines: one per variant, one column per bucket, each cell
+    "speed-up (mean) / rho = realisation"."""
+    cols = [("all", lb.examples, lb.mean_tokens, lb.examples < lb.min_examples, {r.variant: r for r in overall})] + [
+        (b.label, b.examples, b.mean_tokens, b.few, {r.variant: r for r in b.variants}) for b in lb.buckets]
+    heads = [f"{label}{'*' if few else ''} n={n} {tokens:.1f} tok" for label, n, tokens, few, _ in cols]
+    cells = [[f"{r.speedup_mean:.2f}x/{r.rho:.2f}x={r.realisation:.2f}" for _, _, _, _, by in cols
+              for r in [by[v.variant]]] for v in overall]
+    width = max(len(x) for x in heads + [c for row in cells for c in row])
+    name_w = max(len(v.variant) for v in overall)
+    against = "the chain" if overall[0].speedup_baseline == "chain" else "the bucket's best full model of its precision"
+    title = (f"by input length (speed-up, mean latency, vs {against} / FLOPs rho = realisation; *: under "
+             f"{lb.min_examples} examples):")
+    lines = [title, "  " + " " * name_w + "  " + "  ".join(h.rjust(width) for h in heads)]
+    lines += ["  " + v.variant.ljust(name_w) + "  " + "  ".join(c.rjust(width) for c in row)
+              for v, row in zip(overall, cells)]
+    return "\n".join(lines)
+
+
 CSV_COLUMNS = ("variant", "precision", "threshold", "keep_ratio", "metric", "accuracy", "mean_exit_layer", "rho",
                "rho_pad128", "speedup_baseline", "speedup_p50", "speedup_mean", "speedup_p50_vs_plain_fp32",
                "speedup_mean_vs_plain_fp32")
@@ -496,8 +678,43 @@ def plot(path: Path, sweep: Sequence[VariantSummary], reference: VariantSummary,
                          levels=[Level(reference.metric, f"{base} ({what})")])
 
 
+def plot_by_length(path: Path, bins: LengthBreakdown, task: str) -> str | None:
+    """Measured speed-up (mean latency) against input length for LENGTH_PLOT_VARIANTS, each against the
+    best full model of its precision within each bin; x = the bin's mean length; open markers: bins of
+    fewer than `bins.min_examples` examples. None, or why the plot was skipped."""
+    curves = []
+    for name in LENGTH_PLOT_VARIANTS:
+        pts = [(b, r) for b in bins.buckets for r in [b.row(name)] if r is not None]
+        if not pts:
+            continue
+        precision = pts[0][1].precision
+        curves.append(Curve(f"{name} ({precision})", [b.mean_tokens for b, _ in pts],
+                            [r.speedup_mean for _, r in pts], "o--" if precision == "int8" else "o-",
+                            hollow=[i for i, (b, _) in enumerate(pts) if b.few]))
+    if not curves:
+        return "skipped: none of " + ", ".join(LENGTH_PLOT_VARIANTS) + " measured"
+    against = ("best full model of its precision" if bins.buckets[0].baselines.fp32 != "chain"
+               else "our chain (no --reference)")
+    return plot_tradeoff(path, curves, xlabel=f"input tokens (bins of {PLOT_BIN_TOKENS}, at their mean; open "
+                         f"marker: under {bins.min_examples} examples)",
+                         ylabel=f"speed-up (x), mean latency,\nvs {against} in the bin",
+                         title=f"MPEE on {task}: measured speed-up by input length",
+                         levels=[Level(1.0, "baseline (1x)")], percent=False, legend_loc="best")
+
+
+def table_text(res: BenchResults) -> str:
+    """The main table, the A/A line and the warnings (empty when the input has no labels)."""
+    if res.variants[0].metric is None:
+        return ""
+    text = markdown_table(res.variants, res.task, res.baselines, res.aa_control)
+    for w in ([res.warning] if res.warning else []) + res.device_warnings:
+        text += f"\n**Warning:** {w}\n"
+    return text
+
+
 def write_outputs(res: BenchResults, out: Path) -> None:
-    """results.json, table.md, sweep.csv and tradeoff.png into `out` (created if needed)."""
+    """results.json, table.md (with the table by input length), sweep.csv, tradeoff.png and
+    speedup_by_length.png into `out` (created if needed)."""
     out.mkdir(parents=True, exist_ok=True)
     if res.sweep:
         write_csv(out / SWEEP_CSV, res.sweep + res.static)
@@ -505,21 +722,26 @@ def write_outputs(res: BenchResults, out: Path) -> None:
             note = plot(out / PLOT, res.sweep, res.reference, res.task, res.static)
             if note:
                 res.notes.append(f"plot: {note}")
-    text = markdown_table(res.variants, res.task, res.baselines, res.aa_control) if res.variants[0].metric is not None \
-        else ""
-    for w in ([res.warning] if res.warning else []) + res.device_warnings:
-        text += f"\n**Warning:** {w}\n" if text else ""
+    text = table_text(res)
+    if res.length_buckets is not None:
+        text += ("\n" if text else "") + length_table(res.length_buckets, res.variants, res.baselines)
+    if res.length_bins is not None:
+        note = plot_by_length(out / LENGTH_PLOT, res.length_bins, res.task)
+        if note:
+            res.notes.append(f"length plot: {note}")
     write_text(out / TABLE, text)
     res.write(out / RESULTS)
 
 
 def print_summary(res: BenchResults, out: Path) -> None:
-    """The table (or the rows when the input has no labels), the A/A line, notes and the operating point on
-    stdout; every warning on stderr."""
-    print((out / TABLE).read_text() or json.dumps([r.to_dict() for r in res.variants], indent=1))
+    """The table (or the rows when the input has no labels), the A/A line, the table by input length in
+    brief, notes and the operating point on stdout; every warning on stderr."""
+    print(table_text(res) or json.dumps([r.to_dict() for r in res.variants], indent=1))
     aa = res.aa_control
     print(f"A/A control ({' vs '.join(aa.variants)}): mean latency {100 * aa.mean_spread:.1f}%, "
           f"p50 {100 * aa.p50_spread:.1f}% apart (limit {100 * aa.threshold:.0f}%)")
+    if res.length_buckets is not None:
+        print(length_brief(res.length_buckets, res.variants))
     for note in res.notes:
         print(f"note: {note}")
     op = res.operating_point
@@ -533,13 +755,14 @@ def print_summary(res: BenchResults, out: Path) -> None:
 
 
 def report(out: Path, *, max_drop: float | None = None, budget_ms: float | None = None,
-           use_recorded_choice: bool = True) -> BenchResults:
+           use_recorded_choice: bool = True, length_edges: Sequence[int] = LENGTH_EDGES) -> BenchResults:
     """Read the measurement in `out`, write every report file there and print the summary. Without
-    `max_drop` / `budget_ms`, the operating point asked for at measuring time is chosen again."""
+    `max_drop` / `budget_ms`, the operating point asked for at measuring time is chosen again; the length
+    buckets are a report-time choice (`length_edges`), not recorded with the measurement."""
     m = load_measurement(out)
     if use_recorded_choice and max_drop is None and budget_ms is None:
         max_drop, budget_ms = m.run.choice.get("max_drop"), m.run.choice.get("budget_ms")
-    res = build_results(m, max_drop=max_drop, budget_ms=budget_ms)
+    res = build_results(m, max_drop=max_drop, budget_ms=budget_ms, length_edges=length_edges)
     write_outputs(res, Path(out))
     print_summary(res, Path(out))
     return res
@@ -553,13 +776,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model "
                    "[default: what the measurement asked for]")
     p.add_argument("--budget-ms", type=float, help="name the most accurate point with p50 within B ms")
+    add_length_buckets_option(p)
     return p
 
 
+def add_length_buckets_option(p: argparse.ArgumentParser) -> None:
+    """--length-buckets, the same in `mpee-bench` and `mpee-bench report`."""
+    p.add_argument("--length-buckets", type=parse_length_edges, default=",".join(map(str, LENGTH_EDGES)),
+                   metavar="N,M,...", help="input-length buckets of the table by length, in tokens ([CLS]/[SEP] "
+                   "included): each ends at an edge, the last runs to the longest input [default: %(default)s]")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`mpee-bench report OUT [--max-drop D | --budget-ms B]` (errors become exit code 2 in bench.main)."""
+    """`mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]` (errors become exit
+    code 2 in bench.main)."""
     args = build_parser().parse_args(argv)
     if not args.out.is_dir():
         raise MpeeRuntimeError(f"{args.out}: not a folder")
-    report(args.out, max_drop=args.max_drop, budget_ms=args.budget_ms)
+    report(args.out, max_drop=args.max_drop, budget_ms=args.budget_ms, length_edges=args.length_buckets)
     return 0

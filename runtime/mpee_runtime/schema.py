@@ -34,8 +34,9 @@ from .policy import POLICIES, check_threshold
 
 # 2: typed manifest; validation.passed; graphs stamped with their identity; flops facts read from "model".
 # 3: the manifest's integrity record; export.bundle_id; graphs stamped with bundle, precision and tokenizer.
-SCHEMA_VERSION = 3
-SUPPORTED_SCHEMA_VERSIONS = (3,)
+# 4: model.truncation (head, head+tail): a runtime that does not know it must not read a head+tail bundle.
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMA_VERSIONS = (3, 4)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -46,6 +47,7 @@ SCORINGS = ("cls", "all", "mean")     # token score: [CLS] query row, mean over 
 SELECTIONS = ("top", "bottom")        # which tokens a pruning layer keeps
 METRICS = ("accuracy", "f1")          # a task's headline metric (f1: of class 1)
 EXIT_POOLINGS = ("cls", "mean")       # exit head input: [CLS] vector or mean of the tokens
+TRUNCATIONS = ("head", "head+tail")   # which tokens of a long text are kept (truncation.py states the rule)
 # Keys of the ONNX metadata entries stamped into every graph at export (`graph_stamp`) and compared with the
 # manifest when the engine opens it, so a graph file replaced by another, even with every checksum and
 # digest re-computed, is refused: its role (manifest entry name: another layer's file), its precision (an
@@ -243,6 +245,8 @@ class ModelSection:
     max_length: int                   # tokens, [CLS] and [SEP] included
     vocab_size: int
     task: str | None = None
+    truncation: str = "head"          # TRUNCATIONS; bundles written before it was recorded cut the head
+
 
     @property
     def num_labels(self) -> int:
@@ -256,7 +260,8 @@ class ModelSection:
         return cls(num_layers=f.integer("num_layers", lo=1), hidden_size=f.integer("hidden_size", lo=1),
                    intermediate_size=f.integer("intermediate_size", lo=1), num_heads=f.integer("num_heads", lo=1),
                    labels=labels, max_length=f.integer("max_length", lo=2), vocab_size=f.integer("vocab_size", lo=1),
-                   task=f.text("task", optional=True))
+                   task=f.text("task", optional=True),
+                   truncation=f.text("truncation", choices=TRUNCATIONS, optional=True) or "head")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The accuracy/speed trade-off, shared by mpee-eval (FLOPs rho) and mpee-bench (measured speed-ups):
 the Pareto front of operating points, the point chosen for an accuracy floor or a latency budget, and
-the one trade-off plot. Points are typed records read by attribute (`x`, `y` name the attributes).
+the one line-plot function (the trade-off plot, and mpee-bench's speed-up by input length). Points are
+typed records read by attribute (`x`, `y` name the attributes).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Curve:
     color: str | None = None
     alpha: float = 1.0
     markersize: float = 4
+    hollow: Sequence[int] = ()       # indices of points drawn with an open marker (too few examples behind them)
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class Level:
 
 
 def plot_tradeoff(path: Path, curves: Sequence[Curve], *, xlabel: str, ylabel: str, title: str,
-                  levels: Sequence[Level] = ()) -> str | None:
-    """Metric (percent) against speed-up, one line per curve; None, or why the plot was skipped."""
+                  levels: Sequence[Level] = (), percent: bool = True, legend_loc: str = "lower left"
+                  ) -> str | None:
+    """Metric (percent; `percent` False: y as given) against speed-up, one line per curve; None, or why the
+    plot was skipped."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -64,19 +68,25 @@ def plot_tradeoff(path: Path, curves: Sequence[Curve], *, xlabel: str, ylabel: s
         return "skipped: matplotlib not installed"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors: dict[str, str] = {}
+    scale = 100 if percent else 1
     for c in curves:
         color = c.color or colors.get(c.group or "")
-        line, = ax.plot(list(c.xs), [100 * y for y in c.ys], c.style, color=color, alpha=c.alpha,
-                        ms=c.markersize, label=c.label)
+        ys = [scale * y for y in c.ys]
+        hollow = set(c.hollow)
+        line, = ax.plot(list(c.xs), ys, c.style, color=color, alpha=c.alpha, ms=c.markersize, label=c.label,
+                        markevery=[i for i in range(len(ys)) if i not in hollow])
+        if hollow:
+            ax.plot([c.xs[i] for i in sorted(hollow)], [ys[i] for i in sorted(hollow)], c.style[:1] or "o",
+                    color=line.get_color(), mfc="white", alpha=c.alpha, ms=c.markersize, ls="none")
         if c.group is not None:
             colors.setdefault(c.group, line.get_color())
     for lv in levels:
-        ax.axhline(100 * lv.y, color=colors.get(lv.group or "", "grey"), lw=0.8, ls=":", label=lv.label)
+        ax.axhline(scale * lv.y, color=colors.get(lv.group or "", "grey"), lw=0.8, ls=":", label=lv.label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

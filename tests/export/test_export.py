@@ -310,3 +310,21 @@ def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone
     chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
     assert chain.keep_ratio == 1.0 and chain.same_exit_layer == 1.0
     assert chain.max_prob_diff_same_exit < 1e-5
+
+
+def test_keep_ratio_schedule_sets_the_bundle_default(tmp_path, ckpt):
+    """--keep-ratio R or R:R:... (one per pruning layer) is the bundle's default; the engine takes schedules."""
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(export, [str(ckpt), str(out), "--keep-ratio", "0.4"])
+    assert res.exit_code == 0, res.output
+    manifest = S.Manifest.load(out)
+    assert manifest.pruning.keep_ratios == [0.4]
+    engine = MpeeEngine(out, threads=1)
+    text = "the movie is great and the plot is very good"
+    assert engine.predict(text).tokens_per_layer == engine.predict(text, keep_ratio=[0.4]).tokens_per_layer
+    assert engine.predict(text, keep_ratio=[1.0]).tokens_per_layer == engine.predict(text, keep_ratio=1.0).tokens_per_layer
+    with pytest.raises(Exception, match="needs 1 ratios"):
+        engine.predict(text, keep_ratio=[0.5, 0.5])
+    click_error(export, [str(ckpt), str(tmp_path / "b2"), "--keep-ratio", "1:0.5"], "2 ratios for the 1 pruning layers")
+    click_error(export, [str(ckpt), str(tmp_path / "b2"), "--keep-ratio", "0"], "keep ratio must be in (0, 1]")
+    assert not (tmp_path / "b2").exists()

@@ -98,6 +98,24 @@ def test_scoring_all_keeps_the_attention_unfused(tmp_path):
     assert not ops[("com.microsoft", "Attention")] and ops[("com.microsoft", "BiasGelu")] == 1
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_scoring_all_mean_is_one_product(tmp_path, tiny_backbone, quantize):
+    """'all': the score's mean of the probabilities over heads and query rows is one fp32 matrix-vector
+    product on the probabilities reshaped to (H N, N), not onnxruntime's slow ReduceMean over axes (1, 2)
+    (benchmarks/results/long_inputs/profile.md); the bundle still matches PyTorch."""
+    model = tiny_model(layers=3, prune_layers=[0, 1], keep_ratio=0.5, scoring="all")
+    out, record = _export(tmp_path, tiny_backbone, model, quantize=quantize)
+    assert record.fp32.passed and record.fp32.graphs.max_abs_diff_overall < 1e-4
+    for g in S.Manifest.load(out).layers:
+        graph = onnx.load(str(out / g.file)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        means = [n for n in graph.node if n.op_type == "ReduceMean" and producer[n.input[0]].op_type == "Softmax"]
+        rows = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("_rows_sum")]
+        assert not means and len(rows) == (g.layer <= 1)   # scoring layers only; kept fp32 in int8
+    if quantize is None:
+        _same_as_pytorch(out, model, tiny_backbone)
+
+
 def test_standard_ops_option(tmp_path, tiny_backbone):
     model = tiny_model(layers=2, prune_layers=[1])
     out, record = _export(tmp_path, tiny_backbone, model, graph_ops="standard")

@@ -3,6 +3,7 @@ tiny bundle: measuring writes one row per timed request, and the report is rebui
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import shutil
@@ -92,6 +93,9 @@ def test_baselines_best_full_model_of_each_precision():
     rows = {r.variant: r for r in table + sweep}
     assert rows["mpee"].speedup_mean == pytest.approx(800 / 500) and rows["mpee"].speedup_p50 == pytest.approx(700 / 450)
     assert rows["mpee"].speedup_mean_vs_plain_fp32 == pytest.approx(1000 / 500)
+    rows["mpee"].rho = 2.0                                                       # realisation: speed-up / rho
+    add_speedups(table, table, b)
+    assert rows["mpee"].realisation == pytest.approx(800 / 500 / 2.0)
     assert rows["mpee_int8"].speedup_mean == pytest.approx(400 / 300)           # int8 against int8
     assert rows["mpee_int8"].speedup_baseline == "onnx_fused_int8"
     assert rows["mpee_int8"].speedup_mean_vs_plain_fp32 == pytest.approx(1000 / 300)
@@ -240,6 +244,14 @@ def test_bench_smoke(smoke):
     assert (out / "sweep.csv").read_text().count("\n") == 1 + 4 + 6
     assert any("no --reference" in n and "against the chain" in n for n in result["notes"])
     assert BenchResults.from_dict(result).to_dict() == result    # results.json is one typed record
+    # by input length: the tiny inputs all lie in the first default bucket, whose rows are the overall ones
+    lb = result["length_buckets"]
+    assert lb["edges"] == [128, 256] and [(b["label"], b["examples"]) for b in lb["buckets"]] == [("<=128", 12)]
+    assert lb["buckets"][0]["variants"] == result["variants"] and lb["buckets"][0]["baselines"] == b
+    assert "## By input length" in table and "by input length" in stdout and "<=128 n=12" in stdout
+    assert all(r["realisation"] == pytest.approx(r["speedup_mean"] / r["rho"]) for r in result["variants"])
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "speedup_by_length.png").is_file() and (out / "tradeoff.png").is_file()
 
 
 def test_rows_one_line_per_timed_request(smoke):

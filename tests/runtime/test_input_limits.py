@@ -171,9 +171,9 @@ def _random_json_line(rng: random.Random) -> dict:
 
     def s(n):
         return "".join(rng.choice(alphabet) for _ in range(n))
-    row = {"text": s(rng.randint(0, 80)), "label": rng.choice(["x", "y"])}
+    row = {"text": "a" + s(rng.randint(0, 80)), "label": rng.choice(["x", "y"])}   # never blank: refused
     if rng.random() < 0.5:
-        row["text_pair"] = s(rng.randint(0, 80))
+        row["text_pair"] = "b" + s(rng.randint(0, 80))
     if rng.random() < 0.3:
         row["other"] = [1, 2.5, {"k": s(rng.randint(0, 40))}, None, True]
     return row
