@@ -111,35 +111,51 @@ def main(argv: list[str] | None = None) -> int:
         s = summaries[v.name]
         speedup = best.mean_us / s.mean_us
         last = [r.tokens_per_layer[-1] for r in v.rows]
-        results.append(ScheduleResult(list(v.info.keep_ratio), v.info.policy != NO_EXIT["policy"], s.metric,
+        results.append(ScheduleResult(list(v.info.keep_ratio), v.info.threshold != NO_EXIT["threshold"], s.metric,
                                       speedup, s.rho, speedup / s.rho, s.mean_exit_layer, sum(last) / len(last)))
-    ok = [r for r in results if not r.exits and r.metric >= chain.metric - args.max_drop / 100]
-    chosen = max(ok, key=lambda r: r.speedup) if ok else None
     mean_tokens = sum(i[0].shape[1] for i in inputs) / len(inputs)
-    lines = [f"# Pruning schedules on {len(inputs)} inputs of >= {args.min_tokens} tokens (mean {mean_tokens:.0f})",
-             "",
-             (f"Bundle `{args.bundle}` ({precision}), prune layers {sorted(engine.default_keep_ratios)}; speed-ups against "
-             f"{best.variant} (mean latency, {best.mean_us / 1e3:.1f} ms), {args.threads} threads, blocked interleaved "
-             f"pass; A/A {100 * aa.mean_spread:.1f}% (mean){' FLAGGED' if aa.flagged else ''}. Chain at full depth: "
-             f"{metric} {100 * chain.metric:.2f}, {best.mean_us / chain.mean_us:.2f}x."), "",
+    record = {"bundle": str(args.bundle), "input": str(args.input), "examples": len(inputs),
+              "min_tokens": args.min_tokens, "mean_tokens": mean_tokens, "precision": precision,
+              "prune_layers": sorted(engine.default_keep_ratios), "threads": args.threads, "max_drop": args.max_drop,
+              "baseline": best.variant, "baseline_mean_ms": best.mean_us / 1e3, "aa": aa.to_dict(),
+              "metric_name": metric, "chain_metric": chain.metric, "chain_speedup": best.mean_us / chain.mean_us,
+              "results": [asdict(r) for r in results]}
+    lines = write_outputs(args.out, record)
+    print("\n".join(lines))
+    return 0
+
+
+def write_outputs(out: Path, record: dict) -> list[str]:
+    """DIR/schedules.json (the record) and DIR/schedules.md (the table, the chosen schedule); returns the lines."""
+    results = [ScheduleResult(**r) for r in record["results"]]
+    floor = record["chain_metric"] - record["max_drop"] / 100
+    ok = [r for r in results if not r.exits and r.metric >= floor]
+    chosen = max(ok, key=lambda r: r.speedup) if ok else None
+    record = record | {"chosen": None if chosen is None else chosen.schedule}
+    aa, metric = record["aa"], record["metric_name"]
+
+    def name(r: ScheduleResult) -> str:
+        return ":".join(f"{x:g}" for x in r.schedule)
+    lines = [(f"# Pruning schedules on {record['examples']} inputs of >= {record['min_tokens']} tokens "
+              f"(mean {record['mean_tokens']:.0f})"), "",
+             (f"Bundle `{record['bundle']}` ({record['precision']}), prune layers {record['prune_layers']}; "
+              f"speed-ups against {record['baseline']} (mean latency, {record['baseline_mean_ms']:.1f} ms), "
+              f"{record['threads']} threads, blocked interleaved pass; A/A {100 * aa['mean_spread']:.1f}% (mean)"
+              f"{' FLAGGED' if aa['flagged'] else ''}. Chain at full depth: {metric} "
+              f"{100 * record['chain_metric']:.2f}, {record['chain_speedup']:.2f}x. Exits: the bundle's "
+              "calibrated rule; tokens: mean tokens entering the last executed layer."), "",
              f"| schedule | exits | {metric} | speed-up | FLOPs rho | realisation | mean exit | tokens at last layer |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         mark = " **chosen**" if r is chosen else ""
-        lines.append(f"| {':'.join(f'{x:g}' for x in r.schedule)}{mark} | {'yes' if r.exits else 'no'} | "
-                     f"{100 * r.metric:.2f} | {r.speedup:.2f}x | {r.rho:.2f} | {r.realisation:.2f} | "
-                     f"{r.mean_exit_layer:.2f} | {r.tokens_last_layer:.0f} |")
-    lines += ["", f"Chosen: the fastest pruning-only schedule within {args.max_drop} points of the chain: "
-              + (":".join(f"{x:g}" for x in chosen.schedule) if chosen else "none")]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text(args.out / "schedules.md", "\n".join(lines) + "\n")
-    write_text(args.out / "schedules.json", json.dumps({
-        "bundle": str(args.bundle), "input": str(args.input), "examples": len(inputs), "min_tokens": args.min_tokens,
-        "mean_tokens": mean_tokens, "baseline": best.variant, "aa": aa.to_dict(), "chain_metric": chain.metric,
-        "chain_speedup": best.mean_us / chain.mean_us, "results": [asdict(r) for r in results],
-        "chosen": None if chosen is None else chosen.schedule}, indent=1) + "\n")
-    print("\n".join(lines))
-    return 0
+        lines.append(f"| {name(r)}{mark} | {'yes' if r.exits else 'no'} | {100 * r.metric:.2f} | {r.speedup:.2f}x | "
+                     f"{r.rho:.2f} | {r.realisation:.2f} | {r.mean_exit_layer:.2f} | {r.tokens_last_layer:.0f} |")
+    lines += ["", f"Chosen: the fastest pruning-only schedule within {record['max_drop']} points of the chain: "
+              + (name(chosen) if chosen else "none")]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "schedules.md", "\n".join(lines) + "\n")
+    write_text(out / "schedules.json", json.dumps(record, indent=1) + "\n")
+    return lines
 
 
 if __name__ == "__main__":
