@@ -74,7 +74,7 @@ def tokenised_inputs(hf_dir: Path, run: RunRecord, input_path: Path, max_example
     spec = run.input
     limit = spec.get("max_examples") if max_examples is None else max_examples
     max_chars = spec.get("max_chars")
-    examples = read_examples(input_path, Columns(**spec["columns"]), labels=run.labels,
+    examples = read_examples(input_path, Columns.from_dict(spec["columns"]), labels=run.labels,
                              require_label=spec["require_label"], limit=limit, max_chars=max_chars,
                              tail=spec.get("truncation", "head") != "head")
     from .batching import tokenize

@@ -143,9 +143,7 @@ def eval_source(data: str | None, dev: Path | None, task: str | None, mpee):
     else the checkpoint's, else the folder's name) in --data. The task's labels must be the checkpoint's."""
     from .datasets import DataSource, checkpoint_task
     from .glue import get_task, infer_task, resolve_task_dir
-    if dev is not None:
-        if data is not None:
-            raise MpeeExportError("give --dev FILE or --data DIR, not both")
+    if dev is not None:   # --dev wins over --data, which may come from the environment (GLUE_DIR)
         own = checkpoint_task(mpee)
         if own is None:
             raise MpeeExportError("the checkpoint names no task, so its columns are unknown: pass --task with --dev")
@@ -170,4 +168,4 @@ def eval_source(data: str | None, dev: Path | None, task: str | None, mpee):
 
 dev_file_option = _file_option("--dev", "dev_file",
                                help="Dev file (CSV, JSONL, TSV) in the columns the checkpoint was trained on "
-                                    "(instead of --data).")
+                                    "(instead of --data and GLUE_DIR).")

@@ -22,19 +22,6 @@ from .metrics import Scores, latency_summary
 from .policy import POLICIES, check_threshold
 
 
-def _first_object_has(path: Path, key: str) -> bool:
-    """Whether the first non-blank line of a JSONL file is an object with `key` (errors are the reader's)."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            while line := f.readline(1 << 20):   # bounded: a longer first line counts as not having the key
-                if line.strip():
-                    row = json.loads(line)
-                    return isinstance(row, dict) and key in row
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 def input_columns(path: Path, task, *, text: str | None = None, pair: str | None = None,
                   label: str | None = None) -> tuple[Columns, bool]:
     """Columns to read from `path` and whether the label column is required.
@@ -42,9 +29,12 @@ def input_columns(path: Path, task, *, text: str | None = None, pair: str | None
     Given names win; otherwise a TSV or CSV file is read by the columns of the bundle's task (a pair task
     needs its pair column; the label column is read when present), and JSONL by them too when its first
     object has the task's text key (a model trained on JSONL reads its own dev file), else by the keys
-    text / text_pair / label."""
-    if path.suffix == ".jsonl" and (task is None or not _first_object_has(path, task.text_a)):
-        return Columns(text or JSONL_TEXT, pair or JSONL_PAIR, label or JSONL_LABEL), label is not None
+    text / text_pair / label (`Columns.fallback`, decided by the reader on the first object)."""
+    if path.suffix == ".jsonl":
+        keys = Columns(text or JSONL_TEXT, pair or JSONL_PAIR, label or JSONL_LABEL)
+        if task is None or text is not None:
+            return keys, label is not None
+        return Columns(task.text_a, pair or task.text_b, label or task.label_column, fallback=keys), label is not None
     if task is None and text is None:
         raise MpeeRuntimeError(f"{path}: the bundle names no task, so its TSV columns are unknown; "
                                "pass --text-column (and --pair-column, --label-column) or use JSONL")

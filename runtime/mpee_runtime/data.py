@@ -91,6 +91,14 @@ class Columns:
     text: str
     pair: str | None = None
     label: str | None = None
+    # JSONL only: the columns to read instead when the first object has no `text` key (the reader decides).
+    fallback: Columns | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Columns:
+        """The inverse of dataclasses.asdict (a run record's `input.columns`)."""
+        fallback = d.get("fallback")
+        return cls(d["text"], d.get("pair"), d.get("label"), None if fallback is None else cls.from_dict(fallback))
 
 
 @dataclass(frozen=True)
@@ -281,6 +289,10 @@ def _read_jsonl(path: Path, columns: Columns, labels, limit, require_label: bool
     if limit is not None and limit <= 0:
         return out
     for where, row in _jsonl_rows(path, max_chars):
+        if columns.fallback is not None:   # the first object decides
+            if isinstance(row, dict) and columns.text not in row:
+                columns = columns.fallback
+            columns = Columns(columns.text, columns.pair, columns.label)
         if not isinstance(row, dict) or columns.text not in row:
             raise MpeeRuntimeError(f"{where}: expected a JSON object with {columns.text!r}")
         pair = row.get(columns.pair) if columns.pair else None

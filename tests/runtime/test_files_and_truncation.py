@@ -94,3 +94,18 @@ def test_head_tail_character_cut():
     assert cut_text(cut, 1000, tail=True) == (cut, False)
     assert all(w in ("start", "word", "finish") for w in cut.split())   # words stay whole at both cuts
     assert cut_text("short", 1000, tail=True) == ("short", False)
+
+
+def test_jsonl_columns_fall_back_on_the_first_object(tmp_path):
+    """A bundle's own JSONL keys when the file has them, else text / text_pair / label (decided once)."""
+    own = Columns("body", None, "tag", fallback=Columns("text", "text_pair", "label"))
+    a = tmp_path / "own.jsonl"
+    a.write_text('{"body": "fine film", "tag": "yes"}\n{"body": "bad film", "tag": "no"}\n')
+    assert [(e.text, e.label) for e in read_examples(a, own)] == [("fine film", "yes"), ("bad film", "no")]
+    b = tmp_path / "default.jsonl"
+    b.write_text('{"text": "fine film", "label": "yes"}\n{"body": "bad film", "label": "no"}\n')
+    with pytest.raises(MpeeRuntimeError, match=":2: expected a JSON object with 'text'"):
+        read_examples(b, own)
+    assert Columns.from_dict({"text": "body", "pair": None, "label": "tag",
+                              "fallback": {"text": "text", "pair": None, "label": None}}) == Columns(
+        "body", None, "tag", Columns("text"))
