@@ -79,8 +79,9 @@ def _check_stamp(path: Path, props: dict[str, str], want: dict[str, str]) -> Non
 
 
 def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
-    """The bundle's tokenizer, truncating to the model's length when the rule is `head`; refused when unreadable or when its
-    vocabulary is larger than the model's embedding table (ids past the table would crash onnxruntime)."""
+    """The bundle's tokenizer, truncating to the model's length when the rule is `head` (head+tail truncates in
+    truncation.encode); refused when unreadable or when its vocabulary is larger than the model's embedding
+    table (ids past the table would crash onnxruntime)."""
     path = bundle / manifest.tokenizer.file
     try:
         tokenizer = Tokenizer.from_file(str(path))
