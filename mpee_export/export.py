@@ -33,7 +33,7 @@ from . import __version__
 from .calibrate import Calibration
 from .errors import MpeeExportError, ParityError
 from .modeling import MpeeModel
-from .subgraphs import ChainGraph, EmbeddingsGraph, LayerGraph
+from .subgraphs import BatchLayerGraph, ChainGraph, EmbeddingsGraph, LayerGraph
 from .validate import Validation, exporter_engine, validate_bundle, validation_examples
 
 VALIDATION_RECORD = "validation.json"
@@ -49,6 +49,7 @@ class ExportOptions:
     keep_failed: bool = False            # publish a bundle that failed fp32 validation (recorded as not passed)
     int8_embeddings: bool = True         # with quantize "int8": the embedding tables too (the recipe's Gather)
     sign_key: Path | None = None         # Ed25519 private key: sign the bundle (mpee_runtime.signing)
+    batch_graphs: bool = True            # also write the batch layer graphs (MpeeEngine.predict_batch)
 
 
 @dataclass(frozen=True)
@@ -98,22 +99,24 @@ def check_opset(opset: int) -> None:
 
 
 def _torch_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-                  opset: int) -> None:
+                  opset: int, batch: bool = False) -> None:
     # A fresh wrapper module is in training mode, and export restores that mode afterwards, which
     # would switch the wrapped model's dropout on: put the wrapper in eval mode first.
     module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # tracer warnings about shape-dependent Python values
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=S.dynamic_axes(inputs + outputs), opset_version=opset, dynamo=False,
+                          dynamic_axes=S.dynamic_axes(inputs + outputs, batch), opset_version=opset, dynamo=False,
                           do_constant_folding=True)
     onnx.checker.check_model(str(path))
 
 
-def dummy_inputs(model: MpeeModel, names: list[str]) -> tuple[torch.Tensor, ...]:
-    """The schema's dummy inputs for `names`, as torch tensors (tracing)."""
-    feeds = S.dummy_feeds(names, hidden=model.config.hidden_size, num_labels=model.mpee.num_labels,
-                          vocab_size=model.config.vocab_size)
+def dummy_inputs(model: MpeeModel, names: list[str], batch: bool = False) -> tuple[torch.Tensor, ...]:
+    """The schema's dummy inputs for `names` (with `batch`, a padded batch of rows of different lengths), as
+    torch tensors (tracing)."""
+    make = S.batch_dummy_feeds if batch else S.dummy_feeds
+    feeds = make(names, hidden=model.config.hidden_size, num_labels=model.mpee.num_labels,
+                 vocab_size=model.config.vocab_size)
     return tuple(torch.from_numpy(feeds[n]) for n in names)
 
 
@@ -164,11 +167,11 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
     graphs stamped with `bundle` (the bundle id) and `tokenizer_sha256`.
 
     graph_ops "fused" rewrites the layer graphs with onnxruntime's fused operators (optimize.py); the
-    embeddings graph stays standard."""
+    embeddings graph stays standard. The embeddings graph takes any batch (the batch graphs share it)."""
     model.eval()
     emb_in, emb_out = list(S.EMBEDDING_INPUTS), list(S.EMBEDDING_OUTPUTS)
     _torch_export(EmbeddingsGraph(model), dummy_inputs(model, emb_in), folder / S.EMBEDDINGS, emb_in, emb_out,
-                  opset)
+                  opset, batch=True)
     entries = [S.GraphEntry("embeddings", S.EMBEDDINGS, "", emb_in, emb_out)]
     for i in range(model.mpee.num_layers):
         graph = LayerGraph(model, i)
@@ -177,6 +180,27 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
                       list(S.LAYER_OUTPUTS), opset)
         entries.append(S.GraphEntry(S.layer_name(i), path.name, "", graph.input_names, list(S.LAYER_OUTPUTS),
                                     layer=i, prunes=graph.prunes))
+    if graph_ops == "fused":
+        from .optimize import optimize_layers
+        entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
+                                  hidden=model.config.hidden_size)
+    return seal_graphs(folder, entries, bundle, tokenizer_sha256)
+
+
+def export_batch_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "standard", *,
+                        bundle: str = "", tokenizer_sha256: str = "") -> list[S.GraphEntry]:
+    """Write layer_XX.batch.onnx into `folder` (`BatchLayerGraph`); return their sealed manifest entries.
+    graph_ops "fused": the attention is fused with each row's key lengths as its mask (optimize.py)."""
+    model.eval()
+    entries = []
+    outputs = list(S.BATCH_LAYER_OUTPUTS)
+    for i in range(model.mpee.num_layers):
+        graph = BatchLayerGraph(model, i)
+        path = folder / S.batch_layer_file(i)
+        _torch_export(graph, dummy_inputs(model, graph.input_names, batch=True), path, graph.input_names, outputs,
+                      opset, batch=True)
+        entries.append(S.GraphEntry(S.batch_layer_name(i), path.name, "", graph.input_names, outputs, layer=i,
+                                    prunes=graph.prunes, batch=True))
     if graph_ops == "fused":
         from .optimize import optimize_layers
         entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
@@ -202,7 +226,7 @@ def task_section(mpee) -> S.TaskSection | None:
 
 
 def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha: str, opts: ExportOptions,
-                   bundle: str) -> S.Manifest:
+                   bundle: str, batch_entries: list[S.GraphEntry] | None = None) -> S.Manifest:
     """The bundle's manifest for `model`, not yet validated (validation.passed is False)."""
     c, m = model.config, model.mpee
     return S.Manifest(
@@ -218,6 +242,7 @@ def build_manifest(model: MpeeModel, entries: list[S.GraphEntry], tokenizer_sha:
         export=S.ExportSection(opset=opts.opset, quantization=opts.quantize, graph_ops=opts.graph_ops,
                                untrained_exits=opts.untrained_exits, bundle_id=bundle),
         validation=S.ValidationSection(passed=False), task=task_section(m), flops_convention=FLOPS_CONVENTION,
+        batch_graphs=list(batch_entries or []),
         versions={"mpee_export": __version__, "mpee_runtime": runtime_version, "torch": torch.__version__,
                   "transformers": transformers.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort.__version__, "python": platform.python_version()})
@@ -246,7 +271,11 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         tokenizer_sha, identity = S.sha256_of(tmp / S.TOKENIZER), bundle_id(model, opts)
         entries = export_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops, bundle=identity,
                                 tokenizer_sha256=tokenizer_sha)
-        manifest = build_manifest(model, entries, tokenizer_sha, opts, identity)
+        batch_entries = None
+        if opts.batch_graphs:
+            batch_entries = export_batch_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops, bundle=identity,
+                                                tokenizer_sha256=tokenizer_sha)
+        manifest = build_manifest(model, entries, tokenizer_sha, opts, identity, batch_entries)
         # 2. validation (the decision is validate.py's)
         examples = validation_examples(tokenizer, texts, model)
         log(f"exported {len(entries)} graphs; validating on {len(examples)} "
@@ -258,7 +287,9 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         if opts.quantize == "int8":
             from .quantize import quantize_layers
             graphs = quantize_layers(tmp, manifest.graphs, embeddings=opts.int8_embeddings)
-            manifest = replace(manifest, graphs=seal_graphs(tmp, graphs, identity, tokenizer_sha))   # re-stamped int8
+            batch = quantize_layers(tmp, manifest.batch_graphs, per_row=True)
+            manifest = replace(manifest, graphs=seal_graphs(tmp, graphs, identity, tokenizer_sha),   # re-stamped int8
+                               batch_graphs=seal_graphs(tmp, batch, identity, tokenizer_sha))
             int8 = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
         # 3. calibration: returns values; the model is left as it was
         cal = None

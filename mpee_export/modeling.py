@@ -11,6 +11,7 @@ classes, L layers.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -179,43 +180,46 @@ def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool =
                  ) -> LayerState:
     """Keep [CLS] and the top-k tokens by score memory; fuse the rest into one token (docs/design.md 2.2).
 
-    Every sample keeps k = ceil(r (n - 1)) of its own n real tokens. Kept tokens come in descending
-    score order, then padding up to the batch's largest k, then the fused token (present only for
-    samples that dropped something). The fused token is sum_i s_i h_i over dropped tokens (weights
-    unnormalised, as in the paper) and its score memory is the mean of theirs.
+    Every sample keeps k = ceil(r (n - 1)) of its own n real tokens. Right-padded in and out: each row's real
+    tokens are a prefix, [CLS], its kept tokens in descending score order, then its fused token (present only
+    when it dropped something), then padding up to the batch's longest row; so a row's tokens are those it has
+    alone, in the same order. The fused token is sum_i s_i h_i over dropped tokens (weights unnormalised, as
+    in the paper) and its score memory is the mean of theirs. Tensor ops only (no length read as a Python
+    number), so that the batch graphs' export keeps the batch, the length and every k dynamic.
     """
     if state.mask is None:
         return _prune_unpadded(state, ratio, fuse=fuse, select=select)
     hidden, mask, scores = state.hidden, state.mask, state.scores
-    valid = mask[:, 1:] > 0                                   # (B, N-1)
-    n_valid = valid.sum(dim=1)                                # (B,)
-    k = keep_count(n_valid + 1, ratio)                        # (B,)
+    valid = mask[:, 1:] > 0                                   # (B, M), M = N - 1
+    lengths = mask.sum(dim=1).to(torch.long)                  # (B,) real tokens incl. [CLS]
+    others = lengths - 1
+    k = keep_count(lengths, ratio)                            # (B,)
     rank_by = scores if select == "top" else -scores
-    rank_by = rank_by.masked_fill(~valid, float("-inf"))      # padding never ranks
-    order = rank_by.argsort(dim=1, descending=True, stable=True)  # (B, N-1)
-    slot = torch.arange(order.shape[1], device=order.device)[None, :]
-    k_max = int(k.max())
-    kept_valid = (slot[:, :k_max] < k[:, None]).to(mask.dtype)  # (B, k_max)
-    kept_idx = order[:, :k_max]
-    kept_hidden = hidden[:, 1:].gather(1, kept_idx[..., None].expand(-1, -1, hidden.shape[-1]))
-    kept_hidden = kept_hidden * kept_valid[..., None]
-    kept_scores = scores.gather(1, kept_idx) * kept_valid
-    parts_h, parts_m, parts_s = [hidden[:, :1], kept_hidden], [mask[:, :1], kept_valid], [kept_scores]
-
-    dropped_sorted = (slot >= k[:, None]) & (slot < n_valid[:, None])
-    dropped = torch.zeros_like(valid).scatter(1, order, dropped_sorted).to(hidden.dtype)  # (B, N-1)
-    n_dropped = dropped.sum(dim=1)
-    if fuse and bool((n_dropped > 0).any()):
-        weights = scores * dropped
+    rank_by = rank_by.masked_fill(~valid, float("-inf"))      # padding ranks last, never kept
+    width = torch._shape_as_tensor(scores)[1]
+    order = torch.topk(rank_by, width, dim=1).indices         # (B, M): a full sort, real tokens first
+    slot = torch.arange(width, device=hidden.device)[None]    # (1, M)
+    sorted_h = hidden[:, 1:].gather(1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+    sorted_s = scores.gather(1, order)
+    kept = (slot < k[:, None]).to(hidden.dtype)               # (B, M)
+    body_h, body_s = sorted_h * kept[..., None], sorted_s * kept
+    new_lengths = k + 1
+    if fuse:
+        dropped = ((slot >= k[:, None]) & (slot < others[:, None])).to(hidden.dtype)
+        weights = sorted_s * dropped
         # Elementwise product and sum rather than a matmul: keeps the fusion out of the FLOPs count.
-        fused = (weights[..., None] * hidden[:, 1:]).sum(dim=1, keepdim=True)        # (B, 1, d)
-        fused_score = weights.sum(dim=1, keepdim=True) / n_dropped.clamp(min=1)[:, None]
-        has_fused = (n_dropped > 0).to(mask.dtype)[:, None]
-        parts_h.append(fused * has_fused[..., None])
-        parts_m.append(has_fused)
-        parts_s.append(fused_score * has_fused)
-    return LayerState(torch.cat(parts_h, dim=1), torch.cat(parts_m, dim=1), torch.cat(parts_s, dim=1),
-                      state.memory)
+        fused = (weights[..., None] * sorted_h).sum(dim=1)                           # (B, d)
+        n_dropped = others - k
+        fused_score = weights.sum(dim=1) / n_dropped.clamp(min=1).to(hidden.dtype)
+        has_fused = n_dropped > 0
+        at_fused = ((slot == k[:, None]) & has_fused[:, None]).to(hidden.dtype)     # slot k: right after the kept
+        body_h = body_h + at_fused[..., None] * fused[:, None]
+        body_s = body_s + at_fused * fused_score[:, None]
+        new_lengths = new_lengths + has_fused.to(torch.long)
+    body = torch.arange(new_lengths.max() - 1, device=hidden.device)                # slots the longest row needs
+    hidden = torch.cat([hidden[:, :1], body_h.index_select(1, body)], dim=1)
+    new_mask = (torch.arange(new_lengths.max(), device=hidden.device)[None] < new_lengths[:, None]).to(mask.dtype)
+    return LayerState(hidden, new_mask, body_s.index_select(1, body), state.memory)
 
 
 def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool, select: str) -> LayerState:
@@ -373,6 +377,49 @@ class MpeeModel(nn.Module):
                 break
         probs = probs.numpy()
         return MpeePrediction(int(probs.argmax()), probs, i + 1, attn_lens, ffn_lens)
+
+    @torch.no_grad()
+    def predict_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_type_ids: torch.Tensor | None = None, *, policy: ExitPolicy,
+                      keep_ratio: float | None = None) -> list[MpeePrediction]:
+        """Inference on a right-padded batch (B, T), each row as `predict` runs it alone: after each layer a row
+        whose exit fires leaves (each row has its own copy of `policy`, so patience counts per row), and the
+        rows that go on are cut to their own longest row. Returns one prediction per row, in order."""
+        rules = [copy.deepcopy(policy) for _ in range(input_ids.shape[0])]
+        for rule in rules:
+            rule.reset()
+        state = self.embed(input_ids, attention_mask, token_type_ids)
+        rows = torch.arange(input_ids.shape[0])
+        attn = [[] for _ in rules]
+        ffn = [[] for _ in rules]
+        preds: list[MpeePrediction | None] = [None] * len(rules)
+        for i in range(self.mpee.num_layers):
+            state, stats = self.layer_step(i, state, keep_ratio)
+            probs, entropy = blended_outputs(state.memory)
+            stay = []
+            for j, r in enumerate(rows.tolist()):
+                attn[r].append(int(stats.attn_len[j]))
+                ffn[r].append(int(stats.ffn_len[j]))
+                p = probs[j].numpy()
+                fired = self.mpee.layer_exit and rules[r].should_exit(p, float(entropy[j]))
+                if fired or i == self.mpee.num_layers - 1:
+                    preds[r] = MpeePrediction(int(p.argmax()), p, i + 1, attn[r], ffn[r])
+                else:
+                    stay.append(j)
+            if not stay:
+                break
+            keep = torch.tensor(stay)
+            rows = rows[keep]
+            state = _select_rows(state, keep)
+        return preds
+
+
+def _select_rows(state: LayerState, rows: torch.Tensor) -> LayerState:
+    """The batch's rows `rows`, cut to their own longest row (real tokens are a prefix: `prune_tokens`)."""
+    mask = state.mask[rows]
+    n = int(mask.sum(dim=1).max())
+    return LayerState(state.hidden[rows, :n], mask[:, :n], None if state.scores is None else state.scores[rows, :n - 1],
+                      None if state.memory is None else state.memory[rows])
 
 
 def _lengths(state: LayerState) -> torch.Tensor:

@@ -20,6 +20,11 @@ and the topological sort fails with "Graph is not a DAG". Here:
   (`score_q_*` nodes), so W_q is read once per run (projecting the row a second time, with its own copy
   of W_q, measured slower: benchmarks/results/fusion_log.md).
 
+Batch layer graphs (`subgraphs.BatchLayerGraph`) add each row's padding mask to the attention logits
+(Softmax(QK^T / sqrt(dh) + bias)): there every attention becomes the MultiHeadAttention form, with the rows'
+real lengths (the graph's `lengths` input, as int32) as its key padding mask, so padding never enters a
+softmax; QAttention could not be used for them anyway, as its input scale is one per tensor (quantize.py).
+
 Where the attention probabilities themselves are read (scoring "all"), nothing is fused for attention
 (the fused operator does not return them); the other rewrites still apply, and the score's mean of the
 probabilities over heads and query rows is one matrix-vector product (`received_attention_rows`: the
@@ -265,10 +270,19 @@ def _match(model, softmax, num_heads: int) -> dict | None:
 
 
 def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
-    """QK^T, its scale, the softmax, the context product and the head merge, or None."""
+    """QK^T, its scale, the padding mask's Add (batch graphs; else None), the softmax, the context product and
+    the head merge, or None."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
         return None
     scale_node = producer.get(softmax.input[0])
+    mask_add = None
+    if scale_node is not None and scale_node.op_type == "Add" and _has_lengths(model):
+        scaled = [producer.get(i) for i in scale_node.input]
+        inner = [n for n in scaled if n is not None and n.op_type in ("Div", "Mul")
+                 and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "MatMul"]
+        if len(inner) != 1:
+            return None
+        mask_add, scale_node = scale_node, inner[0]
     if scale_node is None or scale_node.op_type not in ("Div", "Mul"):
         return None
     scale = model.get_constant_value(scale_node.input[1])
@@ -285,8 +299,13 @@ def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
     if merge_r is None or merge_r.op_type != "Reshape":
         return None
     value = float(scale.reshape(-1)[0])
-    return {"softmax": softmax, "scale_node": scale_node, "qk": qk, "pv": pv, "merge_t": merge_t,
-            "merge_r": merge_r, "scale": 1.0 / value if scale_node.op_type == "Div" else value}
+    return {"softmax": softmax, "scale_node": scale_node, "mask_add": mask_add, "qk": qk, "pv": pv,
+            "merge_t": merge_t, "merge_r": merge_r, "scale": 1.0 / value if scale_node.op_type == "Div" else value}
+
+
+def _has_lengths(model) -> bool:
+    """Whether the graph takes each row's real length (a batch layer graph)."""
+    return any(i.name == S.LENGTHS for i in model.model.graph.input)
 
 
 def _match_branches(model, producer: dict, core: dict) -> dict | None:
@@ -313,9 +332,11 @@ def _only_score_readers(consumers: dict, core: dict, branches: dict, proj: dict)
     k_t, k_r, k_add = branches["k"]
     v_t, v_r, v_add = branches["v"]
     qk, scale_node, softmax, pv = core["qk"], core["scale_node"], core["softmax"], core["pv"]
-    for node, allowed in ((q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]),
-                          (v_t, [pv]), (k_t, [qk]), (proj["q"][3], [q_add]), (proj["k"][3], [k_add]),
-                          (proj["v"][3], [v_add]), (qk, [scale_node]), (scale_node, [softmax])):
+    mask_add = core["mask_add"]
+    checks = [(q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]), (v_t, [pv]), (k_t, [qk]),
+              (proj["q"][3], [q_add]), (proj["k"][3], [k_add]), (proj["v"][3], [v_add]), (qk, [scale_node])]
+    checks += [(scale_node, [softmax])] if mask_add is None else [(scale_node, [mask_add]), (mask_add, [softmax])]
+    for node, allowed in checks:
         if any(c is not node and all(c is not a for a in allowed) for out in node.output
                for c in consumers.get(out, [])):
             return False
@@ -328,19 +349,24 @@ def _attention_match(model, consumers: dict, core: dict, branches: dict, proj: d
     q_t, q_r, q_add = branches["q"]
     k_t, k_r, k_add = branches["k"]
     v_t, v_r, v_add = branches["v"]
-    q_rows = [c for c in consumers.get(q_t.output[0], []) if c is not core["qk"]]
-    if any(_row_axis(model, c) is None for c in q_rows):
+    others = [c for c in consumers.get(q_t.output[0], []) if c is not core["qk"]]
+    q_rows = [c for c in others if _row_axis(model, c) is not None]
+    # Other readers of Q per head (the masked mean query row of a batch graph) get it rebuilt from Q.
+    q_shared = len(q_rows) < len(others)
+    if q_shared and not core["mask_add"]:
         return None
     # K split into heads (B, N, H, dh) may have other readers (the score): they get the same tensor back
     k_shared = any(c is not k_t for c in consumers.get(k_r.output[0], []))
     return {"x": proj["q"][0], "w": np.concatenate([proj[k][1] for k in "qkv"], axis=1),
             "b": np.concatenate([proj[k][2] for k in "qkv"]),
             "heads": heads, "head_dim": head_dim, "context": core["merge_r"].output[0], "q_rows": q_rows,
+            "q_shared": q_shared, "q_split": q_t.output[0],
             "k_shared": k_shared, "k_split": k_r.output[0],
             "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
+            "masked": core["mask_add"] is not None,
             "remove": [core["qk"], core["scale_node"], core["softmax"], core["pv"], core["merge_t"],
                        core["merge_r"], q_t, q_r, q_add, k_t, k_r, k_add, v_t, v_r, v_add,
-                       proj["q"][3], proj["k"][3], proj["v"][3]]}
+                       proj["q"][3], proj["k"][3], proj["v"][3]] + ([core["mask_add"]] if core["mask_add"] else [])}
 
 
 def _row_axis(model, node) -> str | None:
@@ -360,7 +386,7 @@ def _row_axis(model, node) -> str | None:
 
 
 def _rewrite(model, m: dict, num_heads: int) -> None:
-    if m["q_rows"] or m["k_shared"]:
+    if m["q_rows"] or m["q_shared"] or m["k_shared"] or m["masked"]:
         _rewrite_scored(model, m, num_heads)
         return
     name = model.create_node_name("Attention", "Attention_")
@@ -373,9 +399,20 @@ def _rewrite(model, m: dict, num_heads: int) -> None:
                                     domain=MS_DOMAIN, num_heads=num_heads))
 
 
+KEY_LENGTHS = "lengths_int32"   # the batch graph's row lengths as MultiHeadAttention's 1-D key padding mask
+
+
+def _key_lengths(model) -> str:
+    """The int32 copy of the graph's `lengths` input (made once): right padding, one key length per row."""
+    if not any(KEY_LENGTHS in n.output for n in model.model.graph.node):
+        model.add_node(helper.make_node("Cast", [S.LENGTHS], [KEY_LENGTHS], name=KEY_LENGTHS,
+                                        to=onnx.TensorProto.INT32))
+    return KEY_LENGTHS
+
+
 def _rewrite_scored(model, m: dict, num_heads: int) -> None:
-    """A layer whose token score reads Q and K: one packed Q/K/V product, a Split, and the com.microsoft
-    MultiHeadAttention on the three parts; the score's query row and K per head are taken from the same
+    """A layer whose token score reads Q and K, or a batch graph's masked attention: one packed Q/K/V product, a
+    Split, and the com.microsoft MultiHeadAttention on the three parts (with the key lengths when masked); the score's query row and K per head are taken from the same
     Q and K (no second projection of the query row, no second copy of W_q)."""
     name = model.create_node_name("MultiHeadAttention", "MultiHeadAttention_")
     width = m["heads"] * m["head_dim"]
@@ -391,8 +428,8 @@ def _rewrite_scored(model, m: dict, num_heads: int) -> None:
     new = [helper.make_node("MatMul", [m["x"], w.name], [name + "_qkv_mm"], name=name + "_qkv_mm"),
            helper.make_node("Add", [name + "_qkv_mm", b.name], [name + "_qkv"], name=name + "_qkv_add"),
            helper.make_node("Split", [name + "_qkv", sizes.name], [q, k, v], name=name + "_split", axis=-1),
-           helper.make_node("MultiHeadAttention", [q, k, v], [m["context"]], name=name, domain=MS_DOMAIN,
-                            num_heads=num_heads)]
+           helper.make_node("MultiHeadAttention", [q, k, v] + (["", _key_lengths(model)] if m["masked"] else []),
+                            [m["context"]], name=name, domain=MS_DOMAIN, num_heads=num_heads)]
     opset = model.get_opset_version()
     for j, row in enumerate(m["q_rows"]):   # the score's query row: rows of Q, split into heads
         prefix = f"{SCORE_PREFIX}_{name}_{j}"
@@ -416,6 +453,10 @@ def _rewrite_scored(model, m: dict, num_heads: int) -> None:
                                      name=prefix + "_split"),
                     helper.make_node("Transpose", [prefix + "_split"], [row.output[0]], name=prefix + "_heads",
                                      perm=[0, 2, 1, 3])]
+    if m["q_shared"]:   # Q split into heads (B, H, N, dh), as its other readers read it
+        new += [helper.make_node("Reshape", [q, shape.name], [name + "_query_heads"], name=name + "_query_heads"),
+                helper.make_node("Transpose", [name + "_query_heads"], [m["q_split"]], name=name + "_query_t",
+                                 perm=[0, 2, 1, 3])]
     if m["k_shared"]:   # K split into heads (B, N, H, dh), as the score reads it
         new.append(helper.make_node("Reshape", [k, shape.name], [m["k_split"]], name=name + "_key_heads"))
     model.remove_nodes(m["remove"] + m["q_rows"])

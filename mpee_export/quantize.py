@@ -17,6 +17,15 @@ stop). In a layer that computes a token score, the packed Q/K/V product is a Mat
 (optimize.py) and becomes DynamicQuantizeMatMul, the same int8 product QAttention runs inside; the score
 reads its Q and K.
 Matrix products of two activations (the attention of standard-ops graphs) stay fp32 (`MatMulConstBOnly`).
+
+Batch layer graphs (`per_row=True`) are quantized the same way, then every activation's quantization is made
+per row (`per_row_activations`): DynamicQuantizeLinear computes one scale and zero point over the whole
+tensor, so at batch B a row's int8 values would depend on the other rows and on the padding. Each row gets
+the scale and zero point DynamicQuantizeLinear computes for it alone, over its real tokens only (onnxruntime's
+rule: the range of the values and 0, scale = range / 255, zero point = round-half-even(clip(-min / scale))),
+the row is quantized with a per-axis QuantizeLinear, and since onnxruntime's MatMulInteger takes one zero
+point for A, the product runs without it and subtracts zero point x column sums of B afterwards: the same
+integers, so a row's products are those it gets alone, to float rounding.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from mpee_runtime import schema as S
@@ -65,10 +76,10 @@ def excluded_nodes(path: Path) -> list[str]:
 
 
 def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bool = True,
-                    embeddings: bool = True, recipe: str | None = None) -> list[S.GraphEntry]:
+                    embeddings: bool = True, recipe: str | None = None, per_row: bool = False) -> list[S.GraphEntry]:
     """Quantize the graphs in place (the layers; with `embeddings` the embeddings graph too); return the
     entries with their new precision (the caller seals them: export.seal_graphs stamps and hashes the
-    rewritten files)."""
+    rewritten files). `per_row`: batch layer graphs, each activation quantized per row (`per_row_activations`)."""
     s = recipe_settings(recipe)["settings"]
     extra = {"WeightSymmetric": s["weights_symmetric"], "ActivationSymmetric": s["activations_symmetric"],
              "ForceSymmetric": s["weights_symmetric"] and s["activations_symmetric"], "EnableSubgraph": False,
@@ -89,8 +100,109 @@ def quantize_layers(folder: Path, entries: list[S.GraphEntry], *, exits_fp32: bo
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType[s["weights_dtype"]],
                              op_types_to_quantize=list(s["operators_to_quantize"]), per_channel=s["per_channel"],
                              reduce_range=s["reduce_range"], nodes_to_exclude=exclude, extra_options=extra)
+            if per_row:
+                per_row_activations(tmp)
             tmp.replace(src)
             out.append(replace(e, precision="int8"))
     finally:
         root.setLevel(level)
     return out
+
+
+def per_row_activations(path: Path) -> int:
+    """Rewrite each DynamicQuantizeLinear of a quantized batch layer graph, and the MatMulIntegers it feeds, to
+    quantize every row on its own over its real tokens (module docstring); return how many were rewritten.
+
+    A row's real tokens are a prefix: `lengths` long before the pruning step, `lengths_out` after it. A tensor
+    is after the pruning step when its length differs from the input's; when no longest row shrinks, no row
+    does (the kept count rises with the length: k = ceil(r (n - 1))), so then the two are equal."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inits = {t.name: t for t in graph.initializer}
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    new_nodes, new_inits = [], []
+
+    def const(name: str, value) -> str:
+        new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        new_nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def reduce(op: str, x: str, output: str) -> str:
+        if opset >= 18:
+            return node(op, [x, const(output + "_axes", np.asarray([1, 2], dtype=np.int64))], output, keepdims=0)
+        return node(op, [x], output, axes=[1, 2], keepdims=0)
+
+    n_in = node("Shape", [S.HIDDEN], "per_row_n_in", start=1, end=2)
+    one_d = const("per_row_shape_b11", np.asarray([-1, 1, 1], dtype=np.int64))
+    zero = const("per_row_zero", np.asarray(0.0, dtype=np.float32))
+    rewritten = 0
+    for dql in [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]:
+        x, (xq, xs, xzp) = dql.input[0], dql.output
+        pre = f"per_row_{rewritten}"
+        n_x = node("Shape", [x], pre + "_n", start=1, end=2)
+        lengths = node("Where", [node("Equal", [n_x, n_in], pre + "_before"), S.LENGTHS, S.LENGTHS_OUT],
+                       pre + "_lengths")
+        positions = node("Range", [const(pre + "_start", np.asarray(0, dtype=np.int64)),
+                                   node("Squeeze", [n_x], pre + "_n0"),
+                                   const(pre + "_step", np.asarray(1, dtype=np.int64))], pre + "_positions")
+        real = node("Less", [node("Unsqueeze", [positions, const(pre + "_ax0", np.asarray([0], dtype=np.int64))],
+                                  pre + "_pos_row"),
+                             node("Unsqueeze", [lengths, const(pre + "_ax1", np.asarray([1], dtype=np.int64))],
+                                  pre + "_len_col")], pre + "_real")
+        real = node("Unsqueeze", [real, const(pre + "_ax2", np.asarray([2], dtype=np.int64))], pre + "_real3")
+        masked = node("Where", [real, x, zero], pre + "_masked")   # padding as 0: the range includes 0 anyway
+        lo = node("Min", [reduce("ReduceMin", masked, pre + "_min"), zero], pre + "_lo")
+        hi = node("Max", [reduce("ReduceMax", masked, pre + "_max"), zero], pre + "_hi")
+        scale = node("Div", [node("Sub", [hi, lo], pre + "_range"),
+                             const(pre + "_255", np.asarray(255.0, dtype=np.float32))], pre + "_scale_raw")
+        scale = node("Where", [node("Equal", [hi, lo], pre + "_flat"), const(pre + "_one", np.asarray(1.0, dtype=np.float32)),
+                               scale], pre + "_scale")
+        zp = node("Clip", [node("Neg", [node("Div", [lo, scale], pre + "_lo_q")], pre + "_zp_raw"), zero,
+                           const(pre + "_max_q", np.asarray(255.0, dtype=np.float32))], pre + "_zp_clip")
+        zp = node("Cast", [node("Round", [zp], pre + "_zp_round")], pre + "_zp", to=onnx.TensorProto.UINT8)
+        node("QuantizeLinear", [x, scale, zp], xq, axis=0)
+        node("Reshape", [scale, one_d], xs)                     # (B, 1, 1): broadcasts over a row's products
+        zp_b11 = node("Reshape", [node("Cast", [zp], pre + "_zp_i32", to=onnx.TensorProto.INT32), one_d], pre + "_zp_b11")
+        for mm in consumers.get(xzp, []):
+            if mm.op_type != "MatMulInteger":
+                raise ValueError(f"{path}: {xzp} feeds {mm.op_type} {mm.name}, not a MatMulInteger")
+            weight, w_zp = inits[mm.input[1]], inits[mm.input[3]] if len(mm.input) > 3 and mm.input[3] else None
+            w = numpy_helper.to_array(weight).astype(np.int32)
+            if w_zp is not None:
+                w = w - numpy_helper.to_array(w_zp).astype(np.int32)
+            col_sums = const(mm.name + "_col_sums", w.sum(axis=0).astype(np.int32))
+            out = mm.output[0]
+            mm.input[2] = ""                                    # no zero point for A: subtracted below
+            mm.output[0] = out + "_no_zp"
+            node("Sub", [out + "_no_zp", node("Mul", [zp_b11, col_sums], mm.name + "_zp_sums")], out)
+        graph.node.remove(dql)
+        rewritten += 1
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    _sort_topologically(graph)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return rewritten
+
+
+def _sort_topologically(graph) -> None:
+    """Order `graph`'s nodes so that each comes after the producers of its inputs (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise ValueError("graph has a cycle or a dangling input")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = [n for n in pending if all(n is not p for p in progress)]
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -1,8 +1,9 @@
 """Per-graph modules whose forward signatures are the bundle schema's: embeddings, one per layer, and
 the whole chain as one graph (the single-graph reference for size and latency comparisons).
 
-All run one unpadded sample (batch 1) through `MpeeModel.layer_step`, the same code as training and
-evaluation; the pruning step takes its tensor-only path so N and k stay dynamic in the ONNX graph.
+All run `MpeeModel.layer_step`, the same code as training and evaluation: the batch-1 graphs on one
+unpadded sample (the pruning step's tensor-only path, so N and k stay dynamic in the ONNX graph), the batch
+layer graphs on a right-padded batch described by each row's real length.
 """
 
 from __future__ import annotations
@@ -42,6 +43,30 @@ class LayerGraph(nn.Module):
         if scores is None:   # no pruning layer reads a score (MpeeModel.scores_needed): the output is a filler
             scores = torch.zeros_like(state.hidden[:, 1:, 0])
         return state.hidden, scores, state.memory, probs, entropy
+
+
+class BatchLayerGraph(nn.Module):
+    """Layer i on a right-padded batch: `LayerGraph`'s inputs and outputs with each row's real length
+    (`schema.batch_layer_inputs`), in and out; a row's answer is the one it gets alone."""
+
+    def __init__(self, model: MpeeModel, i: int) -> None:
+        super().__init__()
+        self.model, self.i = model, i
+        self.prunes = i in model.mpee.prune_layers
+        self.input_names = S.batch_layer_inputs(i, self.prunes)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.input_names, inputs))
+        hidden, lengths = named[S.HIDDEN], named[S.LENGTHS]
+        positions = torch.arange(torch._shape_as_tensor(hidden)[1], device=hidden.device)
+        mask = (positions[None] < lengths[:, None]).to(hidden.dtype)
+        state = LayerState(hidden, mask, named.get(S.SCORES), named.get(S.MEMORY))
+        state, _ = self.model.layer_step(self.i, state, named.get(S.KEEP_RATIO))
+        probs, entropy = blended_outputs(state.memory)
+        scores = state.scores
+        if scores is None:   # as in LayerGraph: a filler
+            scores = torch.zeros_like(state.hidden[:, 1:, 0])
+        return state.hidden, scores, state.memory, probs, entropy, state.mask.sum(dim=1).to(torch.long)
 
 
 class ChainGraph(nn.Module):

@@ -2,7 +2,9 @@
 
 Per graph, onnxruntime and PyTorch see the same inputs (random ones, and the real intermediate states of
 real examples) and every output's max |difference| is recorded. For the chain, `MpeeEngine` (the device
-runtime) and `MpeeModel.predict` classify the same token ids; exit layer and label must agree.
+runtime) and `MpeeModel.predict` classify the same token ids; exit layer and label must agree. The batch
+graphs run the same ids in batches of rows of mixed lengths (`MpeeEngine.run_batch`): each row's exit layer,
+label and tokens per layer must be those `MpeeModel.predict` gives it alone.
 This module also holds the verdict (`verdict`): the export publishes an fp32 bundle only when it passes.
 """
 
@@ -71,6 +73,28 @@ class ChainCheck:
         return cls(**d)
 
 
+BATCH_ROWS = 8                 # rows per batch in the batch graphs' check
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """The runtime's batch graphs (rows in batches of `batch_size`, in the examples' order, so each batch mixes
+    lengths) against MpeeModel.predict on each row alone, at one exit rule."""
+
+    examples: int
+    batch_size: int
+    policy: str
+    threshold: float
+    same_exit_layer: float
+    same_label: float
+    same_tokens_per_layer: float
+    max_prob_diff_same_exit: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BatchCheck:
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class Validation:
     """One precision's checks. fp32 is judged (`passed`, `problems`); int8 is reported (`passed` None)."""
@@ -81,21 +105,28 @@ class Validation:
     chain_full_depth: ChainCheck
     passed: bool | None
     problems: list[str] = field(default_factory=list)
+    batch: BatchCheck | None = None          # None: the bundle has no batch graphs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Validation:
+        batch = d.get("batch")
         return cls(d["precision"], GraphCheck.from_dict(d["graphs"]), ChainCheck.from_dict(d["chain"]),
-                   ChainCheck.from_dict(d["chain_full_depth"]), d["passed"], list(d.get("problems", [])))
+                   ChainCheck.from_dict(d["chain_full_depth"]), d["passed"], list(d.get("problems", [])),
+                   None if batch is None else BatchCheck.from_dict(batch))
 
     def summary(self) -> dict:
         """What the manifest's validation.checks records of this precision: the verdict and headline figures."""
         c = self.chain
         return {"passed": self.passed, "graph_max_abs_diff": self.graphs.max_abs_diff_overall,
                 "chain_examples": c.examples, "chain_same_exit_layer": c.same_exit_layer,
-                "chain_same_label": c.same_label, "chain_max_prob_diff_same_exit": c.max_prob_diff_same_exit}
+                "chain_same_label": c.same_label, "chain_max_prob_diff_same_exit": c.max_prob_diff_same_exit} | (
+                    {} if self.batch is None else {
+                        "batch_same_exit_layer": self.batch.same_exit_layer,
+                        "batch_same_tokens_per_layer": self.batch.same_tokens_per_layer,
+                        "batch_max_prob_diff_same_exit": self.batch.max_prob_diff_same_exit})
 
     def describe(self) -> str:
         """One line: verdict, graph parity, chain agreement (and accuracies with labels)."""
@@ -107,6 +138,10 @@ class Validation:
                 f"{c.max_prob_diff_same_exit:.2e}")
         if c.accuracy_runtime is not None:
             line += f", accuracy runtime {100 * c.accuracy_runtime:.2f} vs PyTorch {100 * c.accuracy_pytorch:.2f}"
+        if self.batch is not None:
+            b = self.batch
+            line += (f"; batches of {b.batch_size}: same exit layer {100 * b.same_exit_layer:.1f}%, same tokens "
+                     f"{100 * b.same_tokens_per_layer:.1f}%, max prob diff {b.max_prob_diff_same_exit:.2e}")
         if self.graphs.ties:
             line += f"; near-tied pruning steps left out of the graph check: {self.graphs.ties}"
         return line
@@ -260,6 +295,32 @@ def check_chain(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[n
                       None if labels is None else correct_torch / total)
 
 
+def check_batches(model: MpeeModel, engine: MpeeEngine, examples: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                  policy: str, threshold: float, batch_size: int = BATCH_ROWS) -> BatchCheck | None:
+    """The batch graphs against MpeeModel.predict on each row alone (None when the bundle has none)."""
+    if not engine.manifest.supports_batches:
+        return None
+    rule = ExitPolicy(policy, threshold, model.mpee.num_labels)
+    defaults = set(engine.default_keep_ratios.values())   # as check_chain: the bundle's, maybe calibrated
+    keep_ratio = defaults.pop() if len(defaults) == 1 else None
+    same_exit = same_label = same_tokens = 0
+    max_diff = 0.0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        got = engine.run_batch([ids[0] for ids, _ in chunk], [types[0] for _, types in chunk], policy=policy,
+                               threshold=threshold, keep_ratio=keep_ratio)
+        for (ids, types), g in zip(chunk, got):
+            ref = model.predict(torch.from_numpy(ids), torch.from_numpy(types), policy=rule, keep_ratio=keep_ratio)
+            same_exit += g.exit_layer == ref.exit_layer
+            same_label += g.label_index == ref.label
+            same_tokens += g.tokens_per_layer == ref.attn_lens
+            if g.exit_layer == ref.exit_layer:
+                max_diff = max(max_diff, float(np.abs(np.asarray(g.probs) - ref.probs).max()))
+    total = len(examples)
+    return BatchCheck(total, batch_size, policy, threshold, same_exit / total, same_label / total,
+                      same_tokens / total, max_diff)
+
+
 def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, model: MpeeModel,
                         n_random: int = 24) -> list[tuple[np.ndarray, np.ndarray]]:
     """Token ids of real texts (when given; truncated by the model's rule) or of random token sequences of
@@ -281,14 +342,18 @@ def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, m
     return out
 
 
-def verdict(graphs: GraphCheck, chain: ChainCheck) -> list[str]:
-    """The fp32 pass/fail decision: every graph output within ATOL of PyTorch, and the chain agreeing with
-    the PyTorch model on exit layer and label for at least MIN_AGREEMENT of the examples. Returns the problems."""
+def verdict(graphs: GraphCheck, chain: ChainCheck, batch: BatchCheck | None = None) -> list[str]:
+    """The fp32 pass/fail decision: every graph output within ATOL of PyTorch, and the chain (and the batch
+    graphs, when there are any) agreeing with the PyTorch model on exit layer and label (and tokens per layer)
+    for at least MIN_AGREEMENT of the examples. Returns the problems."""
     bad = [f"{k}: {v:.2e}" for k, v in graphs.max_abs_diff.items() if v > ATOL["fp32"]]
     problems = graphs.errors + bad
     if chain.same_exit_layer < MIN_AGREEMENT or chain.same_label < MIN_AGREEMENT:
         problems.append(f"chain agreement exit {chain.same_exit_layer:.4f} label {chain.same_label:.4f} "
                         f"< {MIN_AGREEMENT}")
+    if batch is not None and min(batch.same_exit_layer, batch.same_label, batch.same_tokens_per_layer) < MIN_AGREEMENT:
+        problems.append(f"batch agreement exit {batch.same_exit_layer:.4f} label {batch.same_label:.4f} tokens "
+                        f"{batch.same_tokens_per_layer:.4f} < {MIN_AGREEMENT}")
     return problems
 
 
@@ -302,7 +367,8 @@ def validate_bundle(model: MpeeModel, folder: Path, manifest: S.Manifest, exampl
     policy, threshold = manifest.exit.default_policy, manifest.exit.default_threshold
     chain = check_chain(model, engine, examples, policy=policy, threshold=threshold, labels=labels)
     full = check_chain(model, engine, examples, **NO_EXIT, labels=labels)
+    batch = check_batches(model, engine, examples, policy=policy, threshold=threshold)
     if precision != "fp32":
-        return Validation(precision, graphs, chain, full, None)
-    problems = verdict(graphs, chain)
-    return Validation(precision, graphs, chain, full, not problems, problems)
+        return Validation(precision, graphs, chain, full, None, batch=batch)
+    problems = verdict(graphs, chain, batch)
+    return Validation(precision, graphs, chain, full, not problems, problems, batch)

@@ -2,6 +2,8 @@
 
     mpee-bench BUNDLE --input DEV [--reference REF] [--int8 B] ... --out OUT   measure, then report
     mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]   report again from OUT's rows
+    mpee-bench --throughput BUNDLE --input DEV --reference REF ... --out OUT   texts/s by batch size
+    mpee-bench throughput-report OUT       the throughput report again (`mpee_runtime.throughput`)
 
 Measuring (`mpee_runtime.measure`, torch-free) writes OUT/rows.jsonl (one line per timed request) and
 OUT/run.json; reporting (`mpee_runtime.report`) reads them and writes results.json, table.md (with the table
@@ -75,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import report
     if argv[:1] == [REPORT]:
         return report.main(argv[1:])
+    from . import throughput
+    if argv[:1] == [throughput.REPORT_COMMAND]:
+        return throughput.report_main(argv[1:])
+    if throughput.wants_throughput(argv):
+        return throughput.main(throughput.strip_command(argv))
     from . import measure
     args = build_parser().parse_intermixed_args(argv)
     measure.run(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,30 @@ def _open_tokenizer(bundle: Path, manifest: S.Manifest) -> Tokenizer:
     return tokenizer
 
 
+def check_batch(texts: Sequence[str], pairs: Sequence[str | None] | None) -> tuple[list[str], list[str | None]]:
+    """The rows of a batch as lists; refused in one line: not a list or tuple, empty, a row that is not a string,
+    or pairs of another length."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise MpeeRuntimeError(f"a batch is a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise MpeeRuntimeError("empty batch: give at least one text")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise MpeeRuntimeError(f"batch row {i}: text must be a string, got {type(t).__name__}")
+    if pairs is None:
+        return texts, [None] * len(texts)
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise MpeeRuntimeError(f"pairs is a list of strings (or None per row), got {type(pairs).__name__}")
+    pairs = list(pairs)
+    if len(pairs) != len(texts):
+        raise MpeeRuntimeError(f"{len(texts)} texts but {len(pairs)} pairs")
+    for i, p in enumerate(pairs):
+        if p is not None and not isinstance(p, str):
+            raise MpeeRuntimeError(f"batch row {i}: text_pair must be a string or None, got {type(p).__name__}")
+    return texts, pairs
+
+
 class MpeeEngine:
     """A loaded bundle. Create once, then call `predict` per request (batch 1).
 
@@ -141,7 +166,10 @@ class MpeeEngine:
         self.thread_pool = "session" if opts.use_per_session_threads else "global"
         self.threads = self.threads if opts.use_per_session_threads else global_pool_width()
         providers = providers or ["CPUExecutionProvider"]
+        self._session_args = (opts, providers)
         self._sessions = [_open_graph(self.bundle, g, opts, providers, manifest) for g in manifest.graphs]
+        self._batch_sessions: list[ort.InferenceSession] | None = None   # opened by the first batch
+        self._batch_lock = threading.Lock()
         self._inputs = [g.inputs for g in manifest.graphs]
         self._outputs = [g.outputs for g in manifest.graphs]
         self.tokenizer = _open_tokenizer(self.bundle, manifest)
@@ -213,6 +241,44 @@ class MpeeEngine:
         pred.timings_us["total"] += tokenize_ns / 1e3
         return pred
 
+    def predict_batch(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *,
+                      threshold: float | None = None, keep_ratio: float | Sequence[float] | None = None,
+                      policy: str | None = None) -> list[Prediction]:
+        """Classify a batch: one `Prediction` per row, in order, each the answer `predict` gives that row alone
+        (the same exit layer, label and tokens per layer; probabilities within float rounding).
+
+        Rows run together through the batch graphs (`run_batch`); a bundle without them (exported before
+        schema 5), and a batch of one, run row by row on the batch-1 graphs. Each row's `timings_us["total"]`
+        is the time from the batch's start to its own answer. Refused in one line: not a list of strings,
+        empty, pairs of another length, a bad knob.
+        """
+        texts, pairs = check_batch(texts, pairs)
+        knobs = {"threshold": threshold, "keep_ratio": keep_ratio, "policy": policy}
+        if len(texts) == 1 or not self.manifest.supports_batches:
+            return [self.predict(t, p, **knobs) for t, p in zip(texts, pairs)]
+        start = perf_counter_ns()
+        encoded = [self.encode_cut(t, p) for t, p in zip(texts, pairs)]
+        tokenize_us = (perf_counter_ns() - start) / 1e3
+        preds = self.run_batch([ids[0] for ids, _, _ in encoded], [types[0] for _, types, _ in encoded], **knobs)
+        for pred, (_, _, cut) in zip(preds, encoded):
+            pred.chars_cut = cut
+            pred.timings_us["tokenize"] = tokenize_us
+            pred.timings_us["total"] += tokenize_us
+        return preds
+
+    def batch_sessions(self) -> list[ort.InferenceSession]:
+        """The batch layer graphs' sessions, opened (and checked, as the batch-1 graphs are) on first use, so an
+        engine that never runs a batch pays nothing for them."""
+        if not self.manifest.supports_batches:
+            raise MpeeRuntimeError(f"{self.bundle}: this bundle has no batch graphs (exported before schema 5, "
+                                   "or with --no-batch-graphs): re-export it to run rows together")
+        with self._batch_lock:
+            if self._batch_sessions is None:
+                opts, providers = self._session_args
+                self._batch_sessions = [_open_graph(self.bundle, g, opts, providers, self.manifest)
+                                        for g in self.manifest.batch_graphs]
+        return self._batch_sessions
+
     def exit_rule(self, policy: str | None, threshold: float | None) -> ExitPolicy:
         """The exit rule for one request. Stateless rules are validated once and reused (validation costs
         more than the rule on a slow core); patience and depth count layers within a sample and are built fresh."""
@@ -280,13 +346,84 @@ class MpeeEngine:
             if self.layer_exit and rule.should_exit(probs[0], float(entropy[0])):
                 break
         total_ns = perf_counter_ns() - t0
-        p = probs[0].astype(float)
+        timings = {"embeddings": embed_ns / 1e3, "layers": [x / 1e3 for x in layer_ns], "total": total_ns / 1e3}
+        return self._prediction(int(input_ids.shape[1]), attn_lens, ffn_lens, probs[0], timings,
+                                (trace_p, trace_h) if record else None)
+
+    def run_batch(self, input_ids: Sequence[np.ndarray], token_type_ids: Sequence[np.ndarray], *,
+                  threshold: float | None = None, keep_ratio: float | Sequence[float] | None = None,
+                  policy: str | None = None, record: bool = False) -> list[Prediction]:
+        """Run rows of token ids (each (T_i,) int64) together; one `Prediction` per row, in order.
+
+        The rows are right-padded to the longest; after each layer every row whose exit fires (its own rule
+        object: patience and depth count per row) leaves the batch with its answer, and the rows that go on
+        are cut to their own longest row. When one row is left it finishes on the batch-1 graphs.
+        """
+        rules = [self.exit_rule(policy, threshold) for _ in input_ids]
+        ratios = self.keep_ratio_feeds(keep_ratio)
+        batch_sessions, entries = self.batch_sessions(), self.manifest.batch_graphs
+        n_rows = len(input_ids)
+        lengths = np.asarray([len(r) for r in input_ids], dtype=np.int64)
+        ids = np.zeros((n_rows, int(lengths.max())), dtype=np.int64)
+        types = np.zeros_like(ids)
+        for j, (a, b) in enumerate(zip(input_ids, token_type_ids)):
+            ids[j, :len(a)], types[j, :len(b)] = a, b
+        t0 = perf_counter_ns()
+        (hidden,) = self._sessions[0].run(self._outputs[0], {S.INPUT_IDS: ids, S.TOKEN_TYPE_IDS: types})
+        embed_us = (perf_counter_ns() - t0) / 1e3
+        state = {S.HIDDEN: hidden, S.LENGTHS: lengths}
+        rows = np.arange(n_rows)                      # the original index of each row still running
+        attn = [[] for _ in range(n_rows)]
+        ffn = [[] for _ in range(n_rows)]
+        traces = [([], []) for _ in range(n_rows)]
+        layer_us: list[float] = []
+        preds: list[Prediction | None] = [None] * n_rows
+        for i in range(self.num_layers):
+            if i in ratios:
+                state[S.KEEP_RATIO] = ratios[i]
+            t = perf_counter_ns()
+            if len(rows) == 1:   # one row left: the batch-1 graph, faster and the same answer
+                n = int(state[S.LENGTHS][0])
+                cut = {S.HIDDEN: n, S.SCORES: n - 1}
+                feeds = {k: np.ascontiguousarray(state[k][:, :cut[k]]) if k in cut else state[k]
+                         for k in self._inputs[i + 1]}
+                out = self._sessions[i + 1].run(self._outputs[i + 1], feeds)
+                out.append(np.asarray([out[0].shape[1]], dtype=np.int64))
+            else:
+                out = batch_sessions[i].run(entries[i].outputs, {k: state[k] for k in entries[i].inputs})
+            layer_us.append((perf_counter_ns() - t) / 1e3)
+            hidden, scores, memory, probs, entropy, new_lengths = out
+            stay = []
+            for j, r in enumerate(rows):
+                attn[r].append(int(state[S.LENGTHS][j]))
+                ffn[r].append(int(new_lengths[j]))
+                if record:
+                    traces[r][0].append([float(x) for x in probs[j]])
+                    traces[r][1].append(float(entropy[j]))
+                if (self.layer_exit and rules[r].should_exit(probs[j], float(entropy[j]))) or i == self.num_layers - 1:
+                    timings = {"embeddings": embed_us, "layers": list(layer_us),
+                               "total": (perf_counter_ns() - t0) / 1e3}
+                    preds[r] = self._prediction(len(input_ids[r]), attn[r], ffn[r], probs[j], timings,
+                                                traces[r] if record else None)
+                else:
+                    stay.append(j)
+            if not stay:
+                break
+            if len(stay) < len(rows):
+                n = int(new_lengths[stay].max())
+                hidden, scores = np.ascontiguousarray(hidden[stay, :n]), np.ascontiguousarray(scores[stay, :n - 1])
+                memory, new_lengths, rows = memory[stay], new_lengths[stay], rows[stay]
+            state.update({S.HIDDEN: hidden, S.SCORES: scores, S.MEMORY: memory, S.LENGTHS: new_lengths})
+        return preds
+
+    def _prediction(self, input_len: int, attn_lens: list[int], ffn_lens: list[int], probs: np.ndarray,
+                    timings: dict, trace: tuple[list, list] | None = None) -> Prediction:
+        """One row's answer from what its executed layers gave: label, FLOPs and rho at its own input length."""
+        p = probs.astype(float)
         label = int(p.argmax())
         fm = self.flops_model
         flops = fm.executed_flops(attn_lens, ffn_lens)
-        rho, rho128 = fm.speedups(int(input_ids.shape[1]), flops)
-        return Prediction(self.labels[label], label, [float(x) for x in p], len(attn_lens), attn_lens, ffn_lens,
-                          flops, rho, rho128,
-                          {"embeddings": embed_ns / 1e3, "layers": [x / 1e3 for x in layer_ns],
-                           "total": total_ns / 1e3},
-                          trace_p if record else None, trace_h if record else None)
+        rho, rho128 = fm.speedups(input_len, flops)
+        return Prediction(self.labels[label], label, [float(x) for x in p], len(attn_lens), list(attn_lens),
+                          list(ffn_lens), flops, rho, rho128, timings, trace[0] if trace else None,
+                          trace[1] if trace else None)

@@ -35,8 +35,10 @@ from .policy import POLICIES, check_threshold
 # 2: typed manifest; validation.passed; graphs stamped with their identity; flops facts read from "model".
 # 3: the manifest's integrity record; export.bundle_id; graphs stamped with bundle, precision and tokenizer.
 # 4: model.truncation (head, head+tail): a runtime that does not know it must not read a head+tail bundle.
-SCHEMA_VERSION = 4
-SUPPORTED_SCHEMA_VERSIONS = (3, 4)
+# 5: batch_graphs (optional): per-layer graphs that run a padded batch row by row (`batch_layer_inputs`); the
+#    embeddings graph takes any batch. Bundles of 3 and 4 have none: they run batches one row at a time.
+SCHEMA_VERSION = 5
+SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -67,8 +69,11 @@ MAX_FILE_NAME = 255               # bytes in UTF-8: the common file-system limit
 INPUT_IDS, TOKEN_TYPE_IDS = "input_ids", "token_type_ids"
 HIDDEN, SCORES, MEMORY, KEEP_RATIO = "hidden", "scores", "memory", "keep_ratio"
 HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY = "hidden_out", "scores_out", "memory_out", "probs", "entropy"
+# Batch graphs: each row's real tokens are a prefix of its padded row, `lengths` (B,) int64 long, [CLS] included.
+LENGTHS, LENGTHS_OUT = "lengths", "lengths_out"
 EMBEDDING_INPUTS, EMBEDDING_OUTPUTS = (INPUT_IDS, TOKEN_TYPE_IDS), (HIDDEN,)
 LAYER_OUTPUTS = (HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY)
+BATCH_LAYER_OUTPUTS = LAYER_OUTPUTS + (LENGTHS_OUT,)
 # Which output feeds which input of the next layer.
 CARRY = {HIDDEN_OUT: HIDDEN, SCORES_OUT: SCORES, MEMORY_OUT: MEMORY}
 # Export dummies: a length that is neither 1 nor a model constant, so no axis is traced as fixed.
@@ -89,10 +94,29 @@ def layer_inputs(i: int, prunes: bool) -> list[str]:
     return names + [KEEP_RATIO] if prunes else names
 
 
-def dynamic_axes(names: list[str]) -> dict[str, dict[int, str]]:
-    """Dynamic axes for torch.onnx.export: the sequence axis of every token-shaped tensor."""
+def batch_layer_file(i: int) -> str:
+    return f"layer_{i:02d}.batch.onnx"
+
+
+def batch_layer_name(i: int) -> str:
+    return f"batch_layer_{i:02d}"
+
+
+def batch_layer_inputs(i: int, prunes: bool) -> list[str]:
+    """A batch layer graph's inputs: those of `layer_inputs` with each row's real length after the hidden states."""
+    names = layer_inputs(i, prunes)
+    return names[:1] + [LENGTHS] + names[1:]
+
+
+def dynamic_axes(names: list[str], batch: bool = False) -> dict[str, dict[int, str]]:
+    """Dynamic axes for torch.onnx.export: the sequence axis of every token-shaped tensor; with `batch`, the
+    batch axis of every tensor but the keep ratio too (batch-1 graphs have it fixed at 1, which their
+    optimizations rely on)."""
     axes = {INPUT_IDS: {1: "seq"}, TOKEN_TYPE_IDS: {1: "seq"}, HIDDEN: {1: "seq"}, SCORES: {1: "seq_minus_1"},
             HIDDEN_OUT: {1: "seq_out"}, SCORES_OUT: {1: "seq_out_minus_1"}}
+    if batch:
+        axes = {n: {0: "batch"} | axes.get(n, {}) for n in (*axes, MEMORY, MEMORY_OUT, PROBS, ENTROPY, LENGTHS,
+                                                              LENGTHS_OUT)}
     return {n: axes[n] for n in names if n in axes}
 
 
@@ -112,6 +136,33 @@ def dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: i
               SCORES: scores / scores.sum(), MEMORY: rng.standard_normal((1, num_labels)).astype(np.float32),
               KEEP_RATIO: np.asarray(keep_ratio, dtype=np.float32)}
     return {n: values[n] for n in names}
+
+
+def batch_dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: int,
+                      lengths: tuple[int, ...] = (DUMMY_SEQ, DUMMY_SEQ - 5, DUMMY_SEQ - 9), keep_ratio: float = 0.7,
+                      rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """`dummy_feeds` for a padded batch with rows of `lengths` real tokens (padding zeroed, each row's scores a
+    distribution over its own positions 1..n-1): batch graphs' export tracing and parity checks."""
+    rng = rng or np.random.default_rng(0)
+    b, n = len(lengths), max(lengths)
+    per_row = [n for n in names if n != LENGTHS]
+    rows = [dummy_feeds(per_row, hidden=hidden, num_labels=num_labels, vocab_size=vocab_size, seq=m,
+                        keep_ratio=keep_ratio, rng=rng) for m in lengths]
+    feeds = {}
+    for name in names:
+        if name == KEEP_RATIO:
+            feeds[name] = rows[0][name]
+        elif name == LENGTHS:
+            feeds[name] = np.asarray(lengths, dtype=np.int64)
+        elif name == MEMORY:
+            feeds[name] = np.concatenate([r[name] for r in rows])
+        else:
+            width = n - 1 if name == SCORES else n
+            out = np.zeros((b, width) + rows[0][name].shape[2:], dtype=rows[0][name].dtype)
+            for j, r in enumerate(rows):
+                out[j, :r[name].shape[1]] = r[name][0]
+            feeds[name] = out
+    return feeds
 
 
 def sha256_of(path: Path) -> str:
@@ -351,6 +402,7 @@ class GraphEntry:
     layer: int | None = None       # None for the embeddings graph
     prunes: bool = False
     precision: str = "fp32"
+    batch: bool = False            # a batch layer graph (batch_layer_inputs); written from schema 5 on
 
     @classmethod
     def parse(cls, f: _Fields) -> GraphEntry:
@@ -358,12 +410,15 @@ class GraphEntry:
         return cls(name=f.text("name"), file=ref.file, sha256=ref.sha256,
                    inputs=f.items("inputs", str, what="tensor names"), outputs=f.items("outputs", str, what="tensor names"),
                    layer=f.integer("layer", lo=0, optional=True), prunes=f.flag("prunes"),
-                   precision=f.text("precision", choices=BUNDLE_PRECISIONS))
+                   precision=f.text("precision", choices=BUNDLE_PRECISIONS),
+                   batch=f.flag("batch") if "batch" in f.data else False)
 
     def expected_io(self) -> tuple[list[str], list[str]]:
         """The inputs and outputs the contract requires of this graph."""
         if self.layer is None:
             return list(EMBEDDING_INPUTS), list(EMBEDDING_OUTPUTS)
+        if self.batch:
+            return batch_layer_inputs(self.layer, self.prunes), list(BATCH_LAYER_OUTPUTS)
         return layer_inputs(self.layer, self.prunes), list(LAYER_OUTPUTS)
 
 
@@ -412,6 +467,7 @@ class Manifest:
     validation: ValidationSection
     task: TaskSection | None = None
     flops_convention: str = ""        # what the FLOPs figures count (flops.FLOPS_CONVENTION)
+    batch_graphs: list[GraphEntry] = field(default_factory=list)   # one per layer, or none (schema 5)
     versions: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
@@ -424,6 +480,11 @@ class Manifest:
     @property
     def layers(self) -> list[GraphEntry]:
         return self.graphs[1:]
+
+    @property
+    def supports_batches(self) -> bool:
+        """Whether the bundle has batch layer graphs (`MpeeEngine.predict_batch` runs rows together)."""
+        return bool(self.batch_graphs)
 
     @property
     def precision(self) -> str:
@@ -516,6 +577,12 @@ class Manifest:
         if not isinstance(graph_list, list):
             raise top._fail("graphs", "a list")
         graphs = [GraphEntry.parse(_Fields(g, f"manifest.graphs[{i}]")) for i, g in enumerate(graph_list)]
+        batch_list = top.get("batch_graphs", optional=True)
+        if batch_list is None:
+            batch_list = []
+        if not isinstance(batch_list, list):
+            raise top._fail("batch_graphs", "a list")
+        batch_graphs = [GraphEntry.parse(_Fields(g, f"manifest.batch_graphs[{i}]")) for i, g in enumerate(batch_list)]
         pruning = PruningSection.parse(top.section("pruning"), model.num_layers)
         task = top.section("task", optional=True)
         manifest = cls(model=model, pruning=pruning, exit=ExitSection.parse(top.section("exit")),
@@ -524,7 +591,7 @@ class Manifest:
                        validation=ValidationSection.parse(top.section("validation")),
                        task=None if task is None else TaskSection.parse(task),
                        flops_convention=top.text("flops_convention"), versions=top.section("versions").data,
-                       schema_version=version)
+                       schema_version=version, batch_graphs=batch_graphs)
         manifest._check_graphs()
         return manifest
 
@@ -533,7 +600,7 @@ class Manifest:
         n = self.model.num_layers
         if len(self.graphs) != n + 1:
             raise MpeeRuntimeError(f"{MANIFEST}: {len(self.graphs)} graphs for {n} layers (expected {n + 1})")
-        files = [g.file for g in self.graphs] + [self.tokenizer.file]
+        files = [g.file for g in self.graphs + self.batch_graphs] + [self.tokenizer.file]
         if len(set(files)) != len(files):
             raise MpeeRuntimeError(f"{MANIFEST}: a file is listed twice ({files})")
         prune = set(self.pruning.prune_layers)
@@ -544,10 +611,26 @@ class Manifest:
                 raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}), expected {want_name!r}")
             if g.layer is not None and g.prunes != (g.layer in prune):
                 raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
-            inputs, outputs = g.expected_io()
-            if g.inputs != inputs or g.outputs != outputs:
-                raise MpeeRuntimeError(f"{where} has inputs {g.inputs} and outputs {g.outputs}, "
-                                       f"expected {inputs} and {outputs}")
+            self._check_io(g, where)
+            if g.batch:
+                raise MpeeRuntimeError(f"{where} is a batch graph (those are listed in batch_graphs)")
+        if self.batch_graphs and len(self.batch_graphs) != n:
+            raise MpeeRuntimeError(f"{MANIFEST}: {len(self.batch_graphs)} batch graphs for {n} layers (expected {n} or none)")
+        for i, g in enumerate(self.batch_graphs):
+            where = f"{MANIFEST}: batch_graphs[{i}]"
+            if g.layer != i or g.name != batch_layer_name(i) or not g.batch:
+                raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}, batch {g.batch}), expected "
+                                       f"{batch_layer_name(i)!r}")
+            if g.prunes != (i in prune):
+                raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
+            self._check_io(g, where)
+
+    @staticmethod
+    def _check_io(g: GraphEntry, where: str) -> None:
+        inputs, outputs = g.expected_io()
+        if g.inputs != inputs or g.outputs != outputs:
+            raise MpeeRuntimeError(f"{where} has inputs {g.inputs} and outputs {g.outputs}, "
+                                   f"expected {inputs} and {outputs}")
 
     @classmethod
     def load(cls, folder: Path, *, verify: bool = True) -> Manifest:
@@ -573,7 +656,7 @@ class Manifest:
     def verify_files(self, folder: Path) -> None:
         """Every file named by the manifest is inside `folder`, present, and matches its sha256."""
         refs = [(self.tokenizer.file, self.tokenizer.sha256, "tokenizer")]
-        refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.graphs]
+        refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.graphs + self.batch_graphs]
         for name, digest, what in refs:
             target = self.path_of(folder, name, what)
             try:

@@ -165,7 +165,8 @@ def _listed_by_manifest(folder: Path) -> set[str]:
     the manifest's digest. Read as plain JSON; anything unexpected covers every file directly instead."""
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return {g["file"] for g in data["graphs"]} | {data["tokenizer"]["file"]}
+        graphs = data["graphs"] + data.get("batch_graphs", [])
+        return {g["file"] for g in graphs} | {data["tokenizer"]["file"]}
     except Exception:  # noqa: BLE001 -- only an optimisation: the statement then lists every file
         return set()
 

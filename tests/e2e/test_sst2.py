@@ -89,3 +89,57 @@ def test_device_path_matches_pytorch(trained, tmp_path, capsys):
     assert {"pytorch", "onnx_full", "onnx_fused", "onnx_fused_int8", "chain", "chain_aa", "mpee"} <= set(rows)
     assert rows["pytorch"]["accuracy"] == rows["onnx_full"]["accuracy"] == rows["chain"]["accuracy"]
     assert rows["mpee"]["rho"] > 1.5 and rows["mpee"]["mean_exit_layer"] < rows["chain"]["mean_exit_layer"]
+
+
+def test_batches_give_the_batch_one_answers(trained, tmp_path, capsys):
+    """The trained model's batches, fp32 and int8, with and without pruning: `mpee-run --batch-size 16` (with
+    length bucketing) writes, for 400 dev sentences, exactly the lines `--batch-size 1` writes, and
+    `MpeeModel.predict_batch` gives each of 64 padded rows its `predict` answer."""
+    import numpy as np
+    import torch
+
+    from mpee_export.batching import tokenize
+    from mpee_export.checkpoint import load_checkpoint
+    from mpee_runtime.policy import ExitPolicy
+
+    glue_dir, ckpt, _ = trained
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("".join((glue_dir / "SST-2" / "dev.tsv").read_text().splitlines(True)[:401]))
+    for precision in ("fp32", "int8"):
+        bundle = tmp_path / precision
+        res = CliRunner().invoke(export, [str(ckpt), str(bundle), "--data", str(glue_dir),
+                                          "--validation-examples", "64"] + (["--quantize", "int8"] if precision == "int8" else []))
+        assert res.exit_code == 0, res.output
+        assert S.Manifest.load(bundle).validation.checks[precision]["batch_same_exit_layer"] >= 0.995
+        for ratio in ("1.0", "0.5"):
+            lines = {}
+            for size in ("1", "16"):
+                out = tmp_path / f"{precision}_{ratio}_{size}.jsonl"
+                assert run_main([str(bundle), "--input", str(dev), "--output", str(out), "--threads", "2",
+                                 "--keep-ratio", ratio, "--threshold", "0.3", "--batch-size", size,
+                                 "--bucket-window", "0" if size == "1" else "64"]) == 0
+                capsys.readouterr()
+                lines[size] = [json.loads(line) for line in out.read_text().splitlines()]
+            assert len(lines["1"]) == len(lines["16"]) == 400
+            assert len({g["exit_layer"] for g in lines["1"]}) > 1
+            for one, batched in zip(lines["1"], lines["16"]):
+                assert (one["index"], one["label"], one["exit_layer"]) == (
+                    batched["index"], batched["label"], batched["exit_layer"])
+                np.testing.assert_allclose(one["probs"], batched["probs"], atol=1e-5, rtol=0)
+
+    model, tok = load_checkpoint(ckpt)
+    texts = [line.split("\t")[0] for line in dev.read_text().splitlines()[1:65]]
+    ids, types = tokenize(tok, texts, None, model.mpee.max_length)
+    width = max(map(len, ids))
+    pad = torch.zeros(len(ids), width, dtype=torch.long)
+    batch_ids, batch_types, mask = pad.clone(), pad.clone(), pad.clone()
+    for j, (i, t) in enumerate(zip(ids, types)):
+        batch_ids[j, :len(i)], batch_types[j, :len(t)], mask[j, :len(i)] = torch.tensor(i), torch.tensor(t), 1
+    rule = ExitPolicy("entropy", 0.3, model.mpee.num_labels)
+    for ratio in (1.0, 0.5):
+        batch = model.predict_batch(batch_ids, mask, batch_types, policy=rule, keep_ratio=ratio)
+        for j, got in enumerate(batch):
+            n = len(ids[j])
+            want = model.predict(batch_ids[j:j + 1, :n], batch_types[j:j + 1, :n], policy=rule, keep_ratio=ratio)
+            assert (got.exit_layer, got.label, got.attn_lens) == (want.exit_layer, want.label, want.attn_lens)
+            np.testing.assert_allclose(got.probs, want.probs, atol=1e-5, rtol=0)

@@ -1,0 +1,161 @@
+"""MpeeEngine.predict_batch on the tiny bundle (no torch): PyTorch's batch-1 answers for every row, batches of
+one, over-long rows, bad batches, concurrent callers, and bundles from before batch graphs."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from make_bundle import SETTINGS, TEXTS
+
+from mpee_runtime import schema as S
+from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.policy import NO_EXIT
+
+PROB_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def engine(built) -> MpeeEngine:
+    return MpeeEngine(built / "bundle", threads=1)
+
+
+def _key(p) -> tuple:
+    return p.exit_layer, p.label, p.tokens_per_layer, p.ffn_tokens_per_layer
+
+
+def _same(got, want) -> None:
+    assert _key(got) == _key(want)
+    np.testing.assert_allclose(got.probs, want.probs, atol=PROB_TOL, rtol=0)
+
+
+def test_every_row_gets_pytorchs_batch_one_answer(engine, expected):
+    """All texts (pairs and single texts mixed, 3 to 24 tokens) in one batch, at each setting of the PyTorch
+    record: every row's exit layer, label, tokens per layer and probabilities are PyTorch's at batch 1."""
+    assert engine.manifest.supports_batches
+    texts, pairs = [t for t, _ in TEXTS], [p for _, p in TEXTS]
+    for threshold, ratio in SETTINGS:
+        got = engine.predict_batch(texts, pairs, threshold=threshold, keep_ratio=ratio, policy="entropy")
+        for g, (text, pair) in zip(got, TEXTS):
+            want = next(e for e in expected if (e["text"], e["pair"], e["threshold"], e["keep_ratio"]) ==
+                        (text, pair, threshold, ratio))
+            assert (g.label, g.exit_layer, g.tokens_per_layer) == (want["label"], want["exit_layer"],
+                                                                   want["tokens_per_layer"])
+            np.testing.assert_allclose(g.probs, want["probs"], atol=PROB_TOL, rtol=0)
+
+
+def _spread(engine, texts, pairs, **knobs) -> float:
+    """The max_prob threshold at which the rows leave at the most different layers (the random model's
+    probabilities sit near 1/2, so no fixed threshold spreads them): a midpoint between two of the rows'
+    per-layer max probabilities at full depth, so rounding cannot move an exit."""
+    max_probs = np.asarray([[max(p) for p in engine.run_ids(*engine.encode(a, b), record=True, **NO_EXIT,
+                                                          **knobs).layer_probs] for a, b in zip(texts, pairs)])
+    values = np.unique(max_probs)
+
+    def layers(t: float) -> int:
+        fired = max_probs > t
+        return len(set(np.where(fired.any(axis=1), fired.argmax(axis=1), -1)))
+    return float(max((values[1:] + values[:-1]) / 2, key=layers))
+
+
+def test_rules_count_per_row(engine):
+    """Stateful rules (patience, depth) count each row's layers; rows leave the batch at every layer."""
+    texts, pairs = [t for t, _ in TEXTS] * 2, [p for _, p in TEXTS] * 2
+    for ratio in (0.5, None):
+        spread = _spread(engine, texts, pairs, keep_ratio=ratio)
+        for policy, threshold in (("patience", 1), ("depth", 2), ("max_prob", spread)):
+            got = engine.predict_batch(texts, pairs, threshold=threshold, policy=policy, keep_ratio=ratio)
+            for g, t, p in zip(got, texts, pairs):
+                _same(g, engine.predict(t, p, threshold=threshold, policy=policy, keep_ratio=ratio))
+            if policy == "max_prob":
+                assert len({g.exit_layer for g in got}) >= 2
+
+
+def test_batch_of_one_and_over_long_rows(engine):
+    long = " ".join(["great fun film"] * 40)   # far over the bundle's 24 tokens
+    (one,) = engine.predict_batch(["a boring film"], threshold=0.6)
+    _same(one, engine.predict("a boring film", threshold=0.6))
+    texts = ["it", long, "the movie is great", long + " !"]
+    got = engine.predict_batch(texts, ["bad", None, long, None], threshold=0.6, keep_ratio=0.5)
+    assert got[1].tokens_per_layer[0] == engine.manifest.model.max_length
+    for g, t, p in zip(got, texts, ["bad", None, long, None]):
+        _same(g, engine.predict(t, p, threshold=0.6, keep_ratio=0.5))
+
+
+@pytest.mark.parametrize("texts, pairs, message", [
+    ([], None, "empty batch"),
+    ("a single string", None, "a batch is a list of strings"),
+    (["ok", 3], None, "batch row 1: text must be a string"),
+    (["ok", None], None, "batch row 1: text must be a string"),
+    (["ok", "fine"], ["one pair"], "2 texts but 1 pairs"),
+    (["ok", "fine"], [None, b"bytes"], "batch row 1: text_pair must be a string or None"),
+])
+def test_bad_batches_refused(engine, texts, pairs, message):
+    with pytest.raises(MpeeRuntimeError, match=message):
+        engine.predict_batch(texts, pairs)
+
+
+def test_bad_knobs_refused(engine):
+    with pytest.raises(MpeeRuntimeError, match="keep ratio"):
+        engine.predict_batch(["a", "b"], keep_ratio=1.5)
+    with pytest.raises(MpeeRuntimeError, match="threshold"):
+        engine.predict_batch(["a", "b"], policy="patience", threshold=0.5)
+
+
+def test_concurrent_batches_give_the_single_threaded_answers(engine):
+    texts = [t for t, _ in TEXTS] * 3
+    jobs = [{"threshold": t, "keep_ratio": r, "policy": "entropy"} for t, r in SETTINGS] + [
+        {"threshold": 1, "keep_ratio": None, "policy": "patience"}]
+    want = [[_key(p) + (tuple(p.probs),) for p in engine.predict_batch(texts, **job)] for job in jobs]
+    results: dict[tuple[int, int], list] = {}
+    errors = []
+
+    def worker(w: int) -> None:
+        try:
+            for rep in range(4):
+                j = (w + rep) % len(jobs)
+                results[w, rep] = (j, engine.predict_batch(texts, **jobs[j]))
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 16
+    for j, preds in results.values():
+        for p, w in zip(preds, want[j]):
+            assert _key(p) == w[:4]
+            np.testing.assert_allclose(p.probs, w[4], atol=PROB_TOL, rtol=0)
+
+
+def test_bundle_from_before_batch_graphs_runs_rows_one_by_one(bundle):
+    """A schema-4 manifest (no batch_graphs, no `batch` keys) still loads; predict_batch then runs each row on
+    the batch-1 graphs, and asking for the batch sessions says why there are none."""
+    data = json.loads((bundle / S.MANIFEST).read_text())
+    for g in data.pop("batch_graphs"):
+        (bundle / g["file"]).unlink()
+    for g in data["graphs"]:
+        g.pop("batch", None)
+    data["schema_version"] = 4
+    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(data)))
+    engine = MpeeEngine(bundle, threads=1)
+    assert not engine.manifest.supports_batches
+    texts = [t for t, _ in TEXTS]
+    for g, t in zip(engine.predict_batch(texts, threshold=0.6), texts):
+        _same(g, engine.predict(t, threshold=0.6))
+    with pytest.raises(MpeeRuntimeError, match="no batch graphs"):
+        engine.batch_sessions()
+
+
+def test_batch_graph_file_checked_like_the_others(bundle):
+    """A batch graph whose bytes changed is refused when the bundle loads (its sha256 is in the manifest)."""
+    data = json.loads((bundle / S.MANIFEST).read_text())
+    path = bundle / data["batch_graphs"][1]["file"]
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(MpeeRuntimeError, match="does not match its sha256"):
+        MpeeEngine(bundle, threads=1)
