@@ -20,7 +20,7 @@ bundle_dir=$(mktemp -d)
 trap 'rm -rf "$bundle_dir"' EXIT
 .venv/bin/python tests/runtime/make_bundle.py "$bundle_dir"
 [ -x .venv-runtime/bin/python ] || "${PYTHON:-python3}" -m venv .venv-runtime
-.venv-runtime/bin/python -m pip install -q "./runtime[test]"
+.venv-runtime/bin/python -m pip install -q "./runtime[test,serve]"
 if .venv-runtime/bin/python -c "import torch" 2>/dev/null || .venv-runtime/bin/python -c "import transformers" 2>/dev/null; then
   echo "runtime venv must not contain torch or transformers" >&2; exit 1
 fi

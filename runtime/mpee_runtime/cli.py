@@ -100,7 +100,9 @@ def predict_examples(engine, examples: list[Example], *, batch_size: int = 1, bu
             got = [engine.predict(rows[0].text, rows[0].pair, **knobs)]
         else:
             got = engine.predict_batch([ex.text for ex in rows], [ex.pair for ex in rows], **knobs)
-        for i, pred in zip(batch, got, strict=True):
+        if len(got) != len(batch):   # no zip(strict=True): the device package supports Python 3.9
+            raise MpeeRuntimeError(f"the engine answered {len(got)} of a batch of {len(batch)} rows")
+        for i, pred in zip(batch, got):
             preds[i] = pred
     return preds
 
@@ -116,7 +118,7 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", b
     start = perf_counter_ns()
     predictions = predict_examples(engine, examples, batch_size=batch_size, bucket_window=bucket_window, **knobs)
     wall_s = max(perf_counter_ns() - start, 1) / 1e9
-    for index, (ex, pred) in enumerate(zip(examples, predictions, strict=True)):
+    for index, (ex, pred) in enumerate(zip(examples, predictions)):
         line = {"index": index, "label": pred.label, "exit_layer": pred.exit_layer,
                 "probs": [round(p, 6) for p in pred.probs]}
         if ex.cut or pred.chars_cut:   # cut by the reader (or by the engine, for examples not read by it)

@@ -1,0 +1,487 @@
+"""mpee-serve's dynamic batcher and the models behind it: requests' rows queue up, one worker thread cuts them
+into batches and runs each group of rows with the same knobs as one call (no server stack imported here).
+
+Batching rule (`MpeeBatcher`):
+- a request's rows enter a FIFO queue whole, or not at all: it is refused (`QueueFull`, with a Retry-After
+  estimate) when the queue would hold more than `max_queue` rows, or when the rows waiting and its own would
+  take longer than `shed_after_s` to run at recent speed (they would time out: shed now, not time out later);
+- the worker takes the next batch as soon as `max_batch` rows wait, or the oldest waiting row has waited
+  `max_wait_s`, whichever comes first (at once while the server drains); a batch is the first `max_batch`
+  rows in queue order, so a large request may span batches and share them with others;
+- a batch's rows are grouped by knobs (threshold, keep ratio, policy; first appearance order) and each group
+  is one `Backend.run` call, so a row gets the answer it would get alone (`MpeeEngine.predict_batch`);
+- a group whose call fails is run again request by request, so one request's fault fails only that request;
+- a cancelled request (timeout, client gone) leaves the queue with its rows not yet taken; rows already in a
+  batch finish, and their answers are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import monotonic, perf_counter_ns
+
+import numpy as np
+
+from .errors import MpeeRuntimeError
+from .policy import NO_EXIT, POLICIES
+from .schema import FULL_MODELS
+
+log = logging.getLogger("mpee_runtime.serve")
+
+WARMUP_TEXT = "warm up the batch graphs"
+_EWMA = 0.2            # weight of the newest batch in the seconds-per-row estimate behind Retry-After
+
+
+class FieldError(MpeeRuntimeError):
+    """A request refused because of one field (HTTP 400); `field` names it, e.g. `threshold`, `inputs[2].text`."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+class QueueFull(MpeeRuntimeError):
+    """The queue cannot take the request's rows now (HTTP 503); `retry_after_s` estimates when it could."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosed(MpeeRuntimeError):
+    """The server is shutting down and takes no new rows (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One request's exit knobs (None: the bundle's calibrated value); rows batch together only when equal."""
+
+    threshold: float | None = None
+    keep_ratio: float | tuple[float, ...] | None = None   # one ratio, or one per pruning layer
+    policy: str | None = None
+
+    def as_kwargs(self) -> dict:
+        return {"threshold": self.threshold, "keep_ratio": self.keep_ratio, "policy": self.policy}
+
+    def given(self) -> list[str]:
+        """Names of the knobs the request set."""
+        return [name for name, value in self.as_kwargs().items() if value is not None]
+
+
+@dataclass(frozen=True)
+class Row:
+    text: str
+    pair: str | None = None
+
+
+@dataclass(frozen=True)
+class RowAnswer:
+    """One row's answer, as `/v1/classify` returns it."""
+
+    label: str
+    label_index: int
+    probs: list[float]
+    exit_layer: int                  # 1-based; the full model: its number of layers
+    tokens_per_layer: list[int]      # tokens entering each executed layer's attention
+    ffn_tokens_per_layer: list[int]
+    flops: int
+    rho: float
+    rho_pad128: float
+    chars_cut: bool                  # the text or pair was cut to the engine's max_chars
+    compute_ms: float                # from its batch call's start to its answer, tokenizing included
+    batch_rows: int                  # rows of the call it ran in
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What `GET /v1/model` says about the model served."""
+
+    mode: str                        # "mpee": the bundle's early-exit chain; "full": the reference full model
+    task: str | None
+    labels: list[str]
+    precision: str | None            # fp32 / int8 (a full model: by its file name; None when unknown)
+    num_layers: int
+    max_length: int
+    max_chars: int
+    graph_ops: str
+    supports_batches: bool
+    bundle_id: str
+    default_policy: str | None       # the calibrated point (None for the full model: it has no exits)
+    default_threshold: float | None
+    default_keep_ratios: dict[str, float] | None   # pruning layer (0-based, as a string) -> keep ratio
+    calibration: dict | None
+    full_model: str | None = None    # the graph's file name in --full-model mode
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------- the models behind the batcher
+def _bundle_summary(engine, mode: str, **changes) -> ModelSummary:
+    m = engine.manifest
+    base = ModelSummary(
+        mode=mode, task=m.model.task, labels=list(engine.labels), precision=m.precision, num_layers=engine.num_layers,
+        max_length=m.model.max_length, max_chars=engine.max_chars, graph_ops=m.export.graph_ops,
+        supports_batches=m.supports_batches, bundle_id=m.export.bundle_id, default_policy=engine.default_policy,
+        default_threshold=engine.default_threshold,
+        default_keep_ratios={str(i): r for i, r in engine.default_keep_ratios.items()},
+        calibration=m.exit.calibration)
+    return ModelSummary(**{**base.__dict__, **changes})
+
+
+class MpeeBackend:
+    """The bundle's early-exit chain: each group of rows is one `engine.predict_batch` call, whose answers are
+    the batch-1 answers (`predict`, what mpee-run prints)."""
+
+    mode = "mpee"
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.labels: list[str] = list(engine.labels)
+        self.num_layers: int = engine.num_layers
+
+    def check_knobs(self, knobs: Knobs) -> None:
+        """Refuse bad knobs as mpee-run does, with the engine's own checks; raises FieldError naming the field."""
+        if knobs.policy is not None and knobs.policy not in POLICIES:
+            raise FieldError("policy", f"unknown exit policy {knobs.policy!r} (choose from {', '.join(POLICIES)})")
+        try:
+            self.engine.exit_rule(knobs.policy, knobs.threshold)
+        except MpeeRuntimeError as e:
+            raise FieldError("threshold", str(e)) from None
+        try:
+            self.engine.keep_ratio_feeds(knobs.keep_ratio)
+        except MpeeRuntimeError as e:
+            raise FieldError("keep_ratio", str(e)) from None
+
+    def run(self, rows: Sequence[Row], knobs: Knobs) -> list[RowAnswer]:
+        preds = self.engine.predict_batch([r.text for r in rows], [r.pair for r in rows], **knobs.as_kwargs())
+        return [RowAnswer(p.label, p.label_index, p.probs, p.exit_layer, p.tokens_per_layer, p.ffn_tokens_per_layer,
+                          p.flops, p.rho, p.rho_pad128, p.chars_cut, p.timings_us["total"] / 1e3, len(rows))
+                for p in preds]
+
+    def warm_up(self, rows: int) -> None:
+        """Open the batch graphs (they open on the first batch) and run them at full depth, `rows` rows and 2."""
+        for n in sorted({rows, 2} if rows > 1 else set()):
+            self.engine.predict_batch([WARMUP_TEXT] * n, **NO_EXIT)
+
+    def summary(self) -> ModelSummary:
+        return _bundle_summary(self.engine, self.mode)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class FullModelBackend:
+    """The reference full model (`mpee-export reference`: inputs input_ids / attention_mask / token_type_ids,
+    output logits (batch, labels)) behind the same batcher and API, for the load test's baseline. The bundle's
+    engine tokenizes (so texts are cut and truncated as for MPEE); each group is padded to its longest row
+    (attention mask 0 on the padding). Every row runs all layers on all its tokens: rho 1, no knobs."""
+
+    mode = "full"
+
+    def __init__(self, engine, path: Path, *, threads: int, spinning: bool = True) -> None:
+        from .session import open_session
+        from .throughput import pad_rows
+        self.engine, self.path, self._pad_rows = engine, Path(path), pad_rows
+        if not self.path.is_file():
+            raise MpeeRuntimeError(f"--full-model {self.path}: no such file")
+        self.session = open_session(self.path, threads=threads, spinning=spinning)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if not {"input_ids", "attention_mask"} <= self._inputs or outputs[:1] != ["logits"]:
+            raise MpeeRuntimeError(f"--full-model {self.path}: inputs {sorted(self._inputs)} and outputs {outputs}; "
+                                   "a full model takes input_ids and attention_mask and gives logits first")
+        self.labels: list[str] = list(engine.labels)
+        self.num_layers: int = engine.num_layers
+        logits = self._logits([Row(WARMUP_TEXT)] * 2)[0]
+        if logits.shape != (2, len(self.labels)):
+            raise MpeeRuntimeError(f"--full-model {self.path}: logits of shape {list(logits.shape)} for 2 rows, the "
+                                   f"bundle has {len(self.labels)} labels (a full model of another task?)")
+
+    def check_knobs(self, knobs: Knobs) -> None:
+        given = knobs.given()
+        if given:
+            raise FieldError(given[0], "the full model (--full-model) has no exits and prunes no token")
+
+    def _logits(self, rows: Sequence[Row]) -> tuple[np.ndarray, list[int], list[bool]]:
+        encoded = [self.engine.encode_cut(r.text, r.pair) for r in rows]
+        ids, mask, types = self._pad_rows([(i, t) for i, t, _ in encoded])
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        (logits,) = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self._inputs})
+        return logits, [int(i.shape[1]) for i, _, _ in encoded], [cut for _, _, cut in encoded]
+
+    def run(self, rows: Sequence[Row], knobs: Knobs) -> list[RowAnswer]:
+        start = perf_counter_ns()
+        logits, lengths, cuts = self._logits(rows)
+        ms = (perf_counter_ns() - start) / 1e6
+        probs, fm, L = _softmax(logits), self.engine.flops_model, self.num_layers
+        out = []
+        for p, n, cut in zip(probs, lengths, cuts):
+            flops = fm.full_flops(n)
+            _, rho128 = fm.speedups(n, flops)
+            k = int(p.argmax())
+            out.append(RowAnswer(self.labels[k], k, [float(x) for x in p], L, [n] * L, [n] * L, flops, 1.0, rho128,
+                                 cut, ms, len(rows)))
+        return out
+
+    def warm_up(self, rows: int) -> None:
+        self.run([Row(WARMUP_TEXT)] * max(rows, 1), Knobs())
+
+    def summary(self) -> ModelSummary:
+        precision = next((m.precision for m in FULL_MODELS if m.file == self.path.name), None)
+        return _bundle_summary(self.engine, self.mode, precision=precision, supports_batches=True,
+                               default_policy=None, default_threshold=None, default_keep_ratios=None,
+                               calibration=None, full_model=self.path.name)
+
+
+# ---------------------------------------------------------------- the batcher
+class BatchObserver:
+    """What the batcher reports as it works (serve.py's Prometheus metrics); called from any thread."""
+
+    def queue_depth(self, rows: int) -> None:
+        """Rows waiting, after each change."""
+
+    def batch(self, rows: int) -> None:
+        """Rows of one `Backend.run` call."""
+
+    def answered(self, answer: RowAnswer) -> None:
+        """One row answered."""
+
+    def dropped(self, rows: int) -> None:
+        """Rows of a cancelled request that left the queue before they ran."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's rows on their way through the batcher. The worker thread fills `answers`; the event loop's
+    future gets them (or the first error) once every row is done."""
+
+    rows: list[Row]
+    knobs: Knobs
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=monotonic)
+    answers: list[RowAnswer | None] = field(default_factory=list)
+    taken: int = 0                   # rows handed to the worker (rows before it are in flight or done)
+    done: int = 0                    # rows answered or failed
+    cancelled: bool = False
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.answers = [None] * len(self.rows)
+
+
+Piece = tuple[Job, int]             # a job and the index of one of its rows
+
+
+def _settle(job: Job) -> None:
+    """In the event loop: hand the job's answers (or its error) to its future, unless nobody waits any more."""
+    if job.future.done():
+        return
+    if job.error is not None:
+        job.future.set_exception(job.error)
+    else:
+        job.future.set_result(list(job.answers))
+
+
+class MpeeBatcher:
+    """The queue and its one worker thread (module docstring: the batching rule).
+
+    One worker runs one call at a time: the engine's intra-op threads are the parallelism, and a second worker
+    would only make two calls share the same cores. `submit` and `cancel` are called from the event loop and
+    take the lock only to change the queue, so the loop never waits for a batch.
+    """
+
+    def __init__(self, backend, *, max_batch: int, max_wait_s: float, max_queue: int,
+                 shed_after_s: float | None = None, observer: BatchObserver | None = None) -> None:
+        self.backend = backend
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.shed_after_s = shed_after_s
+        self.observer = observer or BatchObserver()
+        self._cond = threading.Condition()
+        self._jobs: deque[Job] = deque()
+        self._queued = 0                  # rows waiting (not yet taken by the worker)
+        self._closing = False
+        self._row_s = 0.0                 # seconds per row of recent calls (EWMA): the Retry-After estimate
+        self._ready = threading.Event()
+        self.warmup_error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- state
+    @property
+    def ready(self) -> bool:
+        """Warmed up and not shutting down."""
+        return self._ready.is_set() and not self._closing
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued
+
+    # -- event loop side
+    def submit(self, rows: list[Row], knobs: Knobs, loop: asyncio.AbstractEventLoop) -> Job:
+        """Queue a request's rows (all or none); its future resolves to one RowAnswer per row, in order.
+        Raises QueueFull when they do not fit, BatcherClosed while shutting down."""
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("shutting down: not taking new requests")
+            self._check_room(len(rows))
+            job = Job(list(rows), knobs, loop, loop.create_future())
+            self._jobs.append(job)
+            self._queued += len(rows)
+            self._cond.notify()
+        self.observer.queue_depth(self._queued)
+        return job
+
+    def _check_room(self, rows: int) -> None:
+        """Raise QueueFull when `rows` more rows do not fit (the rule in the module docstring; under the lock)."""
+        wait_s = (self._queued + rows) * self._row_s   # 0 until a call has been timed
+        retry_after = max(1, math.ceil(wait_s))
+        if self._queued + rows > self.max_queue:
+            raise QueueFull(f"queue full: {self._queued} of {self.max_queue} rows waiting, this request has {rows}",
+                            retry_after)
+        if self.shed_after_s is not None and self._queued and wait_s > self.shed_after_s:
+            raise QueueFull(f"overloaded: the {self._queued} rows waiting and this request's {rows} would take "
+                            f"about {wait_s:.1f} s, over the {self.shed_after_s:g} s timeout", retry_after)
+
+    def cancel(self, job: Job) -> int:
+        """Take the job's rows that have not started out of the queue; returns how many left."""
+        with self._cond:
+            if job.cancelled:
+                return 0
+            job.cancelled = True
+            left = len(job.rows) - job.taken
+            if left:
+                self._jobs.remove(job)   # a job with rows left is still queued
+                self._queued -= left
+                job.taken = len(job.rows)
+        if left:
+            self.observer.queue_depth(self._queued)
+            self.observer.dropped(left)
+        return left
+
+    # -- lifetime
+    def start(self) -> None:
+        """Start the worker: it warms the backend up (then `ready`), then serves the queue."""
+        # A daemon, so that a call that never returns cannot keep the process alive past close()'s timeout.
+        self._thread = threading.Thread(target=self._work, name="mpee-batcher", daemon=True)
+        self._thread.start()
+
+    def stop_taking(self) -> None:
+        """Refuse new rows from now on; those queued run at once, without waiting for their batches to fill.
+        Safe in a signal handler of the thread that submits (the lock is reentrant)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """`stop_taking`, then wait (at most `timeout_s`) for the worker to run what was queued and stop."""
+        self.stop_taking()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- worker side
+    def _work(self) -> None:
+        try:
+            self.backend.warm_up(self.max_batch)
+        except Exception as e:  # reported by /healthz; requests still get their own errors
+            self.warmup_error = f"{type(e).__name__}: {e}"
+            log.exception("warm-up failed")
+        else:
+            self._ready.set()
+        while True:
+            pieces = self._next_batch()
+            if pieces is None:
+                return
+            self._run(pieces)
+
+    def _next_batch(self) -> list[Piece] | None:
+        """Wait for a batch (the rule in the module docstring); None once closing with nothing queued."""
+        with self._cond:
+            while True:
+                if self._queued == 0:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                wait = self._jobs[0].enqueued + self.max_wait_s - monotonic()
+                if self._queued >= self.max_batch or wait <= 0 or self._closing:
+                    return self._take()
+                self._cond.wait(wait)
+
+    def _take(self) -> list[Piece]:
+        """The first max_batch waiting rows, in queue order (under the lock)."""
+        pieces: list[Piece] = []
+        while self._jobs and len(pieces) < self.max_batch:
+            job = self._jobs[0]
+            n = min(self.max_batch - len(pieces), len(job.rows) - job.taken)
+            pieces += [(job, i) for i in range(job.taken, job.taken + n)]
+            job.taken += n
+            if job.taken == len(job.rows):
+                self._jobs.popleft()
+        self._queued -= len(pieces)
+        self.observer.queue_depth(self._queued)
+        return pieces
+
+    def _run(self, pieces: list[Piece]) -> None:
+        """One backend call per group of equal knobs, answers delivered as each group finishes."""
+        groups: dict[Knobs, list[Piece]] = {}
+        for piece in pieces:
+            groups.setdefault(piece[0].knobs, []).append(piece)
+        for knobs, group in groups.items():
+            start = monotonic()
+            try:
+                answers: list = self.backend.run([job.rows[i] for job, i in group], knobs)
+                self.observer.batch(len(group))
+            except Exception:  # noqa: BLE001 -- isolated below: each request then gets its own answer or error
+                answers = self._run_alone(group, knobs)
+            row_s = (monotonic() - start) / len(group)
+            self._row_s = row_s if self._row_s == 0 else (1 - _EWMA) * self._row_s + _EWMA * row_s
+            for (job, i), answer in zip(group, answers):
+                self._deliver(job, i, answer)
+
+    def _run_alone(self, group: list[Piece], knobs: Knobs) -> list:
+        """A failed group again, one request at a time: per row a RowAnswer, or the exception its request got."""
+        by_job: dict[Job, list[int]] = {}
+        for job, i in group:
+            by_job.setdefault(job, []).append(i)
+        answers: dict[Piece, object] = {}
+        for job, rows in by_job.items():
+            try:
+                got: list = self.backend.run([job.rows[i] for i in rows], knobs)
+                self.observer.batch(len(rows))
+            except Exception as e:  # handed to the request (500, or 400 for a MpeeRuntimeError)
+                if not isinstance(e, MpeeRuntimeError):
+                    log.error("request failed", exc_info=e)
+                got = [e] * len(rows)
+            answers.update({(job, i): a for i, a in zip(rows, got)})
+        return [answers[piece] for piece in group]
+
+    def _deliver(self, job: Job, index: int, answer) -> None:
+        if isinstance(answer, BaseException):
+            job.error = job.error or answer
+        else:
+            job.answers[index] = answer
+            self.observer.answered(answer)
+        job.done += 1
+        if job.done == len(job.rows) and not job.cancelled:
+            try:
+                job.loop.call_soon_threadsafe(_settle, job)
+            except RuntimeError:   # the loop has closed: nobody waits for this answer any more
+                pass
