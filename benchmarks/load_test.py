@@ -257,7 +257,7 @@ class RawClient:
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         async with self._slots:
             for attempt in (0, 1):
-                reused = bool(self._idle)
+                reused = attempt == 0 and bool(self._idle)   # the retry always opens a new connection
                 try:
                     conn = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
                     status, keep = await asyncio.wait_for(self._exchange(conn, head + body), self.timeout_s)
@@ -435,12 +435,15 @@ async def concurrent_answers(url: str, bodies: list[bytes], timeout_s: float) ->
     return answers
 
 
-def compare(got: list[dict], want: list[dict]) -> CheckResult:
+def compare(got: list[dict], want: list[dict], precision: str = "fp32") -> CheckResult:
+    """Labels and exit layers equal; fp32 probabilities within PROB_TOL. int8 probabilities are reported, not
+    judged: dynamic int8 quantization is discontinuous, so a float rounding difference between the batch and the
+    batch-1 graphs can move one int8 value by a step (docs/design.md, "Batches")."""
     labels = np.mean([g["label"] == w["label"] for g, w in zip(got, want)])
     exits = np.mean([g["exit_layer"] == w["exit_layer"] for g, w in zip(got, want)])
     diff = max(float(np.max(np.abs(np.subtract(g["probs"], w["probs"])))) for g, w in zip(got, want))
     return CheckResult(len(got), CLIENTS, float(labels), float(exits), diff,
-                       bool(labels == 1 and exits == 1 and diff <= PROB_TOL))
+                       bool(labels == 1 and exits == 1 and (precision != "fp32" or diff <= PROB_TOL)))
 
 
 async def soak(client, post, server: Server, bodies: list[bytes], *, rate: float, n: int, timeout_s: float
@@ -480,7 +483,7 @@ async def run_target(target: Target, bodies: list[bytes], check: tuple | None, a
             print(f"{target.name}: ready at {server.url}, {result.rss_ready_mb} MB resident", file=sys.stderr)
             if check is not None:
                 got = await concurrent_answers(server.url, check[0], args.client_timeout_s)
-                result.check = compare(got, check[1])
+                result.check = compare(got, check[1], target.precision)
                 print(f"  check: {result.check}", file=sys.stderr)
             if args.client == "raw":
                 raw = RawClient(server.url, max_connections=args.max_connections, timeout_s=args.client_timeout_s)
