@@ -447,27 +447,11 @@ def test_a_failing_request_fails_alone(engine):
 
 # ---------------------------------------------------------------- the full model behind the same API
 def _bag_model(path: Path, vocab: int) -> dict[str, np.ndarray]:
-    """logits (batch, 2) = sum over unmasked tokens of (word + type embedding) @ head: padding-invariant."""
-    onnx = pytest.importorskip("onnx", reason="building a full-model graph needs onnx")
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(3)
-    w = {"words": rng.normal(size=(vocab, 8)).astype(np.float32), "types": rng.normal(size=(2, 8)).astype(np.float32),
-         "head": rng.normal(size=(8, 2)).astype(np.float32)}
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
-              for n in ("input_ids", "attention_mask", "token_type_ids")]
-    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
-    inits += [numpy_helper.from_array(np.asarray([a], np.int64), f"ax{a}") for a in (1, 2)]
-    nodes = [helper.make_node("Gather", ["words", "input_ids"], ["w"]),
-             helper.make_node("Gather", ["types", "token_type_ids"], ["t"]), helper.make_node("Add", ["w", "t"], ["e"]),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["m", "ax2"], ["m3"]), helper.make_node("Mul", ["e", "m3"], ["x"]),
-             helper.make_node("ReduceSum", ["x", "ax1"], ["s"], keepdims=0),
-             helper.make_node("MatMul", ["s", "head"], ["logits"])]
-    out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])]
-    model = helper.make_model(helper.make_graph(nodes, "bag", inputs, out, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    """The tiny full model (`tiny_full_model.write_bag_model`) at `path`; returns its weights."""
+    pytest.importorskip("onnx", reason="building a full-model graph needs onnx")
+    from tiny_full_model import bag_weights, write_bag_model
+    w = bag_weights(vocab, seed=3)
+    write_bag_model(path, w)
     return w
 
 

@@ -31,42 +31,11 @@ from mpee_runtime.throughput import (
 )
 
 onnx = pytest.importorskip("onnx")
+from tiny_full_model import bag_weights, write_bag_model
 
 TEXTS = [("the movie is great", "entailment"), ("a boring film", "not_entailment"),
          ("very good acting and plot", "entailment"), ("awful plot", "not_entailment"),
          ("it was fun", "entailment"), ("not good , not fun , and the acting was awful !", "not_entailment")] * 2
-HIDDEN = 8
-
-
-def _weights(vocab: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"words": rng.normal(size=(vocab, HIDDEN)).astype(np.float32),
-            "types": rng.normal(size=(2, HIDDEN)).astype(np.float32),
-            "head": rng.normal(size=(HIDDEN, 2)).astype(np.float32)}
-
-
-def _full_model(path, weights: dict[str, np.ndarray]) -> None:
-    """logits (batch, 2) = sum over unmasked tokens of (word + type embedding), times a head."""
-    from onnx import TensorProto, helper, numpy_helper
-    axes = ["batch", "seq"]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, axes)
-              for n in ("input_ids", "attention_mask", "token_type_ids")]
-    inits = [numpy_helper.from_array(w, n) for n, w in weights.items()]
-    inits += [numpy_helper.from_array(np.asarray([2], np.int64), "ax2"),
-              numpy_helper.from_array(np.asarray([1], np.int64), "ax1")]
-    nodes = [helper.make_node("Gather", ["words", "input_ids"], ["w"]),
-             helper.make_node("Gather", ["types", "token_type_ids"], ["t"]),
-             helper.make_node("Add", ["w", "t"], ["e"]),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["m", "ax2"], ["m3"]),
-             helper.make_node("Mul", ["e", "m3"], ["x"]),
-             helper.make_node("ReduceSum", ["x", "ax1"], ["s"], keepdims=0),
-             helper.make_node("MatMul", ["s", "head"], ["logits"])]
-    out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])]
-    model = helper.make_model(helper.make_graph(nodes, "bag", inputs, out, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 def _expected_full(engine: MpeeEngine, weights: dict[str, np.ndarray]) -> list[int]:
@@ -87,9 +56,9 @@ def folders(built, tmp_path_factory):
     vocab = Manifest.load(bundle).model.vocab_size
     ref = tmp / "ref"
     ref.mkdir()
-    weights = {FUSED: _weights(vocab, 1), FUSED_INT8: _weights(vocab, 2)}
+    weights = {FUSED: bag_weights(vocab, 1), FUSED_INT8: bag_weights(vocab, 2)}
     for name, w in weights.items():
-        _full_model(ref / name, w)
+        write_bag_model(ref / name, w)
     data = tmp / "dev.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in TEXTS))
     return bundle, ref, data, weights, tmp
