@@ -17,6 +17,7 @@ from . import schema as S
 from . import truncation
 from .data import WORD_CHARS, cut_text, max_chars_for
 from .errors import MpeeRuntimeError
+from .grouping import length_groups
 from .policy import NO_EXIT, STATEFUL, ExitPolicy
 from .session import global_pool_width, open_session, session_options
 
@@ -243,27 +244,41 @@ class MpeeEngine:
 
     def predict_batch(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *,
                       threshold: float | None = None, keep_ratio: float | Sequence[float] | None = None,
-                      policy: str | None = None) -> list[Prediction]:
+                      policy: str | None = None, pad_slack: float | None = None) -> list[Prediction]:
         """Classify a batch: one `Prediction` per row, in order, each the answer `predict` gives that row alone
         (the same exit layer, label and tokens per layer; probabilities within float rounding).
 
         Rows run together through the batch graphs (`run_batch`); a bundle without them (exported before
-        schema 5), and a batch of one, run row by row on the batch-1 graphs. Each row's `timings_us["total"]`
-        is the time from the batch's start to its own answer. Refused in one line: not a list of strings,
-        empty, pairs of another length, a bad knob.
+        schema 5), and a batch of one, run row by row on the batch-1 graphs. With `pad_slack`, the rows are first
+        cut into groups of similar length (grouping.length_groups: padded tokens at most (1 + pad_slack) x real
+        ones), shortest first, each group one `run_batch` (a group of one: the batch-1 graphs). Each row's
+        `timings_us["total"]` is the time from the batch's start to its own answer. Refused in one line: not a
+        list of strings, empty, pairs of another length, a bad knob, a negative pad_slack.
         """
         texts, pairs = check_batch(texts, pairs)
+        if pad_slack is not None and not pad_slack >= 0:
+            raise MpeeRuntimeError(f"pad slack must be a number >= 0, got {pad_slack}")
         knobs = {"threshold": threshold, "keep_ratio": keep_ratio, "policy": policy}
         if len(texts) == 1 or not self.manifest.supports_batches:
             return [self.predict(t, p, **knobs) for t, p in zip(texts, pairs)]
         start = perf_counter_ns()
         encoded = [self.encode_cut(t, p) for t, p in zip(texts, pairs)]
         tokenize_us = (perf_counter_ns() - start) / 1e3
-        preds = self.run_batch([ids[0] for ids, _, _ in encoded], [types[0] for _, types, _ in encoded], **knobs)
-        for pred, (_, _, cut) in zip(preds, encoded):
-            pred.chars_cut = cut
-            pred.timings_us["tokenize"] = tokenize_us
-            pred.timings_us["total"] += tokenize_us
+        groups = ([list(range(len(encoded)))] if pad_slack is None
+                  else length_groups([ids.shape[1] for ids, _, _ in encoded], pad_slack))
+        preds: list[Prediction | None] = [None] * len(encoded)
+        for group in groups:
+            offset_us = (perf_counter_ns() - start) / 1e3   # tokenizing and the groups run before this one
+            if len(group) == 1:
+                ids, types, _ = encoded[group[0]]
+                got = [self.run_ids(ids, types, **knobs)]
+            else:
+                got = self.run_batch([encoded[j][0][0] for j in group], [encoded[j][1][0] for j in group], **knobs)
+            for j, pred in zip(group, got):
+                pred.chars_cut = encoded[j][2]
+                pred.timings_us["tokenize"] = tokenize_us
+                pred.timings_us["total"] += offset_us
+                preds[j] = pred
         return preds
 
     def batch_sessions(self) -> list[ort.InferenceSession]:

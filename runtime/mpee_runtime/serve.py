@@ -3,6 +3,7 @@
 
     mpee-serve BUNDLE [--host 127.0.0.1] [--port 8000] [--threads N] [--max-batch 16] [--max-wait-ms 5] ...
     mpee-serve BUNDLE --full-model REF/model_fused.onnx     the reference full model behind the same API
+    mpee-serve BUNDLE --workers N                           N server processes on the port (serve_workers.py)
 
 Routes: POST /v1/classify, GET /healthz, GET /v1/model, GET /metrics. The server stack (starlette, uvicorn,
 prometheus_client) is imported only when a server is built, so the core package keeps its three dependencies
@@ -52,6 +53,7 @@ SWITCH_INTERVAL_S = 0.0002   # sys.setswitchinterval in the server process (main
 ROUTES = ("/v1/classify", "/healthz", "/v1/model", "/metrics")   # metric label values; anything else is "other"
 TOP_FIELDS = ("text", "text_pair", "inputs", "threshold", "keep_ratio", "policy")
 ROW_FIELDS = ("text", "text_pair")
+MAX_WORKERS = 64
 STATUS_CLIENT_GONE = 499    # nginx's code for "client closed the request": counted, never seen by the client
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 log = logging.getLogger("mpee_runtime.serve")
@@ -68,6 +70,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20     # request body at most; more: 413
     max_text_chars: int = 100_000     # characters per text or pair at most; more: 413 (the engine cuts at max_chars)
     timeout_s: float = 30.0           # from queued to answered at most; later: 504 (and rows not started dropped)
+    pad_slack: float = 0.25           # a batch runs in groups of similar length: padding at most this share
 
     def check(self) -> None:
         """Refuse limits that cannot work, in one line naming the flag."""
@@ -78,6 +81,8 @@ class ServeSettings:
                 raise MpeeRuntimeError(f"{flag} must be >= 1, got {value}")
         if not math.isfinite(self.max_wait_ms) or self.max_wait_ms < 0:
             raise MpeeRuntimeError(f"--max-wait-ms must be a finite number >= 0, got {self.max_wait_ms}")
+        if not math.isfinite(self.pad_slack) or self.pad_slack < 0:
+            raise MpeeRuntimeError(f"--pad-slack must be a finite number >= 0, got {self.pad_slack}")
         if not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
             raise MpeeRuntimeError(f"--timeout-s must be a finite number > 0, got {self.timeout_s}")
         if self.max_inputs > self.max_queue:   # such a request could never be queued
@@ -217,7 +222,8 @@ class ServeMetrics(BatchObserver):
         sizes = sorted({2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch} | {max_batch})
         self.batch_rows = Histogram("mpee_batch_rows", "Rows per model call (one group of equal knobs)",
                                     buckets=tuple(sizes), registry=r)
-        self.queue = Gauge("mpee_queue_rows", "Rows waiting for a batch", registry=r)
+        self.queue = Gauge("mpee_queue_rows", "Rows waiting for a batch", registry=r,
+                           multiprocess_mode="livesum")   # with --workers: the sum over the live workers
         self.dropped_rows = Counter("mpee_rows_dropped", "Rows of timed-out or abandoned requests that never ran",
                                     registry=r)
 
@@ -335,10 +341,12 @@ def _body(req: ClassifyRequest, answers: list[RowAnswer], start_ns: int) -> dict
     return {"predictions": [a.to_dict() for a in answers], "server_ms": server_ms}
 
 
-def make_app(backend, settings: ServeSettings = ServeSettings(), *, threads: int | None = None) -> Starlette:
+def make_app(backend, settings: ServeSettings = ServeSettings(), *, threads: int | None = None,
+             workers: int = 1) -> Starlette:
     """The ASGI app over `backend` (serve_batcher.MpeeBackend or FullModelBackend). Its lifespan starts the
     batcher's worker (which warms up; /healthz says 503 until it has) and, at shutdown, lets it run what is
-    queued. `app.state` holds `batcher`, `metrics` and `settings`."""
+    queued. `app.state` holds `batcher`, `metrics` and `settings`. With `workers` > 1 (one app per server process,
+    serve_workers.py), /metrics reports the sum over every process's multiprocess files."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
@@ -346,8 +354,10 @@ def make_app(backend, settings: ServeSettings = ServeSettings(), *, threads: int
 
     metrics = ServeMetrics(backend.num_layers, settings.max_batch)
     batcher = MpeeBatcher(backend, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1e3,
-                          max_queue=settings.max_queue, shed_after_s=settings.timeout_s, observer=metrics)
-    summary = {**backend.summary().to_dict(), "serving": {**settings.__dict__, "threads": threads}}
+                          max_queue=settings.max_queue, shed_after_s=settings.timeout_s,
+                          pad_slack=settings.pad_slack, observer=metrics)
+    summary = {**backend.summary().to_dict(),
+               "serving": {**settings.__dict__, "threads": threads, "workers": workers}}
 
     async def classify(request: Request) -> Response:
         start = perf_counter_ns()
@@ -385,8 +395,13 @@ def make_app(backend, settings: ServeSettings = ServeSettings(), *, threads: int
         return JSONResponse(summary)
 
     async def metrics_text(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        registry = metrics.registry
+        if workers > 1:
+            from prometheus_client.multiprocess import MultiProcessCollector
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -414,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine "
                    "only; 0.0.0.0 serves the network, with no authentication]")
     p.add_argument("--port", type=int, default=8000, help="TCP port [default: 8000]")
-    p.add_argument("--threads", type=int, help="intra-op threads of the engine [default: cores, at most 4]")
+    p.add_argument("--threads", type=int, help="intra-op threads of each engine [default: cores, at most 4, "
+                   "divided among the workers]")
+    p.add_argument("--workers", type=int, default=1, help="server processes on the port, each with its own engine "
+                   "(one Python process parses and answers on one core at a time) [default: 1]")
     p.add_argument("--thread-pool", choices=THREAD_POOLS, default="session", help="as mpee-run [default: session]")
     p.add_argument("--no-spinning", dest="spinning", action="store_false",
                    help="idle intra-op threads sleep instead of spinning during a run")
@@ -431,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"characters per text at most; beyond, 413 [default: {d.max_text_chars}]")
     p.add_argument("--timeout-s", type=float, default=d.timeout_s,
                    help=f"seconds from queued to answered at most; beyond, 504 [default: {d.timeout_s:g}]")
+    p.add_argument("--pad-slack", type=float, default=d.pad_slack,
+                   help="a batch runs in groups of similar length, each padded by at most this share of its real "
+                   f"tokens (0: equal lengths only) [default: {d.pad_slack:g}]")
     p.add_argument("--full-model", type=Path, metavar="ONNX",
                    help="serve this full-model graph of `mpee-export reference` (REF/model_fused.onnx) instead of "
                    "the bundle's chain, with the same batching and API (the bundle still tokenizes)")
@@ -447,10 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_of(args: argparse.Namespace) -> ServeSettings:
     s = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                       max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes,
-                      max_text_chars=args.max_text_chars, timeout_s=args.timeout_s)
+                      max_text_chars=args.max_text_chars, timeout_s=args.timeout_s, pad_slack=args.pad_slack)
     s.check()
     if args.threads is not None and args.threads < 1:
         raise MpeeRuntimeError(f"--threads must be >= 1, got {args.threads}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise MpeeRuntimeError(f"--workers must be in 1..{MAX_WORKERS}, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise MpeeRuntimeError(f"--port must be in 0..65535, got {args.port}")
     return s
@@ -507,29 +530,40 @@ def _clean_exit_on_sigterm(sig, frame) -> None:
     again; this one makes that a clean exit (0) instead of death by signal."""
 
 
+def uvicorn_server(app: Starlette, args: argparse.Namespace, settings: ServeSettings):
+    """uvicorn's server on the app, with the flags' logging and the limits that go with the queue's."""
+    import uvicorn
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
+                            # uvicorn's own 503 (no Retry-After) only past what the queue would refuse anyway
+                            limit_concurrency=settings.max_queue + settings.max_batch + 64,
+                            timeout_graceful_shutdown=settings.timeout_s + 5)
+    return _server(config, app.state.batcher)
+
+
 @exit_2_on_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     settings = settings_of(args)
     require_stack()
-    import uvicorn
     logging.basicConfig(level=args.log_level.upper(), format="mpee-serve: %(levelname)s %(message)s")
     sock = bind(args.host, args.port)
+    what = f"full model {args.full_model.name}" if args.full_model else f"bundle {args.bundle}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    if args.workers > 1:
+        from .serve_workers import run_workers, worker_threads
+        args.threads = worker_threads(args.threads, args.workers)
+        return run_workers(args, settings, sock, f"mpee-serve: {what} on {url} ({args.workers} workers, threads "
+                           f"{args.threads} each, max batch {settings.max_batch}); every worker is warmed up")
     engine, backend = load_backend(args)
     app = make_app(backend, settings, threads=engine.threads)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
-                            # uvicorn's own 503 (no Retry-After) only past what the queue would refuse anyway
-                            limit_concurrency=settings.max_queue + settings.max_batch + 64,
-                            timeout_graceful_shutdown=settings.timeout_s + 5)
-    server = _server(config, app.state.batcher)
+    server = uvicorn_server(app, args, settings)
     signal.signal(signal.SIGTERM, _clean_exit_on_sigterm)
     # The event loop and the batching worker share the GIL; Python's default 5 ms switch interval delays each
     # hand-off between them by up to that. Measured on SST-2 (2 cores, 61 req/s): MPEE p99 58 -> 34 ms.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    what = f"full model {args.full_model.name}" if args.full_model else f"bundle {args.bundle}"
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"mpee-serve: {what} on http://{host}:{sock.getsockname()[1]} (threads {engine.threads}, max batch "
-          f"{settings.max_batch}); GET /healthz says 200 once warmed up", file=sys.stderr, flush=True)
+    print(f"mpee-serve: {what} on {url} (threads {engine.threads}, max batch {settings.max_batch}); GET /healthz "
+          "says 200 once warmed up", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
     if not server.started:
         raise MpeeRuntimeError("the server did not start (see the log above)")

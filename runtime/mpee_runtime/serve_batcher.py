@@ -9,7 +9,8 @@ Batching rule (`MpeeBatcher`):
   `max_wait_s`, whichever comes first (at once while the server drains); a batch is the first `max_batch`
   rows in queue order, so a large request may span batches and share them with others;
 - a batch's rows are grouped by knobs (threshold, keep ratio, policy; first appearance order) and each group
-  is one `Backend.run` call, so a row gets the answer it would get alone (`MpeeEngine.predict_batch`);
+  is one `Backend.run` call, so a row gets the answer it would get alone (`MpeeEngine.predict_batch`); the
+  backend runs the call's rows in groups of similar length (`pad_slack`, grouping.length_groups);
 - a group whose call fails is run again request by request, so one request's fault fails only that request;
 - a cancelled request (timeout, client gone) leaves the queue with its rows not yet taken; rows already in a
   batch finish, and their answers are dropped.
@@ -30,6 +31,7 @@ from time import monotonic, perf_counter_ns
 import numpy as np
 
 from .errors import MpeeRuntimeError
+from .grouping import length_groups
 from .policy import NO_EXIT, POLICIES
 from .schema import FULL_MODELS
 
@@ -96,7 +98,7 @@ class RowAnswer:
     rho_pad128: float
     chars_cut: bool                  # the text or pair was cut to the engine's max_chars
     compute_ms: float                # from its batch call's start to its answer, tokenizing included
-    batch_rows: int                  # rows of the call it ran in
+    batch_rows: int                  # rows of the backend call it was in (run in groups of similar length)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -163,8 +165,9 @@ class MpeeBackend:
         except MpeeRuntimeError as e:
             raise FieldError("keep_ratio", str(e)) from None
 
-    def run(self, rows: Sequence[Row], knobs: Knobs) -> list[RowAnswer]:
-        preds = self.engine.predict_batch([r.text for r in rows], [r.pair for r in rows], **knobs.as_kwargs())
+    def run(self, rows: Sequence[Row], knobs: Knobs, pad_slack: float | None = None) -> list[RowAnswer]:
+        preds = self.engine.predict_batch([r.text for r in rows], [r.pair for r in rows], **knobs.as_kwargs(),
+                                          pad_slack=pad_slack)
         return [RowAnswer(p.label, p.label_index, p.probs, p.exit_layer, p.tokens_per_layer, p.ffn_tokens_per_layer,
                           p.flops, p.rho, p.rho_pad128, p.chars_cut, p.timings_us["total"] / 1e3, len(rows))
                 for p in preds]
@@ -187,8 +190,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class FullModelBackend:
     """The reference full model (`mpee-export reference`: inputs input_ids / attention_mask / token_type_ids,
     output logits (batch, labels)) behind the same batcher and API, for the load test's baseline. The bundle's
-    engine tokenizes (so texts are cut and truncated as for MPEE); each group is padded to its longest row
-    (attention mask 0 on the padding). Every row runs all layers on all its tokens: rho 1, no knobs."""
+    engine tokenizes (so texts are cut and truncated as for MPEE); the rows are cut into groups of similar
+    length as the chain's are (`run`'s pad_slack, grouping.length_groups; None: one group), each group one call
+    padded to its longest row (attention mask 0 on the padding). Every row runs all layers on all its tokens: rho 1,
+    no knobs."""
 
     mode = "full"
 
@@ -206,7 +211,7 @@ class FullModelBackend:
                                    "a full model takes input_ids and attention_mask and gives logits first")
         self.labels: list[str] = list(engine.labels)
         self.num_layers: int = engine.num_layers
-        logits = self._logits([Row(WARMUP_TEXT)] * 2)[0]
+        logits = self._logits([engine.encode_cut(WARMUP_TEXT)] * 2)
         if logits.shape != (2, len(self.labels)):
             raise MpeeRuntimeError(f"--full-model {self.path}: logits of shape {list(logits.shape)} for 2 rows, the "
                                    f"bundle has {len(self.labels)} labels (a full model of another task?)")
@@ -216,25 +221,29 @@ class FullModelBackend:
         if given:
             raise FieldError(given[0], "the full model (--full-model) has no exits and prunes no token")
 
-    def _logits(self, rows: Sequence[Row]) -> tuple[np.ndarray, list[int], list[bool]]:
-        encoded = [self.engine.encode_cut(r.text, r.pair) for r in rows]
+    def _logits(self, encoded: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:
         ids, mask, types = self._pad_rows([(i, t) for i, t, _ in encoded])
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         (logits,) = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self._inputs})
-        return logits, [int(i.shape[1]) for i, _, _ in encoded], [cut for _, _, cut in encoded]
+        return logits
 
-    def run(self, rows: Sequence[Row], knobs: Knobs) -> list[RowAnswer]:
+    def run(self, rows: Sequence[Row], knobs: Knobs, pad_slack: float | None = None) -> list[RowAnswer]:
         start = perf_counter_ns()
-        logits, lengths, cuts = self._logits(rows)
-        ms = (perf_counter_ns() - start) / 1e6
-        probs, fm, L = _softmax(logits), self.engine.flops_model, self.num_layers
-        out = []
-        for p, n, cut in zip(probs, lengths, cuts):
-            flops = fm.full_flops(n)
-            _, rho128 = fm.speedups(n, flops)
-            k = int(p.argmax())
-            out.append(RowAnswer(self.labels[k], k, [float(x) for x in p], L, [n] * L, [n] * L, flops, 1.0, rho128,
-                                 cut, ms, len(rows)))
+        encoded = [self.engine.encode_cut(r.text, r.pair) for r in rows]
+        lengths = [int(ids.shape[1]) for ids, _, _ in encoded]
+        groups = [list(range(len(rows)))] if pad_slack is None else length_groups(lengths, pad_slack)
+        fm, L = self.engine.flops_model, self.num_layers
+        out: list[RowAnswer | None] = [None] * len(rows)
+        for group in groups:
+            probs = _softmax(self._logits([encoded[j] for j in group]))
+            ms = (perf_counter_ns() - start) / 1e6
+            for j, p in zip(group, probs):
+                n = lengths[j]
+                flops = fm.full_flops(n)
+                _, rho128 = fm.speedups(n, flops)
+                k = int(p.argmax())
+                out[j] = RowAnswer(self.labels[k], k, [float(x) for x in p], L, [n] * L, [n] * L, flops, 1.0, rho128,
+                                   encoded[j][2], ms, len(rows))
         return out
 
     def warm_up(self, rows: int) -> None:
@@ -287,14 +296,15 @@ class Job:
 Piece = tuple[Job, int]             # a job and the index of one of its rows
 
 
-def _settle(job: Job) -> None:
-    """In the event loop: hand the job's answers (or its error) to its future, unless nobody waits any more."""
-    if job.future.done():
-        return
-    if job.error is not None:
-        job.future.set_exception(job.error)
-    else:
-        job.future.set_result(list(job.answers))
+def _settle_all(jobs: list[Job]) -> None:
+    """In the event loop: hand each job's answers (or its error) to its future, unless nobody waits any more."""
+    for job in jobs:
+        if job.future.done():
+            continue
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(list(job.answers))
 
 
 class MpeeBatcher:
@@ -306,8 +316,9 @@ class MpeeBatcher:
     """
 
     def __init__(self, backend, *, max_batch: int, max_wait_s: float, max_queue: int,
-                 shed_after_s: float | None = None, observer: BatchObserver | None = None) -> None:
-        self.backend = backend
+                 shed_after_s: float | None = None, pad_slack: float | None = None,
+                 observer: BatchObserver | None = None) -> None:
+        self.backend, self.pad_slack = backend, pad_slack
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.shed_after_s = shed_after_s
         self.observer = observer or BatchObserver()
@@ -317,6 +328,7 @@ class MpeeBatcher:
         self._closing = False
         self._row_s = 0.0                 # seconds per row of recent calls (EWMA): the Retry-After estimate
         self._ready = threading.Event()
+        self._warmed = threading.Event()  # set once the warm-up is over, whether it worked or not
         self.warmup_error: str | None = None
         self._thread: threading.Thread | None = None
 
@@ -325,6 +337,10 @@ class MpeeBatcher:
     def ready(self) -> bool:
         """Warmed up and not shutting down."""
         return self._ready.is_set() and not self._closing
+
+    def wait_warm(self, timeout_s: float | None = None) -> bool:
+        """Wait until the warm-up is over (`ready`, or `warmup_error` says why not); False on timeout."""
+        return self._warmed.wait(timeout_s)
 
     @property
     def closing(self) -> bool:
@@ -405,6 +421,8 @@ class MpeeBatcher:
             log.exception("warm-up failed")
         else:
             self._ready.set()
+        finally:
+            self._warmed.set()
         while True:
             pieces = self._next_batch()
             if pieces is None:
@@ -447,14 +465,21 @@ class MpeeBatcher:
         for knobs, group in groups.items():
             start = monotonic()
             try:
-                answers: list = self.backend.run([job.rows[i] for job, i in group], knobs)
+                answers: list = self.backend.run([job.rows[i] for job, i in group], knobs, self.pad_slack)
                 self.observer.batch(len(group))
             except Exception:  # noqa: BLE001 -- isolated below: each request then gets its own answer or error
                 answers = self._run_alone(group, knobs)
             row_s = (monotonic() - start) / len(group)
             self._row_s = row_s if self._row_s == 0 else (1 - _EWMA) * self._row_s + _EWMA * row_s
+            finished: dict[asyncio.AbstractEventLoop, list[Job]] = {}
             for (job, i), answer in zip(group, answers):
-                self._deliver(job, i, answer)
+                if self._deliver(job, i, answer):
+                    finished.setdefault(job.loop, []).append(job)
+            for loop, jobs in finished.items():   # one wake-up of the loop per call, not one per request
+                try:
+                    loop.call_soon_threadsafe(_settle_all, jobs)
+                except RuntimeError:   # the loop has closed: nobody waits for these answers any more
+                    pass
 
     def _run_alone(self, group: list[Piece], knobs: Knobs) -> list:
         """A failed group again, one request at a time: per row a RowAnswer, or the exception its request got."""
@@ -464,7 +489,7 @@ class MpeeBatcher:
         answers: dict[Piece, object] = {}
         for job, rows in by_job.items():
             try:
-                got: list = self.backend.run([job.rows[i] for i in rows], knobs)
+                got: list = self.backend.run([job.rows[i] for i in rows], knobs, self.pad_slack)
                 self.observer.batch(len(rows))
             except Exception as e:  # handed to the request (500, or 400 for a MpeeRuntimeError)
                 if not isinstance(e, MpeeRuntimeError):
@@ -473,15 +498,12 @@ class MpeeBatcher:
             answers.update({(job, i): a for i, a in zip(rows, got)})
         return [answers[piece] for piece in group]
 
-    def _deliver(self, job: Job, index: int, answer) -> None:
+    def _deliver(self, job: Job, index: int, answer) -> bool:
+        """Record one row's answer (or error); True when it was the job's last row and someone still waits."""
         if isinstance(answer, BaseException):
             job.error = job.error or answer
         else:
             job.answers[index] = answer
             self.observer.answered(answer)
         job.done += 1
-        if job.done == len(job.rows) and not job.cancelled:
-            try:
-                job.loop.call_soon_threadsafe(_settle, job)
-            except RuntimeError:   # the loop has closed: nobody waits for this answer any more
-                pass
+        return job.done == len(job.rows) and not job.cancelled

@@ -74,6 +74,26 @@ def test_rules_count_per_row(engine):
                 assert len({g.exit_layer for g in got}) >= 2
 
 
+@pytest.mark.parametrize("slack", [0.0, 0.25, 100.0])
+def test_rows_grouped_by_length_get_the_same_answers(engine, slack):
+    """With pad_slack the rows run in groups of similar length (some of one row, on the batch-1 graphs): each
+    row's answer is still predict's, in input order, and each row's total time counts from the batch's start."""
+    texts, pairs = [t for t, _ in TEXTS] * 2, [p for _, p in TEXTS] * 2
+    spread = _spread(engine, texts, pairs)
+    got = engine.predict_batch(texts, pairs, threshold=spread, policy="max_prob", pad_slack=slack)
+    for g, t, p in zip(got, texts, pairs):
+        _same(g, engine.predict(t, p, threshold=spread, policy="max_prob"))
+        assert g.timings_us["total"] >= g.timings_us["tokenize"] > 0
+    lengths = {g.tokens_per_layer[0] for g in got}
+    assert len(lengths) > 2   # rows of several lengths: slack 0 and 0.25 really cut the batch
+
+
+@pytest.mark.parametrize("slack", [-0.1, float("nan")])
+def test_bad_pad_slack_refused(engine, slack):
+    with pytest.raises(MpeeRuntimeError, match="pad slack must be a number >= 0"):
+        engine.predict_batch(["a", "b"], pad_slack=slack)
+
+
 def test_batch_of_one_and_over_long_rows(engine):
     long = " ".join(["great fun film"] * 40)   # far over the bundle's 24 tokens
     (one,) = engine.predict_batch(["a boring film"], threshold=0.6)

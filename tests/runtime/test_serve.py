@@ -106,13 +106,13 @@ class Gated:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def run(self, rows, knobs):
+    def run(self, rows, knobs, pad_slack=None):
         self.busy.set()
         self.gate.wait(10)
         self.seen += [r.text for r in rows]
         if self.fail_on in (r.text for r in rows):
             raise RuntimeError("boom")
-        return self.inner.run(rows, knobs)
+        return self.inner.run(rows, knobs, pad_slack)
 
 
 def _metric(app, name: str, **labels) -> float:
@@ -455,12 +455,13 @@ def _bag_model(path: Path, vocab: int) -> dict[str, np.ndarray]:
     return w
 
 
-def test_full_model_mode(engine, tmp_path):
+@pytest.mark.parametrize("slack", [0.0, 0.25, 100.0])
+def test_full_model_mode(engine, tmp_path, slack):
     """--full-model: the same API over the reference graph; every row runs all layers (rho 1), answers equal the
-    graph's on the row alone (unpadded), knobs are refused."""
+    graph's on the row alone (unpadded), however the batch is cut by length; knobs are refused."""
     path = tmp_path / S.FUSED
     w = _bag_model(path, engine.manifest.model.vocab_size)
-    app = make_app(FullModelBackend(engine, path, threads=1), ServeSettings(max_wait_ms=50))
+    app = make_app(FullModelBackend(engine, path, threads=1), ServeSettings(max_wait_ms=50, pad_slack=slack))
 
     async def go():
         async with serving(app) as c:
@@ -491,6 +492,8 @@ def test_full_model_mode(engine, tmp_path):
     (["--max-inputs", "300"], "--max-inputs (300) must be <= --max-queue (256)"),
     (["--port", "70000"], "--port must be in 0..65535"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--workers", "0"], "--workers must be in 1..64, got 0"),
+    (["--pad-slack", "-1"], "--pad-slack must be a finite number >= 0"),
     (["--max-batch", "many"], "argument --max-batch: invalid int value"),
 ])
 def test_bad_flags_are_one_error_line(built, capsys, flags, message):
