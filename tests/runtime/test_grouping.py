@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +20,7 @@ def test_groups_cover_every_row_once_and_bound_the_padding(lengths, slack):
     for g in groups:
         real = sum(lengths[i] for i in g)
         assert len(g) * max(lengths[i] for i in g) <= (1 + slack) * real + 1e-9
-    for a, b in zip(groups, groups[1:]):   # a new group only where the next row would break the bound
+    for a, b in pairwise(groups):   # a new group only where the next row would break the bound
         real = sum(lengths[i] for i in a) + lengths[b[0]]
         assert (len(a) + 1) * lengths[b[0]] > (1 + slack) * real
 
