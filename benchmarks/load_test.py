@@ -4,28 +4,34 @@ p50/p99 latency against offered load, saturation throughput, a soak, and a check
 mpee-run's answers (docs/serving.md, "Load-test results"). Localhost only, bounded in count and time.
 
     python benchmarks/load_test.py --bundle B [--bundle B_INT8] [--full-model REF/model_fused.onnx ...]
-        --data dev.tsv --out DIR [--rates auto|5,10,20] [--step-s 15] [--soak N] [--threads T]
+        --data dev.tsv --out DIR [--rates auto|5,10,20] [--step-s 15] [--soak N] [--workers 1,2] [--threads T]
         [--client raw|httpx] [--serve-args "--max-batch 16 --max-wait-ms 5"]
 
 Rules:
 - Targets run one after another, each in its own `mpee-serve` process (never two at once: they would share
-  the cores); per precision the full model runs first, so that every target of that precision can also be
-  measured at half the full model's saturation rate (the issue's p99 target).
+  the cores). A target is a model (MPEE or the full model, fp32 or int8) served with one of `--workers` (each
+  count a configuration: `mpee-serve --workers N`, threads per worker mpee-serve's default, cores / N, unless
+  `--threads`). Per precision the full model's configurations run first; the best of them (highest saturation)
+  is the baseline, and every target of that precision is also measured at half its saturation rate (the
+  issue's p99 target; the best full model gets that step in a second server run). The verdicts compare the best
+  MPEE configuration with the best full-model one.
 - Open loop: arrivals are a Poisson process at the step's rate, sent whatever the answers do, for `--step-s`
   seconds or `--max-requests` requests, whichever comes first; a step's latencies are those of its 200s,
   client side (connect, queue, compute, transfer). "sent/s" can fall below the offered rate when the client
   itself runs out of CPU: it shares the machine with the server, so compare rates with that in mind.
 - A step is saturated when its goodput (200s per second) is below 90% of the rate sent, or more than 1% of its
-  requests are not 200; the sweep stops after the first saturated step (`auto` doubles from 2 req/s), when
-  the rates run out, or when `--max-minutes` have passed (no new sweep step after that; the half-rate step and
-  the soak still run). The saturation throughput is the best goodput of any step (a lower bound when no step
-  saturated: `saturation_reached` false, ">=" in the table).
-- Each step also records the CPU time per request of the server process (all threads) and of the client, so
+  requests are not 200; the sweep stops after the first saturated step, when the rates run out, or when
+  `--max-minutes` have passed (no new sweep step after that; the half-rate step and the soak still run).
+  `auto` doubles from 2 req/s, then refines between the last unsaturated rate and the first saturated one in
+  steps of 2^(1/4), up to the first saturated. The saturation throughput is the best goodput of any step (a
+  lower bound when no step saturated: `saturation_reached` false, ">=" in the table).
+- Each step also records the CPU time per request of the server (all its processes and threads) and of the client, so
   that a result on few cores can be read: the client's share is CPU the server did not get. The load is sent
   by `RawClient` (keep-alive HTTP/1.1 on asyncio streams, a fifth of httpx's CPU per request) unless
   `--client httpx`; httpx (the serve extra's) waits for readiness, reads /metrics and runs the check.
-- Soak (`--soak N`, MPEE targets): N requests at `--soak-rate` (default: 80% of the target's saturation),
-  resident memory of the server sampled every 5 s; no error other than 503 is expected.
+- Soak (`--soak N`, the best MPEE configuration of each precision, in a server run of its own): N requests at
+  `--soak-rate` (default: 80% of its saturation), resident memory of the server (the sum over its processes)
+  sampled every 5 s; no error other than 503 is expected.
 - Check (MPEE targets): the first `--check` examples, sent by 8 concurrent clients, against `mpee-run --threads
   1` on the same examples: labels and exit layers equal, probabilities within 1e-5.
 Writes DIR/load_test.json (every step), DIR/load_test.md (tables) and DIR/load_test.png (needs matplotlib).
@@ -67,15 +73,17 @@ SATURATED_ERRORS = 0.01    # more than this share of non-200s: saturated
 RSS_EVERY_S = 5.0
 READY_TIMEOUT_S = 180.0
 AUTO_START, AUTO_MAX = 2.0, 4096.0
+REFINE = 2 ** 0.25         # `auto`'s step between the last unsaturated and the first saturated rate
 
 
 @dataclass(frozen=True)
 class Target:
-    name: str                  # e.g. mpee_fp32, full_int8
+    name: str                  # e.g. mpee_fp32_w2, full_int8_w1
     kind: str                  # "mpee" or "full"
     precision: str
     bundle: Path
     full_model: Path | None = None
+    workers: int = 1           # mpee-serve --workers
 
 
 @dataclass
@@ -144,10 +152,13 @@ class TargetResult:
 
 @dataclass
 class Verdict:
-    """The issue's targets for one precision: MPEE's saturation >= 3x the full model's; MPEE's p99 at half the
-    full model's saturation below the full model's there; no 5xx other than 503 anywhere."""
+    """The issue's targets for one precision, best MPEE configuration against the best full-model one: MPEE's
+    saturation >= 3x the full model's; MPEE's p99 at half the full model's saturation below the full model's
+    there; no 5xx other than 503 anywhere (every configuration of the precision)."""
 
     precision: str
+    mpee_target: str
+    full_target: str
     mpee_saturation_per_s: float
     full_saturation_per_s: float
     ratio: float
@@ -166,24 +177,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (mpee-serve --workers: the parent and its workers; Linux /proc)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in Path(f"/proc/{pids[i]}/task").iterdir():
+                pids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
 def cpu_s(pid: int) -> float | None:
-    """User + system CPU time of a process, all threads (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime: fields 14, 15
+    """User + system CPU time of a process and its descendants, all threads (Linux /proc; None elsewhere)."""
+    total, seen = 0.0, False
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime: fields 14, 15
+        seen = True
+    return total if seen else None
 
 
 def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process (Linux /proc; None elsewhere)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """Resident memory of a process and its descendants, summed (Linux /proc; None elsewhere)."""
+    total, seen = 0.0, False
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+                    seen = True
+        except OSError:
+            continue
+    return total if seen else None
 
 
 class Server:
@@ -193,14 +224,15 @@ class Server:
     def __init__(self, target: Target, args: argparse.Namespace) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "mpee_runtime.serve", str(target.bundle), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "mpee_runtime.serve", str(target.bundle), "--port", str(self.port),
+               "--workers", str(target.workers)]
         if target.full_model is not None:
             cmd += ["--full-model", str(target.full_model)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         cmd += shlex.split(args.serve_args)
         self.log_path = args.out / f"server_{target.name}.log"
-        self._log = open(self.log_path, "w")   # noqa: SIM115 -- open for the process's lifetime, closed in stop()
+        self._log = open(self.log_path, "a")   # noqa: SIM115 -- open for the process's lifetime, closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, client) -> None:
@@ -378,24 +410,38 @@ def sweep_rates(spec: str) -> list[float] | None:
 
 async def sweep(client, post, server: Server, bodies: list[bytes], args: argparse.Namespace, deadline: float
                 ) -> list[StepResult]:
-    """Steps at rising rates until one is saturated (or the rates or the time run out)."""
+    """Steps at rising rates until one is saturated (or the rates or the time run out); `auto` then refines
+    between the last unsaturated rate and the saturated one."""
     rates = sweep_rates(args.rates)
-    steps, rate, k = [], AUTO_START, 0
-    while time.monotonic() < deadline:
-        if rates is not None:
-            if k >= len(rates):
-                break
-            rate = rates[k]
-        elif rate > AUTO_MAX:
-            break
+    steps: list[StepResult] = []
+
+    async def step_at(rate: float) -> StepResult:
         step = await open_loop(client, post, server, bodies, rate=rate, duration_s=args.step_s,
-                               max_requests=args.max_requests, phase="sweep", seed=k)
+                               max_requests=args.max_requests, phase="sweep", seed=len(steps))
         steps.append(step)
         print(f"  {rate:8.1f} req/s offered: goodput {step.goodput_per_s:7.1f}/s, p50 {_ms(step.p50_ms)}, p99 "
               f"{_ms(step.p99_ms)}, statuses {step.statuses}", file=sys.stderr)
-        if step.saturated:
+        return step
+    rate, k = AUTO_START, 0
+    while time.monotonic() < deadline:
+        if rates is not None:
+            if k >= len(rates):
+                return steps
+            rate = rates[k]
+        elif rate > AUTO_MAX:
+            return steps
+        if (await step_at(rate)).saturated:
             break
         k, rate = k + 1, rate * 2
+    else:
+        return steps
+    if rates is None and len(steps) >= 2:   # refine: the saturated rate is twice the last unsaturated one
+        good, saturated = steps[-2].offered_per_s, steps[-1].offered_per_s
+        rate = good * REFINE
+        while rate < saturated / 1.01 and time.monotonic() < deadline:
+            if (await step_at(rate)).saturated:
+                break
+            rate *= REFINE
     return steps
 
 
@@ -465,22 +511,25 @@ async def soak(client, post, server: Server, bodies: list[bytes], *, rate: float
 
 
 # ---------------------------------------------------------------- one target
-async def run_target(target: Target, bodies: list[bytes], check: tuple | None, args: argparse.Namespace,
-                     half_rate: float | None, deadline: float) -> TargetResult:
-    """Start the target's server, then: the check, the sweep, a step at `half_rate` (for a full model: half its
-    own saturation), the soak; stop it with SIGTERM. `half_rate` None: no such step."""
+async def run_target(target: Target, bodies: list[bytes], args: argparse.Namespace, deadline: float, *,
+                     sweep_rates_up: bool = True, half_rate: float | None = None, check: tuple | None = None,
+                     soak_n: int = 0, into: TargetResult | None = None) -> TargetResult:
+    """Start the target's server, then, as asked: the check, the sweep, a step at `half_rate`, a soak of `soak_n`
+    requests; stop it with SIGTERM. `into`: add the steps to that earlier result of the same target (its
+    second server run) instead of a new one."""
     import httpx
     server = Server(target, args)
     timeout = httpx.Timeout(args.client_timeout_s)
     limits = httpx.Limits(max_connections=args.max_connections, max_keepalive_connections=args.max_connections)
-    result = TargetResult({k: str(v) if isinstance(v, Path) else v for k, v in asdict(target).items()}, None,
-                          log=str(server.log_path))
+    result = into or TargetResult({k: str(v) if isinstance(v, Path) else v for k, v in asdict(target).items()},
+                                  None, log=str(server.log_path))
     raw = None
     try:
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             await server.wait_ready(client)
-            result.rss_ready_mb = server.rss_mb()
-            print(f"{target.name}: ready at {server.url}, {result.rss_ready_mb} MB resident", file=sys.stderr)
+            rss = server.rss_mb()
+            result.rss_ready_mb = result.rss_ready_mb or rss
+            print(f"{target.name}: ready at {server.url}, {rss} MB resident", file=sys.stderr)
             if check is not None:
                 got = await concurrent_answers(server.url, check[0], args.client_timeout_s)
                 result.check = compare(got, check[1], target.precision)
@@ -490,26 +539,35 @@ async def run_target(target: Target, bodies: list[bytes], check: tuple | None, a
                 post = functools.partial(raw.post, "/v1/classify")
             else:
                 post = httpx_post(client, server.url + "/v1/classify")
-            result.steps = await sweep(client, post, server, bodies, args, deadline)
-            result.saturation_per_s = max((s.goodput_per_s for s in result.steps), default=None)
-            result.saturation_reached = any(s.saturated for s in result.steps)
-            if target.kind == "full" and result.saturation_per_s:   # the rate the p99 target compares at
-                half_rate = result.saturation_per_s / 2
+            if sweep_rates_up:
+                result.steps += await sweep(client, post, server, bodies, args, deadline)
+                sweep_steps = [s for s in result.steps if s.phase == "sweep"]
+                result.saturation_per_s = max((s.goodput_per_s for s in sweep_steps), default=None)
+                result.saturation_reached = any(s.saturated for s in sweep_steps)
             if half_rate:   # one step more, past the deadline too: the p99 target needs it
                 step = await open_loop(client, post, server, bodies, rate=half_rate, duration_s=args.step_s,
                                        max_requests=args.max_requests, phase="half_full_saturation", seed=999)
                 result.steps.append(step)
-            if args.soak and target.kind == "mpee" and result.saturation_per_s:
-                rate = args.soak_rate or 0.8 * result.saturation_per_s
-                result.soak = await soak(client, post, server, bodies, rate=rate, n=args.soak,
+                print(f"  half the full model's saturation, {half_rate:.1f} req/s: p99 {_ms(step.p99_ms)}",
+                      file=sys.stderr)
+            if soak_n:
+                rate = args.soak_rate or 0.8 * (result.saturation_per_s or 0)
+                result.soak = await soak(client, post, server, bodies, rate=rate, n=soak_n,
                                          timeout_s=args.client_timeout_s)
                 print(f"  soak: {result.soak.step.statuses}, RSS {result.soak.rss_start_mb} -> "
                       f"{result.soak.rss_end_mb} MB", file=sys.stderr)
     finally:
         if raw is not None:
             raw.close()
-        result.exit_code = server.stop()
+        code = server.stop()
+        result.exit_code = code if result.exit_code in (None, 0) else result.exit_code   # the first failure stays
     return result
+
+
+def best(results: list[TargetResult]) -> TargetResult | None:
+    """The configuration with the highest saturation throughput."""
+    measured = [r for r in results if r.saturation_per_s]
+    return max(measured, key=lambda r: r.saturation_per_s) if measured else None
 
 
 # ---------------------------------------------------------------- inputs, targets, verdicts
@@ -528,8 +586,9 @@ def full_model_precision(path: Path) -> str | None:
 
 
 def make_targets(args: argparse.Namespace) -> list[Target]:
-    """Per precision (fp32 first): the full model, then the bundle; a full model takes the bundle of its
-    precision (by its file name, as `mpee-export reference` names them) to tokenize, else the first bundle."""
+    """Per precision (fp32 first): the full model, then the bundle, each in every `--workers` configuration; a
+    full model takes the bundle of its precision (by its file name, as `mpee-export reference` names them) to
+    tokenize, else the first bundle."""
     bundles = {Manifest.load(b, verify=False).precision: b for b in args.bundle}
     fulls: dict[str, Path] = {}
     for path in args.full_model:
@@ -540,30 +599,44 @@ def make_targets(args: argparse.Namespace) -> list[Target]:
         fulls[precision] = path
     targets = []
     for precision in sorted(set(bundles) | set(fulls), key=("fp32", "int8").index):
-        if precision in fulls:
-            targets.append(Target(f"full_{precision}", "full", precision, bundles.get(precision, args.bundle[0]),
-                                  fulls[precision]))
-        if precision in bundles:
-            targets.append(Target(f"mpee_{precision}", "mpee", precision, bundles[precision]))
+        for w in worker_counts(args.workers):
+            if precision in fulls:
+                targets.append(Target(f"full_{precision}_w{w}", "full", precision,
+                                      bundles.get(precision, args.bundle[0]), fulls[precision], w))
+        for w in worker_counts(args.workers):
+            if precision in bundles:
+                targets.append(Target(f"mpee_{precision}_w{w}", "mpee", precision, bundles[precision], None, w))
     return targets
+
+
+def worker_counts(spec: str) -> list[int]:
+    """`--workers`: a comma list of positive worker counts, each a server configuration."""
+    try:
+        counts = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise MpeeRuntimeError(f"--workers: counts separated by commas, got {spec!r}") from None
+    if not counts or any(c < 1 for c in counts) or len(set(counts)) != len(counts):
+        raise MpeeRuntimeError(f"--workers: distinct counts >= 1, got {spec!r}")
+    return counts
 
 
 def verdicts(results: list[TargetResult]) -> list[Verdict]:
     out = []
-    by = {(r.target["kind"], r.target["precision"]): r for r in results}
-    for (kind, precision), full in by.items():
-        mpee = by.get(("mpee", precision))
-        if kind != "full" or mpee is None or not full.saturation_per_s or not mpee.saturation_per_s:
+    for precision in dict.fromkeys(r.target["precision"] for r in results):
+        mine = [r for r in results if r.target["precision"] == precision]
+        full = best([r for r in mine if r.target["kind"] == "full"])
+        mpee = best([r for r in mine if r.target["kind"] == "mpee"])
+        if full is None or mpee is None:
             continue
-        half = {r.target["kind"]: next((s for s in r.steps if s.phase == "half_full_saturation"), None)
-                for r in (mpee, full)}
+        half = {k: next((s for s in r.steps if s.phase == "half_full_saturation"), None)
+                for k, r in (("mpee", mpee), ("full", full))}
         p99_m, p99_f = (half[k].p99_ms if half[k] else None for k in ("mpee", "full"))
-        steps = [s for r in (mpee, full) for s in r.steps] + [r.soak.step for r in (mpee, full) if r.soak]
+        steps = [s for r in mine for s in r.steps] + [r.soak.step for r in mine if r.soak]
         other_5xx = sum(n for s in steps for code, n in s.statuses.items() if code.startswith("5") and code != "503")
         ratio = mpee.saturation_per_s / full.saturation_per_s
-        out.append(Verdict(precision, mpee.saturation_per_s, full.saturation_per_s, ratio, full.saturation_per_s / 2,
-                           p99_m, p99_f, ratio >= 3, p99_m is not None and p99_f is not None and p99_m < p99_f,
-                           other_5xx == 0))
+        out.append(Verdict(precision, mpee.target["name"], full.target["name"], mpee.saturation_per_s,
+                           full.saturation_per_s, ratio, full.saturation_per_s / 2, p99_m, p99_f, ratio >= 3,
+                           p99_m is not None and p99_f is not None and p99_m < p99_f, other_5xx == 0))
     return out
 
 
@@ -594,11 +667,12 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['target']['name']} | {sat} | {f(r['rss_ready_mb'])} | {check} | "
                      f"{soak} | {r['exit_code']} |")
     if record["verdicts"]:
-        header = ("| precision | MPEE / full saturation | >= 3x | p99 at half full saturation (MPEE / full) | below "
-                  "| 5xx other than 503 |")
-        lines += ["", header, "|---|---|---|---|---|---|"]
+        header = ("| precision | best MPEE / best full model | saturation | >= 3x | p99 at half full saturation "
+                  "(MPEE / full) | below | 5xx other than 503 |")
+        lines += ["", header, "|---|---|---|---|---|---|---|"]
         for v in record["verdicts"]:
-            lines.append(f"| {v['precision']} | {f(v['mpee_saturation_per_s'])} / {f(v['full_saturation_per_s'])} = "
+            lines.append(f"| {v['precision']} | {v['mpee_target']} / {v['full_target']} | "
+                         f"{f(v['mpee_saturation_per_s'])} / {f(v['full_saturation_per_s'])} = "
                          f"{v['ratio']:.2f}x | {'yes' if v['throughput_target_met'] else 'no'} | "
                          f"{f(v['mpee_p99_ms'])} / {f(v['full_p99_ms'])} ms at {f(v['half_rate_per_s'])}/s | "
                          f"{'yes' if v['p99_target_met'] else 'no'} | {'none' if v['no_5xx_but_503'] else 'SOME'} |")
@@ -652,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-rate", type=float, help="req/s of the soak [default: 80%% of the target's saturation]")
     p.add_argument("--check", type=int, default=256, help="examples of the 8-client check against mpee-run "
                    "(MPEE targets; 0: none) [default: 256]")
-    p.add_argument("--threads", type=int, help="mpee-serve --threads [default: mpee-serve's]")
+    p.add_argument("--workers", default="1", help="server configurations: mpee-serve --workers counts, e.g. 1,2 "
+                   "(each target runs in each; the best counts) [default: 1]")
+    p.add_argument("--threads", type=int, help="mpee-serve --threads [default: mpee-serve's, cores / workers]")
     p.add_argument("--serve-args", default="", help="more mpee-serve flags, e.g. '--max-batch 16 --max-wait-ms 5'")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="the load's HTTP client: raw (asyncio streams, little CPU) or httpx [default: raw]")
@@ -662,22 +738,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> dict:
+    """Per precision: every full-model configuration (sweep), then the best one's half-rate step, then every
+    MPEE configuration (check, sweep, half-rate step), then the soak on the best MPEE configuration."""
     targets = make_targets(args)
     examples, bodies, task = read_bodies(args.bundle[0], args.data, args.limit)
     deadline = time.monotonic() + 60 * args.max_minutes
     results: list[TargetResult] = []
     with tempfile.TemporaryDirectory() as work:
-        for target in targets:
-            check = None
-            if target.kind == "mpee" and args.check:
-                n = min(args.check, len(examples))
-                check = (bodies[:n], run_mpee_run(target.bundle, examples[:n], task, args, Path(work)))
-            full = next((r for r in results if r.target["kind"] == "full"
-                         and r.target["precision"] == target.precision), None)
-            half = full.saturation_per_s / 2 if full is not None and full.saturation_per_s else None
-            results.append(await run_target(target, bodies, check, args, half, deadline))
+        for precision in dict.fromkeys(t.precision for t in targets):
+            of = {t.name: t for t in targets}
+            fulls = [await run_target(t, bodies, args, deadline) for t in targets
+                     if t.precision == precision and t.kind == "full"]
+            results += fulls
+            full = best(fulls)
+            half = full.saturation_per_s / 2 if full is not None else None
+            if full is not None:
+                await run_target(of[full.target["name"]], bodies, args, deadline, sweep_rates_up=False,
+                                 half_rate=half, into=full)
+            mpees = []
+            for t in (t for t in targets if t.precision == precision and t.kind == "mpee"):
+                check = None
+                if args.check:
+                    n = min(args.check, len(examples))
+                    check = (bodies[:n], run_mpee_run(t.bundle, examples[:n], task, args, Path(work)))
+                mpees.append(await run_target(t, bodies, args, deadline, half_rate=half, check=check))
+            results += mpees
+            mpee = best(mpees)
+            if args.soak and mpee is not None:
+                await run_target(of[mpee.target["name"]], bodies, args, deadline, sweep_rates_up=False,
+                                 soak_n=args.soak, into=mpee)
     return {"command": " ".join(shlex.quote(a) for a in sys.argv),
-            "environment": environment(threads=args.threads, serve_args=args.serve_args),
+            "environment": environment(threads=args.threads, serve_args=args.serve_args, workers=args.workers),
             "settings": {k: str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v
                          for k, v in vars(args).items()},
             "examples": len(examples), "targets": [asdict(r) for r in results],
@@ -688,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         sweep_rates(args.rates)
+        worker_counts(args.workers)
         args.out.mkdir(parents=True, exist_ok=True)
         record = asyncio.run(run(args))
     except MpeeRuntimeError as e:

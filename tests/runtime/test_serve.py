@@ -592,8 +592,10 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(built):
 
 # ---------------------------------------------------------------- the load test, on the tiny bundle
 def test_load_test_smoke(built, tmp_path, monkeypatch):
-    """benchmarks/load_test.py end to end in seconds: a two-rate sweep, the 8-client check against mpee-run, a
-    short soak, and (with onnx) the full model; JSON and Markdown written, every server exits 0."""
+    """benchmarks/load_test.py end to end in seconds, in two server configurations (1 and 2 workers): a two-rate
+    sweep, the 8-client check against mpee-run, a short soak on the best MPEE configuration, and (with onnx) the
+    full model with its half-rate step on its best configuration; JSON and Markdown written, every server run
+    exits 0, and the server's CPU and memory count every worker."""
     spec = importlib.util.spec_from_file_location("load_test", ROOT / "benchmarks" / "load_test.py")
     load_test = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "load_test", load_test)   # its dataclasses look their module up
@@ -602,18 +604,30 @@ def test_load_test_smoke(built, tmp_path, monkeypatch):
     data.write_text("sentence1\tsentence2\tlabel\n" + "".join(f"{t}\t{p or 'it was fun'}\tentailment\n"
                                                               for t, p in TEXTS))
     argv = ["--bundle", str(built / "bundle"), "--data", str(data), "--out", str(tmp_path / "out"), "--rates",
-            "10,20", "--step-s", "0.5", "--soak", "20", "--soak-rate", "40", "--check", "5", "--threads", "1"]
-    if importlib.util.find_spec("onnx") is not None:
+            "10,20", "--step-s", "0.5", "--soak", "20", "--soak-rate", "40", "--check", "5", "--threads", "1",
+            "--workers", "1,2"]
+    with_full = importlib.util.find_spec("onnx") is not None
+    if with_full:
         _bag_model(tmp_path / S.FUSED, json.loads((built / "bundle" / S.MANIFEST).read_text())["model"]["vocab_size"])
         argv += ["--full-model", str(tmp_path / S.FUSED)]
     assert load_test.main(argv) == 0
     record = json.loads((tmp_path / "out" / "load_test.json").read_text())
-    mpee = next(r for r in record["targets"] if r["target"]["kind"] == "mpee")
-    assert mpee["check"]["ok"] and mpee["check"]["clients"] == 8
-    assert [s["phase"] for s in mpee["steps"]][:1] == ["sweep"] and mpee["saturation_per_s"] > 0
-    assert mpee["soak"]["step"]["sent"] == 20 and mpee["soak"]["rss_end_mb"] is not None
+    by = {r["target"]["name"]: r for r in record["targets"]}
+    assert {"mpee_fp32_w1", "mpee_fp32_w2"} <= set(by) and by["mpee_fp32_w2"]["target"]["workers"] == 2
+    for name in ("mpee_fp32_w1", "mpee_fp32_w2"):
+        mpee = by[name]
+        assert mpee["check"]["ok"] and mpee["check"]["clients"] == 8
+        assert [s["phase"] for s in mpee["steps"]][:2] == ["sweep", "sweep"] and mpee["saturation_per_s"] > 0
+    soaked = [r for r in record["targets"] if r["soak"]]
+    assert len(soaked) == 1 and soaked[0]["soak"]["step"]["sent"] == 20 and soaked[0]["soak"]["rss_end_mb"] > 0
+    # two workers and the parent hold two bundles' sessions: more resident memory than one process
+    assert by["mpee_fp32_w2"]["rss_ready_mb"] > 1.5 * by["mpee_fp32_w1"]["rss_ready_mb"]
     assert all(r["exit_code"] == 0 for r in record["targets"])
     assert all(code in ("200", "503") for r in record["targets"] for s in r["steps"] for code in s["statuses"])
-    assert "| mpee_fp32 | sweep |" in (tmp_path / "out" / "load_test.md").read_text()
-    if len(record["targets"]) == 2:
-        assert record["verdicts"][0]["precision"] == "fp32"
+    assert "| mpee_fp32_w2 | sweep |" in (tmp_path / "out" / "load_test.md").read_text()
+    if with_full:
+        (verdict,) = record["verdicts"]
+        assert verdict["precision"] == "fp32" and verdict["full_target"] in ("full_fp32_w1", "full_fp32_w2")
+        full = by[verdict["full_target"]]
+        assert [s["phase"] for s in full["steps"]][-1] == "half_full_saturation"
+        assert verdict["half_rate_per_s"] == full["saturation_per_s"] / 2
