@@ -86,7 +86,11 @@ def _worker(index: int, args, settings, sock: socket.socket, conn: Connection) -
         while not server.started and not server.should_exit:
             time.sleep(0.01)
         app.state.batcher.wait_warm()
-        conn.send(("ready", engine.threads))
+        try:
+            conn.send(("ready", engine.threads))
+        except OSError:   # the parent is gone: watch_parent stops this worker
+            pass
+
     def watch_parent() -> None:
         try:
             conn.recv()   # the parent never sends: this returns (EOFError) when it is gone, even killed
