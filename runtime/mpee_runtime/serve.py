@@ -220,7 +220,7 @@ class ServeMetrics(BatchObserver):
         self.exit_layer = Histogram("mpee_exit_layer", "Layer (1-based) each answered row exited at",
                                     buckets=tuple(range(1, num_layers + 1)), registry=r)
         sizes = sorted({2 ** k for k in range(max_batch.bit_length()) if 2 ** k < max_batch} | {max_batch})
-        self.batch_rows = Histogram("mpee_batch_rows", "Rows per model call (one group of equal knobs)",
+        self.batch_rows = Histogram("mpee_batch_rows", "Rows per batch call (one group of equal knobs, run in groups of similar length)",
                                     buckets=tuple(sizes), registry=r)
         self.queue = Gauge("mpee_queue_rows", "Rows waiting for a batch", registry=r,
                            multiprocess_mode="livesum")   # with --workers: the sum over the live workers
