@@ -30,8 +30,17 @@ from mpee_runtime.policy import NO_EXIT
 from mpee_runtime.report import aa_control, summarize
 from mpee_runtime.schema import FULL_MODELS
 
-DEFAULT_SCHEDULES = ["1:1:1", "0.7:0.7:0.7", "0.5:0.5:0.5", "0.3:0.3:0.3", "0.5:1:1", "1:0.5:1", "1:1:0.5",
-                     "0.3:1:1", "0.7:0.5:0.3", "0.5:0.3:0.3"]
+
+def default_schedules(n: int) -> list[str]:
+    """The schedules swept for a bundle with `n` pruning layers: one ratio everywhere (1 = no pruning, 0.7,
+    0.5, 0.3, 0.2); the first pruning layer alone (0.5, 0.3); every layer but the first (0.5, 0.3); and the
+    first pruning less than the rest (0.7 or 0.5, then 0.3)."""
+    def sched(first: float, rest: float) -> str:
+        return ":".join(f"{r:g}" for r in [first] + [rest] * (n - 1))
+    out = [sched(r, r) for r in (1, 0.7, 0.5, 0.3, 0.2)]
+    if n > 1:
+        out += [sched(0.5, 1), sched(0.3, 1), sched(1, 0.5), sched(1, 0.3), sched(0.7, 0.3), sched(0.5, 0.3)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--reference", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--schedules", nargs="+", default=DEFAULT_SCHEDULES)
+    p.add_argument("--schedules", nargs="+", default=None,
+                   help="keep ratios per pruning layer, R:R:...; default: default_schedules() for the bundle")
     p.add_argument("--min-tokens", type=int, default=257, help="measure only inputs of at least this many tokens")
     p.add_argument("--max-examples", type=int, default=400)
     p.add_argument("--max-drop", type=float, default=1.0, help="points of the metric allowed below the chain")
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = MpeeEngine(args.bundle, threads=args.threads, thread_pool="global")
     twin = MpeeEngine(args.bundle, threads=args.threads, thread_pool="global")
     n_prune = len(engine.default_keep_ratios)
-    schedules = [_schedule(s, n_prune) for s in args.schedules]
+    schedules = [_schedule(s, n_prune) for s in args.schedules or default_schedules(n_prune)]
     columns, _ = input_columns(args.input, engine.manifest.task)
     examples = read_examples(args.input, columns, labels=engine.labels, require_label=True,
                              max_chars=engine.max_chars, tail=engine.truncation != "head")
@@ -131,7 +141,10 @@ def write_outputs(out: Path, record: dict) -> list[str]:
     floor = record["chain_metric"] - record["max_drop"] / 100
     ok = [r for r in results if not r.exits and r.metric >= floor]
     chosen = max(ok, key=lambda r: r.speedup) if ok else None
-    record = record | {"chosen": None if chosen is None else chosen.schedule}
+    ok_mpee = [r for r in results if r.exits and r.metric >= floor]
+    chosen_mpee = max(ok_mpee, key=lambda r: r.speedup) if ok_mpee else None
+    record = record | {"chosen": None if chosen is None else chosen.schedule,
+                       "chosen_mpee": None if chosen_mpee is None else chosen_mpee.schedule}
     aa, metric = record["aa"], record["metric_name"]
 
     def name(r: ScheduleResult) -> str:
@@ -147,11 +160,12 @@ def write_outputs(out: Path, record: dict) -> list[str]:
              f"| schedule | exits | {metric} | speed-up | FLOPs rho | realisation | mean exit | tokens at last layer |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        mark = " **chosen**" if r is chosen else ""
+        mark = " **chosen**" if r is chosen or r is chosen_mpee else ""
         lines.append(f"| {name(r)}{mark} | {'yes' if r.exits else 'no'} | {100 * r.metric:.2f} | {r.speedup:.2f}x | "
                      f"{r.rho:.2f} | {r.realisation:.2f} | {r.mean_exit_layer:.2f} | {r.tokens_last_layer:.0f} |")
     lines += ["", f"Chosen: the fastest pruning-only schedule within {record['max_drop']} points of the chain: "
-              + (name(chosen) if chosen else "none")]
+              + (name(chosen) if chosen else "none") + "; the fastest with exits (the bundle's exit rule) within "
+              + f"{record['max_drop']} points: " + (name(chosen_mpee) if chosen_mpee else "none")]
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "schedules.md", "\n".join(lines) + "\n")
     write_text(out / "schedules.json", json.dumps(record, indent=1) + "\n")

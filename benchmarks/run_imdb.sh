@@ -4,12 +4,16 @@
 # dev split, the reference full models, parity on the whole dev split, the benchmark by input length and
 # the pruning-schedule sweep at long inputs.
 #   IMDB_CSV=/path/to/imdb/train.csv benchmarks/run_imdb.sh [ARTIFACTS_DIR]
-# TRAIN_SAMPLES (default 8000 reviews, 1 epoch), THREADS (default 2). A run interrupted in training resumes
+# TRAIN_SAMPLES (default 8000 reviews, 1 epoch), THREADS (default 2); PRUNE_LAYERS and KEEP_RATIO: where the
+# bundles prune and how much they keep (mpee-export --prune-layers / --keep-ratio; the defaults are the
+# long-document schedule chosen in benchmarks/results/imdb/README.md). A run interrupted in training resumes
 # where it stopped when started again; steps already done are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMDB_CSV=${IMDB_CSV:?set IMDB_CSV to the IMDB train.csv}
 ART=${1:-artifacts/imdb}; THREADS=${THREADS:-2}; TRAIN_SAMPLES=${TRAIN_SAMPLES:-8000}
+PRUNE_LAYERS=${PRUNE_LAYERS:-1,2,3,4}; KEEP_RATIO=${KEEP_RATIO:-1:0.3:0.3:0.3}
+SCHEDULE=(--prune-layers "$PRUNE_LAYERS" --keep-ratio "$KEEP_RATIO")
 RES=${RESULTS:-benchmarks/results/imdb}
 . .venv/bin/activate
 mkdir -p "$ART" "$RES"
@@ -22,10 +26,10 @@ if [ ! -f "$ART/ckpt/train_log.json" ]; then
     --out "$ART/ckpt" 2>&1 | tr '\r' '\n' | grep -v '^epoch [0-9]*/[0-9]*: ' | tee "$RES/train.txt"
 fi
 echo "== export fp32 (calibrated within 0.5 points, parity on all 2500), int8 (within 1 point), reference"
-mpee-export "$ART/ckpt" "$ART/bundle" --dev "$ART/dev.csv" --calibrate --max-drop 0.5 --validation-examples 2500 \
-  --force | tee "$RES/export_fp32.txt"
-mpee-export "$ART/ckpt" "$ART/bundle-int8" --dev "$ART/dev.csv" --quantize int8 --calibrate --max-drop 1.0 \
-  --validation-examples 500 --force | tee "$RES/export_int8.txt"
+mpee-export "$ART/ckpt" "$ART/bundle" --dev "$ART/dev.csv" "${SCHEDULE[@]}" --calibrate --max-drop 0.5 \
+  --validation-examples 2500 --force | tee "$RES/export_fp32.txt"
+mpee-export "$ART/ckpt" "$ART/bundle-int8" --dev "$ART/dev.csv" "${SCHEDULE[@]}" --quantize int8 --calibrate \
+  --max-drop 1.0 --validation-examples 500 --force | tee "$RES/export_int8.txt"
 cp "$ART/bundle/validation.json" "$RES/validation_fp32.json"
 cp "$ART/bundle-int8/validation.json" "$RES/validation_int8.json"
 rm -rf "$ART/reference"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -82,6 +83,28 @@ def _schedule(text: str, prune_layers: list[int]) -> list[float]:
     return ratios
 
 
+def _layers(text: str) -> list[int]:
+    """--prune-layers: comma-separated 0-based layer indices, each once."""
+    try:
+        layers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise MpeeExportError(f"--prune-layers: expected 0-based layer numbers separated by ',', got {text!r}") from None
+    if len(set(layers)) != len(layers):
+        raise MpeeExportError(f"--prune-layers {text}: a layer is named twice")
+    return sorted(layers)
+
+
+def _with_prune_layers(mpee, layers: list[int], keep_ratio: str | None):
+    """The model's config with the pruning step at `layers` (the config checks they exist). Without
+    --keep-ratio the checkpoint's single keep ratio carries over; a per-layer schedule cannot."""
+    own = set(mpee.keep_ratios)
+    if keep_ratio is None and len(own) != 1:
+        raise MpeeExportError(f"--prune-layers: the checkpoint's keep ratios {mpee.keep_ratios} are not one value; "
+                              "give --keep-ratio")
+    ratio = own.pop() if keep_ratio is None else 1.0   # --keep-ratio replaces this placeholder
+    return replace(mpee, prune_layers=layers, keep_ratios=[ratio] * len(layers))
+
+
 def _texts(examples) -> list[tuple[str, str | None]]:
     return [(e.text_a, e.text_b) for e in examples]
 
@@ -100,6 +123,11 @@ def _texts(examples) -> list[tuple[str, str | None]]:
               help="The bundle's default keep ratio: one for every pruning layer, or one per pruning layer "
                    "separated by ':' (1 = no pruning there; benchmarks/pruning_schedule.py measures schedules) "
                    "[default: the checkpoint's]. Calibration runs at it.")
+@click.option("--prune-layers", "prune_layers", default=None, metavar="L,L,...",
+              help="0-based layers whose pruning step is in the bundle's graphs [default: the checkpoint's, "
+                   "the layers it was trained with]. The weights do not depend on it; a layer the model was not "
+                   "trained to prune at may cost accuracy: measure it (benchmarks/pruning_schedule.py). "
+                   "Needs --keep-ratio unless the checkpoint has one ratio for all its pruning layers.")
 @click.option("--calibrate", is_flag=True, help="Pick the default threshold on dev (needs --data or --dev).")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="With --calibrate: points of the task's metric (accuracy; F1 for MRPC and QQP) allowed "
@@ -122,7 +150,8 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY",
               help="Sign the bundle with this Ed25519 private key (from `mpee-export keygen KEY`): "
                    "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
-def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, calibrate, max_drop,
+def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, prune_layers, calibrate,
+               max_drop,
                opset, force, allow_untrained_exits, standard_ops, no_batch_graphs, validation_examples, keep_failed,
                sign_key) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
@@ -138,7 +167,10 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task,
     if sign_key is not None:   # a missing or bad key is refused before any work
         from mpee_runtime.signing import key_id, load_private_key
         signer = key_id(load_private_key(sign_key).public_key())
+    layers = None if prune_layers is None else _layers(prune_layers)
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
+    if layers is not None:
+        model.mpee = _with_prune_layers(model.mpee, layers, keep_ratio)
     if keep_ratio is not None:
         model.mpee.keep_ratios = _schedule(keep_ratio, model.mpee.prune_layers)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,

@@ -28,11 +28,11 @@ REPORT = "report"   # `mpee-bench report OUT`; a bundle folder named "report" is
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
+    from .cli import ErrorLineParser
     from .measure import BLOCK
     from .report import add_length_buckets_option
     from .session import THREAD_POOLS
-    p = _Parser(prog="mpee-bench", description=__doc__.split("\n")[0],
+    p = ErrorLineParser(prog="mpee-bench", description=__doc__.split("\n")[0],
                 epilog="mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]: the report "
                 "again, from OUT's rows")
     p.add_argument("bundle", type=Path)

@@ -140,7 +140,10 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", b
     return summary, lines
 
 
-class _Parser(argparse.ArgumentParser):
+class ErrorLineParser(argparse.ArgumentParser):
+    """The device's command-line parser (mpee-run, mpee-bench, mpee-serve): a bad argument is one `Error:`
+    line and exit 2, and a text argument must be valid UTF-8."""
+
     def error(self, message: str):  # one "Error:" line and exit code 2, like every other bad input
         raise MpeeRuntimeError(message)
 
@@ -163,7 +166,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .session import THREAD_POOLS
-    p = _Parser(prog="mpee-run", description="Run an MPEE bundle (early exit + token pruning).")
+    p = ErrorLineParser(prog="mpee-run", description="Run an MPEE bundle (early exit + token pruning).")
     p.add_argument("bundle", type=Path, help="bundle folder written by mpee-export")
     p.add_argument("text", nargs="?", help="text to classify")
     p.add_argument("--pair", help="second text of a sentence pair")

@@ -769,8 +769,8 @@ def report(out: Path, *, max_drop: float | None = None, budget_ms: float | None 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
-    p = _Parser(prog="mpee-bench report", description="Re-run the report of a measurement folder from its rows "
+    from .cli import ErrorLineParser
+    p = ErrorLineParser(prog="mpee-bench report", description="Re-run the report of a measurement folder from its rows "
                 "(OUT/rows.jsonl, OUT/run.json, and PyTorch's rows when present); no model is loaded.")
     p.add_argument("out", type=Path, help="folder of a `mpee-bench BUNDLE ... --out OUT` run")
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model "

@@ -420,10 +420,10 @@ def make_app(backend, settings: ServeSettings = ServeSettings(), *, threads: int
 
 # ---------------------------------------------------------------- the command
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
+    from .cli import ErrorLineParser
     from .session import THREAD_POOLS
     d = ServeSettings()
-    p = _Parser(prog="mpee-serve", description="Serve an MPEE bundle over HTTP (POST /v1/classify, GET /healthz, "
+    p = ErrorLineParser(prog="mpee-serve", description="Serve an MPEE bundle over HTTP (POST /v1/classify, GET /healthz, "
                 "GET /v1/model, GET /metrics), with dynamic batching. Needs pip install 'mpee-runtime[serve]'.")
     p.add_argument("bundle", type=Path, help="bundle folder written by mpee-export")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine "

@@ -848,8 +848,8 @@ def print_summary(rec: ThroughputRecord, written: Sequence[Path]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
-    p = _Parser(prog="mpee-bench --throughput", description=__doc__.split("\n")[0])
+    from .cli import ErrorLineParser
+    p = ErrorLineParser(prog="mpee-bench --throughput", description=__doc__.split("\n")[0])
     p.add_argument("bundle", type=Path, help="the (fp32) MPEE bundle")
     p.add_argument("--input", type=Path, required=True, help="GLUE TSV or JSONL with labels (e.g. dev.tsv)")
     p.add_argument("--text-column", help="column (TSV) or key (JSONL) of the text [default: as mpee-run]")
@@ -902,8 +902,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_main(argv: list[str] | None = None) -> int:
     """`mpee-bench throughput-report OUT`: throughput.md and throughput.png again from OUT/throughput.json."""
-    from .cli import _Parser
-    p = _Parser(prog="mpee-bench throughput-report", description=report_main.__doc__)
+    from .cli import ErrorLineParser
+    p = ErrorLineParser(prog="mpee-bench throughput-report", description=report_main.__doc__)
     p.add_argument("out", type=Path, help="folder of a `mpee-bench --throughput ... --out OUT` run")
     args = p.parse_args(argv)
     rec = ThroughputRecord.load(args.out / RECORD)

@@ -328,3 +328,25 @@ def test_keep_ratio_schedule_sets_the_bundle_default(tmp_path, ckpt):
     click_error(export, [str(ckpt), str(tmp_path / "b2"), "--keep-ratio", "1:0.5"], "2 ratios for the 1 pruning layers")
     click_error(export, [str(ckpt), str(tmp_path / "b2"), "--keep-ratio", "0"], "keep ratio must be in (0, 1]")
     assert not (tmp_path / "b2").exists()
+
+
+def test_prune_layers_chosen_at_export(tmp_path, ckpt):
+    """--prune-layers puts the pruning step in other layers than the checkpoint's (its graphs checked against
+    PyTorch as always); the checkpoint's single keep ratio carries over unless --keep-ratio gives others."""
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(export, [str(ckpt), str(out), "--prune-layers", "1,0", "--keep-ratio", "1:0.4"])
+    assert res.exit_code == 0, res.output
+    manifest = S.Manifest.load(out)
+    assert manifest.pruning.prune_layers == [0, 1] and manifest.pruning.keep_ratios == [1.0, 0.4]
+    text = "the movie is great and the plot is very good , the actors too"
+    engine = MpeeEngine(out, threads=1)
+    tokens = engine.predict(text, threshold=0.0).tokens_per_layer
+    assert tokens[0] == tokens[1]                               # layer 0 keeps all at ratio 1
+    alone = MpeeEngine(out, threads=1).predict(text, threshold=0.0, keep_ratio=[0.4, 1.0]).tokens_per_layer
+    assert alone[1] < alone[0]                                  # layer 0 prunes when asked: the step is there
+    res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "b1"), "--prune-layers", "1"])
+    assert res.exit_code == 0, res.output
+    assert S.Manifest.load(tmp_path / "b1").pruning.keep_ratios == [0.7]   # the checkpoint's own ratio
+    for bad, message in [("2", "outside 0..1"), ("0,0", "named twice"), ("a", "expected 0-based layer numbers")]:
+        click_error(export, [str(ckpt), str(tmp_path / "b2"), "--prune-layers", bad], message)
+    assert not (tmp_path / "b2").exists()
