@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IMDB_CSV=${IMDB_CSV:?set IMDB_CSV to the IMDB train.csv}
 ART=${1:-artifacts/imdb}; THREADS=${THREADS:-2}; TRAIN_SAMPLES=${TRAIN_SAMPLES:-8000}
-PRUNE_LAYERS=${PRUNE_LAYERS:-1,2,3,4}; KEEP_RATIO=${KEEP_RATIO:-1:0.3:0.3:0.3}
+PRUNE_LAYERS=${PRUNE_LAYERS:-1,2,3,4}; KEEP_RATIO=${KEEP_RATIO:-0.5}
 SCHEDULE=(--prune-layers "$PRUNE_LAYERS" --keep-ratio "$KEEP_RATIO")
 RES=${RESULTS:-benchmarks/results/imdb}
 . .venv/bin/activate
