@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning_schedule.py"
+from scripts import load_script as _load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("pruning_schedule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return _load("pruning_schedule")
 
 
 def test_default_schedules_have_one_ratio_per_pruning_layer():
