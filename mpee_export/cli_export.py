@@ -95,14 +95,14 @@ def _layers(text: str) -> list[int]:
 
 
 def _with_prune_layers(mpee, layers: list[int], keep_ratio: str | None):
-    """The model's config with the pruning step at `layers` (the config checks they exist). Without
-    --keep-ratio the checkpoint's single keep ratio carries over; a per-layer schedule cannot."""
+    """The model's config with the pruning step at `layers` (the config checks they exist), at --keep-ratio's
+    schedule, or at the checkpoint's keep ratio when it is one value for all its pruning layers."""
     own = set(mpee.keep_ratios)
     if keep_ratio is None and len(own) != 1:
         raise MpeeExportError(f"--prune-layers: the checkpoint's keep ratios {mpee.keep_ratios} are not one value; "
                               "give --keep-ratio")
-    ratio = own.pop() if keep_ratio is None else 1.0   # --keep-ratio replaces this placeholder
-    return replace(mpee, prune_layers=layers, keep_ratios=[ratio] * len(layers))
+    ratios = [own.pop()] * len(layers) if keep_ratio is None else _schedule(keep_ratio, layers)
+    return replace(mpee, prune_layers=layers, keep_ratios=ratios)
 
 
 def _texts(examples) -> list[tuple[str, str | None]]:
@@ -151,8 +151,7 @@ def _texts(examples) -> list[tuple[str, str | None]]:
               help="Sign the bundle with this Ed25519 private key (from `mpee-export keygen KEY`): "
                    "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
 def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, prune_layers, calibrate,
-               max_drop,
-               opset, force, allow_untrained_exits, standard_ops, no_batch_graphs, validation_examples, keep_failed,
+               max_drop, opset, force, allow_untrained_exits, standard_ops, no_batch_graphs, validation_examples, keep_failed,
                sign_key) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from .export import ExportOptions, check_opset, export_bundle
@@ -171,7 +170,7 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task,
     model, tokenizer = _load_for_export(checkpoint, allow_untrained_exits, task)
     if layers is not None:
         model.mpee = _with_prune_layers(model.mpee, layers, keep_ratio)
-    if keep_ratio is not None:
+    elif keep_ratio is not None:
         model.mpee.keep_ratios = _schedule(keep_ratio, model.mpee.prune_layers)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
                          keep_failed=keep_failed, int8_embeddings=not fp32_embeddings, sign_key=sign_key,
