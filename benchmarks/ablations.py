@@ -29,19 +29,18 @@ from pathlib import Path
 import click
 import torch
 
-from mpee_export.batching import encode
-from mpee_export.checkpoint import load_checkpoint
-from mpee_export.cli import default_backbone
-from mpee_export.config import ABLATIONS
-from mpee_export.datasets import glue_source
+from mpee_export.data.batching import encode
+from mpee_export.data.datasets import glue_source
+from mpee_export.data.glue import get_task, load_split
 from mpee_export.errors import MpeeExportError
-from mpee_export.evaluate import EvalRow, full_model_row, sweep
-from mpee_export.glue import get_task, load_split
-from mpee_export.train import EpochResult, TrainArgs, mpee_config, train
-from mpee_runtime.env import environment
+from mpee_export.model.checkpoint import default_backbone, load_checkpoint
+from mpee_export.model.config import ABLATIONS
+from mpee_export.training.evaluate import EvalRow, full_model_row, sweep
+from mpee_export.training.loop import EpochResult, TrainArgs, mpee_config, train
+from mpee_runtime.bench.env import environment
+from mpee_runtime.bundle.contract import EXIT_POOLINGS
+from mpee_runtime.core.policy import NO_EXIT
 from mpee_runtime.files import write_text
-from mpee_runtime.policy import NO_EXIT
-from mpee_runtime.schema import EXIT_POOLINGS
 
 # Variant -> MpeeConfig.build overrides: the switches of `mpee-train --no-...` (config.ABLATIONS), then
 # the paper's other comparisons.
@@ -264,7 +263,7 @@ def cls_spread(data: str, checkpoint: Path, examples: int, results: Path) -> Non
     """
     from transformers import AutoModel
 
-    from mpee_export.batching import collate
+    from mpee_export.data.batching import collate
 
     model, tokenizer = load_checkpoint(checkpoint)
     task = get_task(model.mpee.task)

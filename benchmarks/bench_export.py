@@ -17,16 +17,17 @@ import click
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from mpee_export.cli import default_backbone
-from mpee_export.config import MpeeConfig
-from mpee_export.export import ExportOptions, export_bundle, export_chain_graph, export_graphs
-from mpee_export.modeling import MpeeModel
-from mpee_export.optimize import optimize_layers
-from mpee_export.quantize import quantize_layers
-from mpee_runtime import schema as S
-from mpee_runtime.env import environment
+from mpee_export.export.bundle import ExportOptions, export_bundle, export_chain_graph, export_graphs
+from mpee_export.export.dummies import dummy_feeds
+from mpee_export.export.optimize import optimize_layers
+from mpee_export.export.quantize import quantize_layers
+from mpee_export.model.checkpoint import default_backbone
+from mpee_export.model.config import MpeeConfig
+from mpee_export.model.modeling import MpeeModel
+from mpee_runtime.bench.env import environment
+from mpee_runtime.bundle.contract import OPSET, layer_file, layer_inputs
+from mpee_runtime.core.session import open_session
 from mpee_runtime.files import write_text
-from mpee_runtime.session import open_session
 
 SIZES = {
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -74,7 +75,7 @@ def main(out: Path, repeats: int, threads: int) -> None:
             graphs = tmp / "graphs"
             graphs.mkdir()
             t = time.perf_counter()
-            entries = export_graphs(model, graphs, S.OPSET)
+            entries = export_graphs(model, graphs, OPSET)
             graph_s = time.perf_counter() - t
             t = time.perf_counter()
             export_bundle(model, tokenizer, tmp / "bundle", ExportOptions(), log=lambda m: None)
@@ -102,10 +103,10 @@ def main(out: Path, repeats: int, threads: int) -> None:
             d, prune_at = model.config.hidden_size, model.mpee.prune_layers[0]
             for layer in (1, prune_at):
                 for seq in (16, 64):
-                    names = S.layer_inputs(layer, layer in model.mpee.prune_layers)
-                    feeds = S.dummy_feeds(names, hidden=d, num_labels=2, vocab_size=model.config.vocab_size,
+                    names = layer_inputs(layer, layer in model.mpee.prune_layers)
+                    feeds = dummy_feeds(names, hidden=d, num_labels=2, vocab_size=model.config.vocab_size,
                                           seq=seq)
-                    lat = layer_latency_us({k: v / S.layer_file(layer) for k, v in variants.items()}, feeds,
+                    lat = layer_latency_us({k: v / layer_file(layer) for k, v in variants.items()}, feeds,
                                            repeats, threads)
                     row[f"layer{layer}_seq{seq}_median_us"] = {k: round(v, 1) for k, v in lat.items()}
             results[size] = row

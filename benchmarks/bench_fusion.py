@@ -34,16 +34,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import random_model
 
-from mpee_export.cli_common import default_backbone
-from mpee_export.export import ExportOptions, export_bundle
-from mpee_export.reference import export_reference
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.env import environment
+from mpee_export.baselines.reference import export_reference
+from mpee_export.export.bundle import ExportOptions, export_bundle
+from mpee_export.export.dummies import dummy_feeds
+from mpee_export.model.checkpoint import default_backbone
+from mpee_runtime.bench.env import environment
+from mpee_runtime.bundle.contract import (
+    CARRY,
+    HIDDEN,
+    HIDDEN_OUT,
+    INPUT_IDS,
+    KEEP_RATIO,
+    SCORES_OUT,
+    TOKEN_TYPE_IDS,
+    layer_file,
+    layer_inputs,
+)
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.bundle.reference import FUSED, FUSED_INT8
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import NO_EXIT
+from mpee_runtime.core.session import open_session, session_options
 from mpee_runtime.files import write_text
-from mpee_runtime.policy import NO_EXIT
-from mpee_runtime.schema import FUSED, FUSED_INT8
-from mpee_runtime.session import open_session, session_options
 
 CHAINS = {"chain_standard": ("standard", None), "chain_fused": ("fused", None),
           "chain_standard_int8": ("standard", "int8"), "chain_fused_int8": ("fused", "int8")}
@@ -73,8 +85,8 @@ def _ancestors(graph, names: set[str]) -> set[str]:
 def categories(graph) -> dict[str, str]:
     """Node name -> what it does, for the session-optimized graph (the names the profiler reports)."""
     outputs = {o.name for o in graph.output}
-    main = _ancestors(graph, outputs & {S.HIDDEN_OUT, "last_hidden_state"}) if outputs & {S.HIDDEN_OUT} else None
-    score = _ancestors(graph, {S.SCORES_OUT}) if S.SCORES_OUT in outputs else set()
+    main = _ancestors(graph, outputs & {HIDDEN_OUT, "last_hidden_state"}) if outputs & {HIDDEN_OUT} else None
+    score = _ancestors(graph, {SCORES_OUT}) if SCORES_OUT in outputs else set()
     out = {}
     for n in graph.node:
         op, name = n.op_type, n.name
@@ -134,17 +146,17 @@ def _kernel_times(sess: ort.InferenceSession, kinds: dict[str, str], warmup: int
 def profile_chain(bundle: Path, ids: np.ndarray, threads: int, runs: int) -> dict:
     """Kernel time per category of the non-pruning layers after layer 0 (their mean), profiled while the whole
     chain runs (so the weights are as cold in cache as in real use), and the node count per layer."""
-    manifest = S.Manifest.load(bundle)
+    manifest = Manifest.load(bundle)
     with tempfile.TemporaryDirectory() as tmp:
         sessions = [_profiled(bundle / g.file, threads, Path(tmp), g.name) for g in manifest.graphs]
         ratio = np.asarray(1.0, np.float32)
         for _ in range(runs):
-            (hidden,) = sessions[0][0].run(None, {S.INPUT_IDS: ids, S.TOKEN_TYPE_IDS: np.zeros_like(ids)})
-            state = {S.HIDDEN: hidden}
+            (hidden,) = sessions[0][0].run(None, {INPUT_IDS: ids, TOKEN_TYPE_IDS: np.zeros_like(ids)})
+            state = {HIDDEN: hidden}
             for g, (sess, _) in zip(manifest.layers, sessions[1:]):
-                feeds = {n: state[n] for n in g.inputs if n != S.KEEP_RATIO} | ({S.KEEP_RATIO: ratio} if g.prunes else {})
+                feeds = {n: state[n] for n in g.inputs if n != KEEP_RATIO} | ({KEEP_RATIO: ratio} if g.prunes else {})
                 outs = dict(zip(g.outputs, sess.run(None, feeds)))
-                state = {S.CARRY[k]: v for k, v in outs.items() if k in S.CARRY}
+                state = {CARRY[k]: v for k, v in outs.items() if k in CARRY}
         per_layer = [_kernel_times(sess, kinds, runs // 4) for sess, kinds in sessions[1:]]
         nodes = [len(kinds) for _, kinds in sessions[1:]]
     plain = [i for i, g in enumerate(manifest.layers) if not g.prunes and i > 0]
@@ -220,11 +232,11 @@ def main(out: Path, threads: int, rounds: int, runs: int, seqs: str) -> None:
             export_bundle(model, tokenizer, tmp / name, ExportOptions(graph_ops=ops, quantize=quant), log=lambda m: None)
         engines = {k: MpeeEngine(tmp / k, threads=threads) for k in CHAINS}
         full = {k: open_session(tmp / "ref" / f, session_options(threads, False)) for k, f in FULLS.items()}
-        layer1 = {k: open_session(tmp / k / S.layer_file(1), session_options(threads, False, True)) for k in CHAINS}
+        layer1 = {k: open_session(tmp / k / layer_file(1), session_options(threads, False, True)) for k in CHAINS}
         for seq in [int(s) for s in seqs.split(",")]:
             ids = token_ids(seq)
             full_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            layer_feeds = S.dummy_feeds(S.layer_inputs(1, False), hidden=hidden, num_labels=2, vocab_size=30522,
+            layer_feeds = dummy_feeds(layer_inputs(1, False), hidden=hidden, num_labels=2, vocab_size=30522,
                                         seq=seq)
 
             sessions = {**full, **{k: Chain(e, ids, layers) for k, e in engines.items()}}

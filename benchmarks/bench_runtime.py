@@ -29,17 +29,17 @@ import click
 import numpy as np
 import torch
 
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.env import environment
+from mpee_runtime.bench.env import environment
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import NO_EXIT
+from mpee_runtime.core.session import open_session, session_options
 from mpee_runtime.files import write_text
-from mpee_runtime.policy import NO_EXIT
-from mpee_runtime.session import open_session, session_options
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import random_model
 
-from mpee_export.cli_common import default_backbone
-from mpee_export.export import ExportOptions, export_bundle, export_chain_graph
+from mpee_export.export.bundle import ExportOptions, export_bundle, export_chain_graph
+from mpee_export.model.checkpoint import default_backbone
 
 TEXT = ("a gripping , beautifully acted drama that never loses its nerve , even when the plot takes "
         "one turn too many in the final act")
@@ -77,10 +77,10 @@ def compare(engine: MpeeEngine, single: Path, seq: int, repeats: int, threads: i
 
 def footprint(bundle: Path, threads: int) -> dict:
     """Import time (median of 5 fresh interpreters) and peak RSS with the bundle loaded and one prediction."""
-    code_import = "import time; t = time.perf_counter(); import mpee_runtime.engine; print(time.perf_counter() - t)"
+    code_import = "import time; t = time.perf_counter(); import mpee_runtime.core.engine; print(time.perf_counter() - t)"
     times = [float(subprocess.check_output([sys.executable, "-c", code_import])) for _ in range(5)]
     # VmHWM of the child itself: getrusage's ru_maxrss would include the parent's peak from before exec.
-    code_rss = (f"from mpee_runtime.engine import MpeeEngine; "
+    code_rss = (f"from mpee_runtime import MpeeEngine; "
                 f"e = MpeeEngine({str(bundle)!r}, threads={threads}); e.predict('a fine film'); "
                 "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     rss_kb = int(subprocess.check_output([sys.executable, "-c", code_rss]))

@@ -2,10 +2,12 @@
 a change of code (or a re-export) moved no answer.
 
     python benchmarks/compare_predictions.py dump BUNDLE --input DEV.tsv --out preds.jsonl [--threshold 0 --keep-ratio 1]
+        [--batch-size 16]
     python benchmarks/compare_predictions.py compare OLD.jsonl NEW.jsonl
 
 A dump holds, per example: label, exit layer, tokens entering each layer's attention and FFN, FLOPs and the
-probabilities as float64 (mpee-run rounds them to 6 decimals). `compare` counts identical fields and prints
+probabilities as float64 (mpee-run rounds them to 6 decimals). With --batch-size N > 1 the examples go to
+`MpeeEngine.predict_batch` N at a time, in input order. `compare` counts identical fields and prints
 the largest probability difference; it exits 1 when any exit layer or label differs.
 """
 
@@ -17,10 +19,10 @@ from pathlib import Path
 
 import click
 
-from mpee_runtime.cli import input_columns
-from mpee_runtime.data import read_examples
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.cli.common import input_columns
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.files import write_text
+from mpee_runtime.text.readers import read_examples
 
 
 @click.group()
@@ -35,14 +37,22 @@ def cli() -> None:
 @click.option("--threshold", type=float, default=None, help="[default: the bundle's]")
 @click.option("--keep-ratio", type=float, default=None, help="[default: the bundle's]")
 @click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=1, show_default=True)
 def dump(bundle: Path, input_path: Path, out: Path, threshold: float | None, keep_ratio: float | None,
-         threads: int) -> None:
+         threads: int, batch_size: int) -> None:
     engine = MpeeEngine(bundle, threads=threads)
     columns, _ = input_columns(input_path, engine.manifest.task)
     examples = read_examples(input_path, columns, labels=engine.labels, require_label=False)
+    knobs = {"threshold": threshold, "keep_ratio": keep_ratio}
+    preds = []
+    for s in range(0, len(examples), batch_size):
+        rows = examples[s:s + batch_size]
+        if batch_size == 1:
+            preds.append(engine.predict(rows[0].text, rows[0].pair, **knobs))
+        else:
+            preds += engine.predict_batch([ex.text for ex in rows], [ex.pair for ex in rows], **knobs)
     lines = []
-    for ex in examples:
-        p = engine.predict(ex.text, ex.pair, threshold=threshold, keep_ratio=keep_ratio)
+    for p in preds:
         lines.append(json.dumps({"label": p.label, "exit": p.exit_layer, "tokens": p.tokens_per_layer,
                                  "ffn": p.ffn_tokens_per_layer, "flops": p.flops, "probs": p.probs}))
     write_text(out, "\n".join(lines) + "\n")

@@ -59,12 +59,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mpee_runtime.cli import input_columns
-from mpee_runtime.data import read_examples
-from mpee_runtime.env import environment
+from mpee_runtime.bench.env import environment
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.bundle.reference import FULL_MODELS
+from mpee_runtime.cli.common import input_columns
 from mpee_runtime.errors import MpeeRuntimeError
 from mpee_runtime.files import write_text
-from mpee_runtime.schema import FULL_MODELS, Manifest
+from mpee_runtime.text.readers import read_examples
 
 CLIENTS = 8                # concurrent clients of the check
 PROB_TOL = 1e-5            # mpee-run's output lines round probabilities to 6 decimals
@@ -224,7 +225,7 @@ class Server:
     def __init__(self, target: Target, args: argparse.Namespace) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "mpee_runtime.serve", str(target.bundle), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "mpee_runtime.serve.cli", str(target.bundle), "--port", str(self.port),
                "--workers", str(target.workers)]
         if target.full_model is not None:
             cmd += ["--full-model", str(target.full_model)]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import click
 
-from mpee_export.evaluate import EvalResult, EvalRow, plot_eval
+from mpee_export.training.evaluate import EvalResult, EvalRow, plot_eval
+from mpee_runtime.bench.analysis import static_comparison
+from mpee_runtime.bench.results import StaticComparison
+from mpee_runtime.bench.tradeoff import fastest_within
 from mpee_runtime.files import write_text
-from mpee_runtime.report import StaticComparison, static_comparison
-from mpee_runtime.tradeoff import fastest_within
 
 DROPS = (0.5, 1.0)   # points of the dev metric (x100) below the model's own full-model metric
 BEST_KEYS = ("rho", "threshold", "keep_ratio", "metric", "mean_exit_layer")

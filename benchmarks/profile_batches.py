@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
+from mpee_export.export.dummies import batch_dummy_feeds, dummy_feeds
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.core.engine import MpeeEngine
 
 
 def profile_graphs(bundle: Path, rows: int, tokens: int, runs: int = 20) -> None:
-    manifest = S.Manifest.load(bundle)
+    manifest = Manifest.load(bundle)
     m = manifest.model
     for g in (manifest.batch_graphs[0], manifest.graphs[1]):
         with tempfile.TemporaryDirectory() as tmp:
@@ -36,8 +37,8 @@ def profile_graphs(bundle: Path, rows: int, tokens: int, runs: int = 20) -> None
             sess = ort.InferenceSession(str(bundle / g.file), opts, providers=["CPUExecutionProvider"])
             b = rows if g.batch else 1
             kw = {"hidden": m.hidden_size, "num_labels": m.num_labels, "vocab_size": m.vocab_size}
-            feeds = (S.batch_dummy_feeds(g.inputs, lengths=(tokens,) * b, **kw) if g.batch
-                     else S.dummy_feeds(g.inputs, seq=tokens, **kw))
+            feeds = (batch_dummy_feeds(g.inputs, lengths=(tokens,) * b, **kw) if g.batch
+                     else dummy_feeds(g.inputs, seq=tokens, **kw))
             for _ in range(runs):
                 sess.run(None, feeds)
             events = [e for e in json.loads(Path(sess.end_profiling()).read_text()) if e.get("cat") == "Node"]

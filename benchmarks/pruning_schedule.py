@@ -21,14 +21,15 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mpee_runtime.cli import input_columns
-from mpee_runtime.data import read_examples
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bench.analysis import aa_control, summarize
+from mpee_runtime.bench.measure import chain_variant, full_model_variant, measure
+from mpee_runtime.bench.records import VariantInfo
+from mpee_runtime.bundle.reference import FULL_MODELS
+from mpee_runtime.cli.common import input_columns
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import NO_EXIT
 from mpee_runtime.files import write_text
-from mpee_runtime.measure import VariantInfo, chain_variant, full_model_variant, measure
-from mpee_runtime.policy import NO_EXIT
-from mpee_runtime.report import aa_control, summarize
-from mpee_runtime.schema import FULL_MODELS
+from mpee_runtime.text.readers import read_examples
 
 
 def default_schedules(n: int) -> list[str]:

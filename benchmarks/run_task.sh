@@ -13,7 +13,7 @@ GLUE_DIR=${GLUE_DIR:?set GLUE_DIR}
 RES=${RESULTS:-benchmarks/results/$TASK}
 . .venv/bin/activate
 mkdir -p "$ART" "$RES"
-DEV=$(python -c "from mpee_export.glue import get_task, load_split, resolve_task_dir, split_path; \
+DEV=$(python -c "from mpee_export.data.glue import get_task, load_split, resolve_task_dir, split_path; \
 t = get_task('$TASK'); print(split_path(resolve_task_dir('$GLUE_DIR', t), t, 'dev'))")
 echo "== $TASK: PyTorch sweep"
 mpee-eval "$CKPT" --data "$GLUE_DIR" --task "$TASK" --sweep --thresholds 0,0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.5,0.6 \
@@ -33,5 +33,5 @@ mpee-export validate "$ART/bundle" "$CKPT" --data "$GLUE_DIR" --task "$TASK" --v
 echo "== $TASK: benchmark (onnxruntime variants interleaved, then PyTorch in a process of its own, then the report)"
 mpee-bench "$ART/bundle" --input "$DEV" --reference "$ART/reference" --int8 "$ART/bundle-int8" \
   --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop 0.5 --out "$RES" > /dev/null
-python -m mpee_export.bench_pytorch "$ART/reference" --input "$DEV" --threads "$THREADS" --out "$RES"
+python -m mpee_export.baselines.bench_pytorch "$ART/reference" --input "$DEV" --threads "$THREADS" --out "$RES"
 mpee-bench report "$RES" | tee "$RES/bench.txt"

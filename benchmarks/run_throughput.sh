@@ -14,7 +14,7 @@ GLUE_DIR=${GLUE_DIR:?set GLUE_DIR}
 RES=${RESULTS:-benchmarks/results/${TASK}_throughput}
 . .venv/bin/activate
 mkdir -p "$ART" "$RES"
-DEV=$(python -c "from mpee_export.glue import get_task, resolve_task_dir, split_path; \
+DEV=$(python -c "from mpee_export.data.glue import get_task, resolve_task_dir, split_path; \
 t = get_task('$TASK'); print(split_path(resolve_task_dir('$GLUE_DIR', t), t, 'dev'))")
 [ -f "$ART/bundle/manifest.json" ] || mpee-export "$CKPT" "$ART/bundle" --data "$GLUE_DIR" --task "$TASK" \
   --calibrate --max-drop 0.5 --force | tee "$RES/export_fp32.txt"

@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 import torch
 
-from mpee_export.cli import default_backbone
-from mpee_export.datasets import glue_source
-from mpee_export.glue import get_task
-from mpee_export.train import TrainArgs, mpee_config, train
-from mpee_runtime.env import environment
+from mpee_export.data.datasets import glue_source
+from mpee_export.data.glue import get_task
+from mpee_export.model.checkpoint import default_backbone
+from mpee_export.training.loop import TrainArgs, mpee_config, train
+from mpee_runtime.bench.env import environment
 from mpee_runtime.files import write_text
 
 TRAIN_SAMPLES = 8000

@@ -23,14 +23,14 @@ mpee-eval "$OUT/ckpt" --data "$GLUE_DIR" --sweep --thresholds 0,0.05,0.1,0.2,0.3
   --keep-ratios 0.7,1.0 --json "$OUT/eval.json"
 echo "== export (fp32, validated on 200 dev examples, threshold calibrated within 1 point)"
 mpee-export "$OUT/ckpt" "$OUT/bundle" --data "$GLUE_DIR" --calibrate --max-drop 1.0
-echo "== export (int8; its accuracy change and exit-layer shift are printed)"
-mpee-export "$OUT/ckpt" "$OUT/bundle-int8" --data "$GLUE_DIR" --quantize int8
+echo "== export (int8, threshold calibrated within 1 point: quantization moves the entropies, so the fp32 threshold does not carry over)"
+mpee-export "$OUT/ckpt" "$OUT/bundle-int8" --data "$GLUE_DIR" --quantize int8 --calibrate --max-drop 1.0
 mpee-export reference "$OUT/ckpt" "$OUT/reference"
 echo "== run the bundle on SST-2 dev with the device runtime"
 mpee-run "$OUT/bundle" --input "$GLUE_DIR/SST-2/dev.tsv" --output "$OUT/preds.jsonl" --threads "$THREADS"
 echo "== benchmark (interleaved, $THREADS threads; then PyTorch alone; then the table)"
 mpee-bench "$OUT/bundle" --input "$GLUE_DIR/SST-2/dev.tsv" --reference "$OUT/reference" \
   --int8 "$OUT/bundle-int8" --threads "$THREADS" --max-drop 1.0 --out "$OUT/bench" > /dev/null
-python -m mpee_export.bench_pytorch "$OUT/reference" --input "$GLUE_DIR/SST-2/dev.tsv" --threads "$THREADS" \
+python -m mpee_export.baselines.bench_pytorch "$OUT/reference" --input "$GLUE_DIR/SST-2/dev.tsv" --threads "$THREADS" \
   --out "$OUT/bench"
 mpee-bench report "$OUT/bench"

@@ -9,9 +9,19 @@ scripts/setup.sh
 export GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 .venv/bin/ruff check .
 declare -A MARK=([unit]="not integration and not slow" [integration]="integration" [slow]="slow")
+# The integration and slow tiers hold few tests of minutes each: list each test as it starts and ends (-v), and
+# say every 2 minutes that the tier is still running, so a long test is not mistaken for a hang.
+declare -A SHOW=([unit]="-q" [integration]="-v" [slow]="-v")
 for tier in ${TIERS:-unit integration slow}; do
   echo "== pytest: $tier tier"
-  .venv/bin/python -m pytest -q -m "${MARK[$tier]:?unknown tier $tier}" "$@"
+  start=$SECONDS
+  .venv/bin/python -m pytest ${SHOW[$tier]} --durations=5 -m "${MARK[$tier]:?unknown tier $tier}" "$@" &
+  pid=$!
+  while ! timeout 120 tail --pid=$pid -f /dev/null; do
+    echo "   ... $tier tier still running ($(( (SECONDS - start) / 60 )) min)"
+  done
+  wait $pid
+  echo "== $tier tier passed in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 done
 
 # The device runtime alone: install it (not editable) where torch cannot be imported, and check it

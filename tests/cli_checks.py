@@ -16,7 +16,7 @@ def click_error(command, args: list[str], needle: str) -> str:
 
 def run_error(capsys, args: list[str], needle: str) -> str:
     """Run mpee-run's main with bad `args`; return what it printed on stderr."""
-    from mpee_runtime.cli import main as run_cli
+    from mpee_runtime.cli.run import main as run_cli
     assert run_cli(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and err.count("\n") == 1, err

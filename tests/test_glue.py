@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mpee_export.errors import MpeeExportError
-from mpee_export.glue import (
+from mpee_export.data.glue import (
     TASKS,
     TaskExample,
     compute_metrics,
@@ -20,6 +19,7 @@ from mpee_export.glue import (
     resolve_task_dir,
     split_path,
 )
+from mpee_export.errors import MpeeExportError
 
 GLUE = Path(os.environ.get("GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
 

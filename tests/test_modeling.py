@@ -9,10 +9,10 @@ from tiny import tiny_bert_config, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel
 
-from mpee_export.config import MpeeConfig, default_prune_layers
 from mpee_export.errors import MpeeExportError
-from mpee_export.modeling import LayerState, keep_count, memories_to_probs, prune_tokens
-from mpee_runtime.policy import ExitPolicy, first_exit_layers
+from mpee_export.model.config import MpeeConfig, default_prune_layers
+from mpee_export.model.modeling import LayerState, keep_count, memories_to_probs, prune_tokens
+from mpee_runtime.core.policy import ExitPolicy, first_exit_layers
 
 LENGTHS = [23, 7, 16, 3, 30, 11]
 
@@ -82,7 +82,7 @@ def test_side_scores_match_the_attention_probabilities(padded):
     """The scores computed on the side from queries and keys equal the attention probabilities of the
     unfused layer (transformers' eager attention): the [CLS] row for "cls", every real row for "all", and
     the softmax of the mean query for "mean"; fp32 tolerance."""
-    from mpee_export.modeling import attention_block
+    from mpee_export.model.modeling import attention_block
     model = tiny_model(layers=2)
     layer = model.bert.encoder.layer[0]
     lengths = [9, 5] if padded else [9]
@@ -236,7 +236,7 @@ def test_ablation_switches_change_the_computation():
 
 def test_model_rejects_mismatched_config():
     with pytest.raises(ValueError):
-        from mpee_export.modeling import MpeeModel
+        from mpee_export.model.modeling import MpeeModel
         MpeeModel(tiny_bert_config(3), MpeeConfig.build(num_layers=4, labels=["0", "1"]))
 
 

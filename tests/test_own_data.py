@@ -11,11 +11,14 @@ import pytest
 from cli_checks import click_error
 from click.testing import CliRunner
 
-from mpee_export.checkpoint import read_mpee_config
-from mpee_export.cli import evaluate, export, split, train
-from mpee_export.datasets import checkpoint_task
-from mpee_runtime import schema as S
-from mpee_runtime.cli import main as run_cli
+from mpee_export.cli.eval import evaluate
+from mpee_export.cli.export import export
+from mpee_export.cli.tools import split
+from mpee_export.cli.train import train
+from mpee_export.data.datasets import checkpoint_task
+from mpee_export.model.checkpoint import read_mpee_config
+from mpee_runtime.bundle import manifest as S
+from mpee_runtime.cli.run import main as run_cli
 
 POS = ["the movie is great", "a fun film", "very good acting", "great plot and fun", "it was good"]
 NEG = ["the movie is awful", "a boring film", "very bad acting", "awful plot and boring", "it was bad"]
@@ -101,6 +104,11 @@ def test_jsonl_train_with_f1(tiny_backbone, tmp_path):
     assert res.exit_code == 0, res.output
     full = json.loads(js.read_text())["full_model"]
     assert full["metric_name"] == "f1" and full["metric"] == full["f1"]
+    # an F1 task's table: F1 (the headline) and accuracy, each once
+    lines = res.output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("row")))
+    assert lines[header].split() == ["row", "policy", "F", "r", "F1", "accuracy", "exit", "rho", "rho128"]
+    assert lines[header + 2].split()[5:7] == [f"{100 * full['f1']:.2f}", f"{100 * full['accuracy']:.2f}"]
 
 
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:

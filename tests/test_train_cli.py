@@ -11,13 +11,15 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from tiny import tiny_model
 
-from mpee_export.checkpoint import load_checkpoint, save_checkpoint
-from mpee_export.cli import convert, evaluate, train
-from mpee_export.datasets import glue_source
+from mpee_export.cli.eval import evaluate
+from mpee_export.cli.tools import convert
+from mpee_export.cli.train import train
+from mpee_export.data.datasets import glue_source
+from mpee_export.data.glue import get_task
 from mpee_export.errors import MpeeExportError
-from mpee_export.glue import get_task
-from mpee_export.train import Stopped, TrainArgs, mpee_config
-from mpee_export.train import train as run_training
+from mpee_export.model.checkpoint import load_checkpoint, save_checkpoint
+from mpee_export.training.loop import Stopped, TrainArgs, mpee_config
+from mpee_export.training.loop import train as run_training
 
 POS = ["the movie is great", "a fun film", "very good acting", "great plot and fun", "it was good"]
 NEG = ["the movie is awful", "a boring film", "very bad acting", "awful plot and boring", "it was bad"]
@@ -148,6 +150,11 @@ def test_train_and_eval_cli(sst_dir, tiny_backbone, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(js.read_text())
     (out,) = doc["rows"]
+    # the table shows the task's metric once: accuracy (an F1 task: test_own_data)
+    lines = res.output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("row")))
+    assert lines[header].split() == ["row", "policy", "F", "r", "accuracy", "exit", "rho", "rho128"]
+    assert lines[header + 3].split()[4] == f"{100 * out['accuracy']:.2f}"   # header, rule, full model, this row
     for key in ("metric", "accuracy", "mean_exit_layer", "exit_layer_histogram", "mean_tokens_per_layer",
                 "rho", "rho_pad128", "flops_convention"):
         assert key in out
@@ -242,7 +249,7 @@ def _tokenizer(folder):
 
 def test_ablation_flags_set_the_config(sst_dir, tiny_backbone, tmp_path):
     """Each --no-* flag of mpee-train applies its config.ABLATIONS overrides (the table ablations.py uses)."""
-    from mpee_export.config import ABLATIONS
+    from mpee_export.model.config import ABLATIONS
     out = tmp_path / "ablated"
     flags = ["--" + name.replace("_", "-") for name in ABLATIONS]
     res = CliRunner().invoke(train, ["--task", "sst2", "--data", str(sst_dir), "--backbone", str(tiny_backbone),

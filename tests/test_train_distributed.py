@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from tiny import tiny_bert_config
 
-from mpee_export.cli import train as train_cli
-from mpee_export.datasets import glue_source
-from mpee_export.distributed import weighted_micro_batches
+from mpee_export.cli.train import train as train_cli
+from mpee_export.data.datasets import glue_source
+from mpee_export.data.glue import get_task
 from mpee_export.errors import MpeeExportError
-from mpee_export.glue import get_task
-from mpee_export.train import TrainArgs, mpee_config
-from mpee_export.train import train as run_training
+from mpee_export.training.distributed import weighted_micro_batches
+from mpee_export.training.loop import TrainArgs, mpee_config
+from mpee_export.training.loop import train as run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -168,7 +168,7 @@ def test_bf16_on_cpu_saves_fp32_checkpoint(sst_data, nodrop_backbone, one_proces
     assert {t.dtype for t in w.values() if t.is_floating_point()} == {torch.float32}
     # autocast did run: bf16 arithmetic moves the weights away from the fp32 run
     assert any(not torch.equal(w[k], ref[k]) for k in w)
-    from mpee_export.checkpoint import load_checkpoint
+    from mpee_export.model.checkpoint import load_checkpoint
     model, _ = load_checkpoint(out)
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

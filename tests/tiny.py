@@ -15,8 +15,8 @@ def tiny_model(layers: int = 3, seed: int = 0, labels=("0", "1"), positions: int
     `positions` position embeddings (long-input tests use 512)."""
     import torch
 
-    from mpee_export.config import MpeeConfig
-    from mpee_export.modeling import MpeeModel
+    from mpee_export.model.config import MpeeConfig
+    from mpee_export.model.modeling import MpeeModel
     torch.manual_seed(seed)
     mpee = MpeeConfig.build(num_layers=layers, labels=list(labels), **mpee_kw)
     model = MpeeModel(tiny_bert_config(layers, max_position_embeddings=positions), mpee)

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from .cli.run import main
 
 sys.exit(main())

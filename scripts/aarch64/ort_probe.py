@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 print(f"imported onnxruntime {ort.__version__} (numpy {np.__version__})", flush=True)
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.core.engine import MpeeEngine
 
 folder = Path(sys.argv[1])
 engine = MpeeEngine(folder / "bundle", threads=1)

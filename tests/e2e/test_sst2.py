@@ -5,15 +5,19 @@ dev set against PyTorch, and the benchmark against the full models."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
 
-from mpee_export.bench_pytorch import main as bench_pytorch
-from mpee_export.cli import default_backbone, evaluate, export, train
-from mpee_runtime import schema as S
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.cli import main as run_main
+from mpee_export.baselines.bench_pytorch import main as bench_pytorch
+from mpee_export.cli.eval import evaluate
+from mpee_export.cli.export import export
+from mpee_export.cli.train import train
+from mpee_export.model.checkpoint import default_backbone
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bundle import manifest as S
+from mpee_runtime.cli.run import main as run_main
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +102,9 @@ def test_batches_give_the_batch_one_answers(trained, tmp_path, capsys):
     import numpy as np
     import torch
 
-    from mpee_export.batching import tokenize
-    from mpee_export.checkpoint import load_checkpoint
-    from mpee_runtime.policy import ExitPolicy
+    from mpee_export.data.batching import tokenize
+    from mpee_export.model.checkpoint import load_checkpoint
+    from mpee_runtime.core.policy import ExitPolicy
 
     glue_dir, ckpt, _ = trained
     dev = tmp_path / "dev.tsv"
@@ -113,6 +117,9 @@ def test_batches_give_the_batch_one_answers(trained, tmp_path, capsys):
         assert res.exit_code == 0, res.output
         if precision == "fp32":   # the int8 check is against fp32 PyTorch: int8 moves some exits
             assert S.Manifest.load(bundle).validation.checks[precision]["batch_same_exit_layer"] >= 0.995
+        else:                     # int8's line: a verdict on its accuracy against PyTorch fp32's
+            verdict = r"^int8: (OK|CHECK) \(quantized: judged by accuracy"
+            assert re.search(verdict, res.output, re.MULTILINE), res.output
         for ratio in ("1.0", "0.5"):
             lines = {}
             for size in ("1", "16"):

@@ -8,7 +8,7 @@ import pytest
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.checkpoint import save_checkpoint
+from mpee_export.model.checkpoint import save_checkpoint
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import torch
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.export import ExportOptions, export_bundle
-from mpee_export.optimize import fused_op_counts
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.policy import ExitPolicy
+from mpee_export.export.bundle import ExportOptions, export_bundle
+from mpee_export.export.optimize import fused_op_counts
+from mpee_runtime.bundle.contract import batch_layer_name
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import ExitPolicy
 
 WORDS = ["the", "movie", "is", "great", "a", "boring", "film", "it", "was", "bad", "very", "good", "acting", "and",
          "plot", "not", "fun", "awful"]
@@ -151,8 +152,8 @@ def test_batch_graphs_fused_and_recorded(bundles):
     int8, the int8 ones quantize each row on its own, and the manifest and validation record them."""
     _, made = bundles
     for (pooling, precision), (folder, _) in made.items():
-        manifest = S.Manifest.load(folder)
-        assert [g.name for g in manifest.batch_graphs] == [S.batch_layer_name(i) for i in range(4)]
+        manifest = Manifest.load(folder)
+        assert [g.name for g in manifest.batch_graphs] == [batch_layer_name(i) for i in range(4)]
         for g in manifest.batch_graphs:
             counts = fused_op_counts(folder / g.file)
             assert counts.get("MultiHeadAttention") == 1, (g.file, counts)
@@ -194,7 +195,7 @@ def test_bundle_without_batch_graphs_runs_batches_row_by_row(tmp_path, shared_ba
     model = tiny_model(layers=2)
     out = tmp_path / "bundle"
     export_bundle(model, tok, out, ExportOptions(batch_graphs=False), texts=_rows(4), log=lambda m: None)
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert not manifest.supports_batches and not list(out.glob("*.batch.onnx"))
     engine = MpeeEngine(out, threads=1)
     rows = _rows(5)

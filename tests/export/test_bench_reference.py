@@ -16,19 +16,19 @@ from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.bench_pytorch import main as pytorch_main
-from mpee_export.checkpoint import save_checkpoint
-from mpee_export.cli import export
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.measure import PYTORCH_ROWS, ROWS, RUN, RunRecord, read_rows
-from mpee_runtime.schema import FUSED, FUSED_INT8, REFERENCE_RECORD, ReferenceRecord
+from mpee_export.baselines.bench_pytorch import main as pytorch_main
+from mpee_export.cli.export import export
+from mpee_export.model.checkpoint import save_checkpoint
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bench.records import PYTORCH_ROWS, ROWS, RUN, RunRecord, read_rows
+from mpee_runtime.bundle.reference import FUSED, FUSED_INT8, REFERENCE_RECORD, ReferenceRecord
 
 pytest.importorskip("optimum.exporters.onnx")
 pytestmark = pytest.mark.integration
 
 TEXTS = [("the movie is great", 1), ("a boring film", 0), ("fun", 1)]
 NO_TORCH = ("import sys\nfor m in ('torch', 'transformers'): sys.modules[m] = None\n"
-            "from mpee_runtime.bench import main\nsys.exit(main(sys.argv[1:]))")
+            "from mpee_runtime.bench.cli import main\nsys.exit(main(sys.argv[1:]))")
 
 
 def _folders(tmp_path, backbone, **model_kw):
@@ -93,7 +93,7 @@ def bench(tmp_path_factory, shared_backbone) -> Bench:
 
 
 def test_measuring_leaves_pytorch_to_its_own_pass(bench):
-    assert "pytorch: not measured yet" in bench.measure_stdout and "mpee_export.bench_pytorch" in bench.measure_stdout
+    assert "pytorch: not measured yet" in bench.measure_stdout and "mpee_export.baselines.bench_pytorch" in bench.measure_stdout
     assert "pytorch" not in bench.interleaved
     assert {"onnx_full", "onnx_fused", "onnx_fused_int8", "chain_aa"} <= set(bench.interleaved)
     assert {r.variant for r in read_rows(bench.out / ROWS)} == set(bench.interleaved)

@@ -15,15 +15,29 @@ from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export import export as export_mod
-from mpee_export import validate as validate_mod
-from mpee_export.checkpoint import save_checkpoint
-from mpee_export.cli import export
+from mpee_export.cli.export import export
 from mpee_export.errors import MpeeExportError
-from mpee_export.export import CalibrationRequest, ExportOptions, ExportRecord, export_bundle
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.policy import ExitPolicy
+from mpee_export.export import bundle as export_mod
+from mpee_export.export import validate as validate_mod
+from mpee_export.export.bundle import CalibrationRequest, ExportOptions, ExportRecord, export_bundle
+from mpee_export.export.validate import ChainCheck, GraphCheck, Validation
+from mpee_export.model.checkpoint import save_checkpoint
+from mpee_runtime.bundle.contract import (
+    EMBEDDINGS,
+    GRAPH_ID_KEY,
+    HIDDEN,
+    KEEP_RATIO,
+    MANIFEST,
+    MEMORY,
+    OPSET,
+    SCHEMA_VERSION,
+    SCORES,
+    layer_file,
+)
+from mpee_runtime.bundle.integrity import seal
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import ExitPolicy
 
 TEXTS = [("the movie is great", None), ("a boring film", "it was bad"), ("very good acting and plot", None),
          ("it", "the plot is not fun , not very good , and the acting was awful !")]
@@ -52,7 +66,7 @@ def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
     out, model = _bundle(tmp_path, tiny_backbone, **kw)
     record = json.loads((out / "validation.json").read_text())["fp32"]
     assert record["passed"] and record["graphs"]["max_abs_diff_overall"] < 1e-4
-    assert S.Manifest.load(out).exit.pooling == kw.get("exit_pooling", "cls")
+    assert Manifest.load(out).exit.pooling == kw.get("exit_pooling", "cls")
     engine = MpeeEngine(out, threads=1)
     tok = _tokenizer(tiny_backbone)
     # pairs, several keep ratios (a graph input) and thresholds: same exit, label, tokens and probs
@@ -70,27 +84,27 @@ def test_parity_with_pytorch(tmp_path, tiny_backbone, kw):
 
 def test_graph_contract(tmp_path, tiny_backbone):
     out, _ = _bundle(tmp_path, tiny_backbone, layers=3, prune_layers=[1])
-    manifest = S.Manifest.load(out)
-    assert manifest.schema_version == S.SCHEMA_VERSION and manifest.validation.passed
-    assert [g.file for g in manifest.graphs] == [S.EMBEDDINGS] + [S.layer_file(i) for i in range(3)]
+    manifest = Manifest.load(out)
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.validation.passed
+    assert [g.file for g in manifest.graphs] == [EMBEDDINGS] + [layer_file(i) for i in range(3)]
     for g in manifest.graphs:
         proto = onnx.load(str(out / g.file))
         onnx.checker.check_model(proto)
         assert [i.name for i in proto.graph.input] == g.inputs
         assert [o.name for o in proto.graph.output] == g.outputs
-        assert {p.key: p.value for p in proto.metadata_props}[S.GRAPH_ID_KEY] == g.name
+        assert {p.key: p.value for p in proto.metadata_props}[GRAPH_ID_KEY] == g.name
         # standard ops, plus onnxruntime's fused operators in fused layer graphs (the default graph_ops)
         domains = {"", "ai.onnx"} | ({"com.microsoft"} if g.layer is not None and
                                      manifest.export.graph_ops == "fused" else set())
         assert {op.domain for op in proto.opset_import} <= domains
         assert all(n.domain in domains for n in proto.graph.node)
-        assert any(op.version >= S.OPSET for op in proto.opset_import)
+        assert any(op.version >= OPSET for op in proto.opset_import)
         # the sequence axis is symbolic, never traced as a constant
         first = proto.graph.input[0].type.tensor_type.shape.dim[1]
         assert first.dim_param and not first.dim_value
-    assert manifest.graphs[2].inputs == [S.HIDDEN, S.SCORES, S.MEMORY, S.KEEP_RATIO]
-    assert manifest.graphs[1].inputs == [S.HIDDEN]
-    ops = {n.op_type for n in onnx.load(str(out / S.layer_file(1))).graph.node}
+    assert manifest.graphs[2].inputs == [HIDDEN, SCORES, MEMORY, KEEP_RATIO]
+    assert manifest.graphs[1].inputs == [HIDDEN]
+    ops = {n.op_type for n in onnx.load(str(out / layer_file(1))).graph.node}
     assert {"TopK", "Gather", "Concat"} <= ops
     assert manifest.versions["onnxruntime"] and manifest.model.hidden_size == 32
 
@@ -106,7 +120,7 @@ def test_refuses_non_empty_out_and_force_replaces(tmp_path, tiny_backbone):
     assert (out / "keep.txt").read_text() == "mine"
     res = CliRunner().invoke(export, [str(ckpt), str(out), "--force"])
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / S.MANIFEST).is_file()
+    assert not (out / "keep.txt").exists() and (out / MANIFEST).is_file()
     assert "PASSED" in res.output
 
 
@@ -141,15 +155,47 @@ def test_int8_bundle_loads_and_predicts(tmp_path, tiny_backbone):
     out = tmp_path / "int8"
     record = export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(quantize="int8"), texts=TEXTS,
                            labels=[1, 0, 1, 0], log=lambda m: None)
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert [g.precision for g in manifest.graphs] == ["int8", "int8", "int8", "int8"]   # embeddings too (the recipe)
     assert manifest.export.quantization == "int8" and manifest.precision == "int8"
     assert manifest.validation.passed and manifest.validation.checks["int8"]["passed"] is None
     assert record.int8.chain.accuracy_runtime is not None
-    ops = {n.op_type for n in onnx.load(str(out / S.layer_file(0))).graph.node}
+    # with labels, int8 is judged by its accuracy against PyTorch fp32's on the same examples
+    c = record.int8.chain
+    line = record.describe().splitlines()[1]
+    assert line.startswith(("int8: OK (quantized: judged by accuracy", "int8: CHECK (quantized: judged by accuracy"))
+    assert (f"accuracy {100 * c.accuracy_runtime:.2f} vs PyTorch fp32 {100 * c.accuracy_pytorch:.2f}" in line
+            and "on 4 labelled examples" in line and "max|diff|" not in line)
+    ops = {n.op_type for n in onnx.load(str(out / layer_file(0))).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
     pred = MpeeEngine(out, threads=1).predict("the movie is great", threshold=0.0)
     assert pred.exit_layer == 3 and abs(sum(pred.probs) - 1) < 1e-5
+
+
+def _int8_validation(accuracy=None, pytorch=None, same_label=1.0):
+    graphs = GraphCheck({"layer_00.memory": 4.27}, 4.27, [])
+    chain = ChainCheck(200, "entropy", 0.1, None, 0.995, same_label, {"0": 200}, 0.2, accuracy, pytorch)
+    return Validation("int8", graphs, chain, chain, None)
+
+
+def test_int8_line_is_a_verdict():
+    """int8 is judged by what the device answers: OK within INT8_MAX_DROP points of PyTorch fp32's accuracy (or,
+    without labels, the same label on INT8_MIN_SAME_LABEL of the inputs), CHECK with advice otherwise; the graph
+    max |diff|, which quantization makes meaningless, stays out of the line (it is in validation.json)."""
+    ok = _int8_validation(0.815, 0.83).describe()
+    assert ok.startswith("int8: OK (quantized: judged by accuracy, not compared exactly): accuracy 81.50 vs "
+                         "PyTorch fp32 83.00 (-1.50 points; OK down to -2) on 200 labelled examples")
+    assert "same label as PyTorch fp32 on 100.0%, same exit layer 99.5%" in ok and "max|diff|" not in ok
+    worse = _int8_validation(0.80, 0.83).describe()
+    assert worse.startswith("int8: CHECK") and "(-3.00 points; OK down to -2)" in worse
+    assert worse.endswith("measure it on your own dev data before deploying it, or deploy the fp32 bundle")
+    assert _int8_validation(same_label=0.96).describe().startswith(
+        "int8: OK (quantized: judged by agreement with fp32, not compared exactly): same label as PyTorch fp32 on 96.0%")
+    assert _int8_validation(same_label=0.90).describe().startswith("int8: CHECK")
+    # the fp32 line keeps its verdict and figures
+    fp32 = Validation("fp32", GraphCheck({"x": 1e-6}, 1e-6, []), _int8_validation().chain,
+                      _int8_validation().chain, True)
+    assert fp32.describe().startswith("fp32: PASSED  graph max|diff| 1.00e-06  chain on 200 examples")
 
 
 def test_validate_command(tmp_path, tiny_backbone):
@@ -203,7 +249,7 @@ def test_plain_bert_with_explicit_flag(tmp_path, tiny_backbone):
     out = tmp_path / "out"
     res = CliRunner().invoke(export, [str(tiny_backbone), str(out), "--allow-untrained-exits", "--task", "sst2"])
     assert res.exit_code == 0, res.output
-    assert S.Manifest.load(out).export.untrained_exits is True
+    assert Manifest.load(out).export.untrained_exits is True
 
 
 def test_chain_graph_matches_layers(tmp_path):
@@ -226,8 +272,8 @@ def test_fused_graph_ops_keep_parity(tmp_path, tiny_backbone):
     record = export_bundle(model, _tokenizer(tiny_backbone), tmp_path / "opt", ExportOptions(graph_ops="fused"),
                            texts=TEXTS, log=lambda m: None)
     assert record.fp32.passed
-    assert S.Manifest.load(tmp_path / "opt").export.graph_ops == "fused"
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / S.layer_file(1))).graph.node}
+    assert Manifest.load(tmp_path / "opt").export.graph_ops == "fused"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt" / layer_file(1))).graph.node}
     assert {"MultiHeadAttention", "BiasGelu"} <= ops and "Erf" not in ops   # the fusions were applied (layer 1 scores)
 
 
@@ -244,7 +290,7 @@ def test_calibration_sets_the_default_threshold(tmp_path, tiny_backbone):
     assert chosen.scores.accuracy >= 0.5 - 0.05
     # the cheapest admissible point: nothing admissible is faster
     assert all(c.rho <= chosen.rho for c in cal.candidates if c.scores.accuracy >= 0.45)
-    manifest = S.Manifest.load(tmp_path / "cal")
+    manifest = Manifest.load(tmp_path / "cal")
     assert manifest.exit.default_threshold == chosen.threshold
     assert manifest.exit.calibration["max_drop_points"] == 5.0
     assert model.mpee.default_threshold == 0.1 and model.mpee.keep_ratios == [0.7]   # the model is untouched
@@ -264,7 +310,7 @@ class _RecordedEngine:
     predicted `early` at layer 1 (entropy 0.50) and `late` at layer 2 (entropy 0.33)."""
 
     def __init__(self, early: list[int], late: list[int]) -> None:
-        from mpee_runtime.flops import FlopsModel
+        from mpee_runtime.core.flops import FlopsModel
         self.labels, self.default_keep_ratios = ["0", "1"], {}
         self.flops_model = FlopsModel(hidden=32, ffn=64, num_labels=2, num_layers=2)
         self.answers = iter(zip(early, late))   # one full-depth pass: no keep ratio but the bundle's
@@ -281,7 +327,7 @@ class _RecordedEngine:
 def test_calibration_on_f1_chooses_by_f1():
     """F1 tasks (MRPC, QQP) are calibrated on F1: leaving at layer 1 predicts class 1 for everyone (accuracy
     0.5, F1 0.67), layer 2 is right (1.0 for both); 40 points below 1.0 admits layer 1 on F1 only."""
-    from mpee_export.calibrate import calibrate_threshold
+    from mpee_export.export.calibrate import calibrate_threshold
     labels = [1, 1, 0, 0]
     examples = [(np.zeros((1, 5), np.int64), np.zeros((1, 5), np.int64))] * 4
     early, late = [1, 1, 1, 1], labels
@@ -299,13 +345,13 @@ def test_calibration_on_f1_chooses_by_f1():
 
 def test_chain_check_uses_the_bundles_default_keep_ratio(tmp_path, tiny_backbone):
     """After calibration moved the bundle's keep ratio, `validate` must compare at the bundle's setting."""
-    from mpee_export.validate import check_chain
+    from mpee_export.export.validate import check_chain
     model = tiny_model(layers=3, prune_layers=[0, 1], keep_ratio=0.3)
     out = tmp_path / "b"
     export_bundle(model, _tokenizer(tiny_backbone), out, ExportOptions(), texts=TEXTS, log=lambda m: None)
-    manifest = json.loads((out / S.MANIFEST).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     manifest["pruning"]["keep_ratios"] = [1.0, 1.0]
-    (out / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))   # as calibration's publish would
+    (out / MANIFEST).write_text(json.dumps(seal(manifest)))   # as calibration's publish would
     examples = validate_mod.validation_examples(_tokenizer(tiny_backbone), TEXTS, model)
     chain = check_chain(model, MpeeEngine(out, threads=1), examples, policy="entropy", threshold=0.0)
     assert chain.keep_ratio == 1.0 and chain.same_exit_layer == 1.0
@@ -317,7 +363,7 @@ def test_keep_ratio_schedule_sets_the_bundle_default(tmp_path, ckpt):
     out = tmp_path / "bundle"
     res = CliRunner().invoke(export, [str(ckpt), str(out), "--keep-ratio", "0.4"])
     assert res.exit_code == 0, res.output
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert manifest.pruning.keep_ratios == [0.4]
     engine = MpeeEngine(out, threads=1)
     text = "the movie is great and the plot is very good"
@@ -336,7 +382,7 @@ def test_prune_layers_chosen_at_export(tmp_path, ckpt):
     out = tmp_path / "bundle"
     res = CliRunner().invoke(export, [str(ckpt), str(out), "--prune-layers", "1,0", "--keep-ratio", "1:0.4"])
     assert res.exit_code == 0, res.output
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert manifest.pruning.prune_layers == [0, 1] and manifest.pruning.keep_ratios == [1.0, 0.4]
     text = "the movie is great and the plot is very good , the actors too"
     engine = MpeeEngine(out, threads=1)
@@ -346,7 +392,7 @@ def test_prune_layers_chosen_at_export(tmp_path, ckpt):
     assert alone[1] < alone[0]                                  # layer 0 prunes when asked: the step is there
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "b1"), "--prune-layers", "1"])
     assert res.exit_code == 0, res.output
-    assert S.Manifest.load(tmp_path / "b1").pruning.keep_ratios == [0.7]   # the checkpoint's own ratio
+    assert Manifest.load(tmp_path / "b1").pruning.keep_ratios == [0.7]   # the checkpoint's own ratio
     for bad, message in [("2", "outside 0..1"), ("0,0", "named twice"), ("a", "expected 0-based layer numbers")]:
         click_error(export, [str(ckpt), str(tmp_path / "b2"), "--prune-layers", bad], message)
     assert not (tmp_path / "b2").exists()

@@ -13,16 +13,20 @@ from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.checkpoint import save_checkpoint
-from mpee_export.cli import export
+from mpee_export.cli.export import export
 from mpee_export.errors import MpeeExportError
-from mpee_export.export import ExportOptions, export_bundle, export_graphs
-from mpee_export.optimize import fuse_layer
-from mpee_export.quantize import fallback_settings, recipe_settings
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
+from mpee_export.export.bundle import ExportOptions, export_bundle, export_graphs
+from mpee_export.export.dummies import DUMMY_SEQ, dummy_feeds
+from mpee_export.export.optimize import fuse_layer
+from mpee_export.export.quantize import EXIT_HEAD_KEY
+from mpee_export.export.recipe import fallback_settings, recipe_settings
+from mpee_export.model.checkpoint import save_checkpoint
+from mpee_runtime.bundle.contract import EMBEDDINGS, MANIFEST, OPSET, layer_file
+from mpee_runtime.bundle.integrity import seal
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import ExitPolicy
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.policy import ExitPolicy
 
 TEXTS = [("the movie is great", None), ("a boring film", "it was bad"), ("very good acting and plot", None),
          ("it", "the plot is not fun , not very good , and the acting was awful !")]
@@ -62,9 +66,9 @@ def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
     model = tiny_model(**kw)
     out, record = _export(tmp_path, tiny_backbone, model)   # fused is the default
     assert record.fp32.passed and record.fp32.graphs.max_abs_diff_overall < 1e-4
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert manifest.export.graph_ops == "fused"
-    assert json.loads((out / S.MANIFEST).read_text())["export"]["graph_ops"] == "fused"
+    assert json.loads((out / MANIFEST).read_text())["export"]["graph_ops"] == "fused"
     for g in manifest.layers:
         ops = _ops(out / g.file)
         scores = g.layer <= max(kw["prune_layers"])   # only layers up to the last pruning layer compute a score
@@ -86,15 +90,15 @@ def test_fused_bundle_round_trip(tmp_path, tiny_backbone, kw):
         assert sum(dims == [width, width] for dims in inits.values()) == 2   # attention output + exit pooler
         if g.prunes:                       # pruning still happens inside the graph, on the FFN's input
             assert ops[("", "TopK")] == 1
-    assert {op.domain for op in onnx.load(str(out / S.EMBEDDINGS)).opset_import} <= {"", "ai.onnx"}
+    assert {op.domain for op in onnx.load(str(out / EMBEDDINGS)).opset_import} <= {"", "ai.onnx"}
     _same_as_pytorch(out, model, tiny_backbone)
 
 
 def test_scoring_all_keeps_the_attention_unfused(tmp_path):
     """'all' reads the attention probabilities, which the fused operator does not return: left as is."""
     model = tiny_model(layers=2, prune_layers=[1], scoring="all")
-    export_graphs(model, tmp_path, S.OPSET, graph_ops="fused")
-    ops = _ops(tmp_path / S.layer_file(1))
+    export_graphs(model, tmp_path, OPSET, graph_ops="fused")
+    ops = _ops(tmp_path / layer_file(1))
     assert not ops[("com.microsoft", "Attention")] and ops[("com.microsoft", "BiasGelu")] == 1
 
 
@@ -106,7 +110,7 @@ def test_scoring_all_mean_is_one_product(tmp_path, tiny_backbone, quantize):
     model = tiny_model(layers=3, prune_layers=[0, 1], keep_ratio=0.5, scoring="all")
     out, record = _export(tmp_path, tiny_backbone, model, quantize=quantize)
     assert record.fp32.passed and record.fp32.graphs.max_abs_diff_overall < 1e-4
-    for g in S.Manifest.load(out).layers:
+    for g in Manifest.load(out).layers:
         graph = onnx.load(str(out / g.file)).graph
         producer = {o: n for n in graph.node for o in n.output}
         means = [n for n in graph.node if n.op_type == "ReduceMean" and producer[n.input[0]].op_type == "Softmax"]
@@ -120,7 +124,7 @@ def test_standard_ops_option(tmp_path, tiny_backbone):
     model = tiny_model(layers=2, prune_layers=[1])
     out, record = _export(tmp_path, tiny_backbone, model, graph_ops="standard")
     assert record.fp32.passed
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert manifest.export.graph_ops == "standard"
     for g in manifest.graphs:
         proto = onnx.load(str(out / g.file))
@@ -135,7 +139,7 @@ def test_cli_standard_ops_flag(tmp_path, tiny_backbone):
     save_checkpoint(tiny_model(layers=2), tok, ckpt)
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "std"), "--standard-ops"])
     assert res.exit_code == 0, res.output
-    assert S.Manifest.load(tmp_path / "std").export.graph_ops == "standard"
+    assert Manifest.load(tmp_path / "std").export.graph_ops == "standard"
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--optimize"])   # removed: fused is the default
     assert res.exit_code == 2 and "No such option" in res.output
     with pytest.raises(MpeeExportError, match="graph_ops"):
@@ -144,16 +148,16 @@ def test_cli_standard_ops_flag(tmp_path, tiny_backbone):
 
 def test_manifest_refuses_bad_graph_ops(tmp_path, tiny_backbone):
     out, _ = _export(tmp_path, tiny_backbone, tiny_model(layers=2))
-    data = json.loads((out / S.MANIFEST).read_text())
+    data = json.loads((out / MANIFEST).read_text())
     for bad in ("turbo", None, True):   # re-sealed, so that the typed check, not the integrity record, refuses
         data["export"]["graph_ops"] = bad
-        (out / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(data)))
+        (out / MANIFEST).write_text(json.dumps(seal(data)))
         with pytest.raises(MpeeRuntimeError, match="export.graph_ops"):
-            S.Manifest.load(out)
+            Manifest.load(out)
     del data["export"]["graph_ops"]
-    (out / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(data)))
+    (out / MANIFEST).write_text(json.dumps(seal(data)))
     with pytest.raises(MpeeRuntimeError, match="missing field .*export.graph_ops"):
-        S.Manifest.load(out)
+        Manifest.load(out)
 
 
 def test_cli_fp32_embeddings_flag(tmp_path, tiny_backbone):
@@ -163,9 +167,9 @@ def test_cli_fp32_embeddings_flag(tmp_path, tiny_backbone):
     save_checkpoint(tiny_model(layers=2), tok, ckpt)
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "q"), "--quantize", "int8", "--fp32-embeddings"])
     assert res.exit_code == 0, res.output
-    manifest = S.Manifest.load(tmp_path / "q")
+    manifest = Manifest.load(tmp_path / "q")
     assert manifest.graphs[0].precision == "fp32" and all(g.precision == "int8" for g in manifest.layers)
-    proto = onnx.load(str(tmp_path / "q" / S.EMBEDDINGS))
+    proto = onnx.load(str(tmp_path / "q" / EMBEDDINGS))
     assert all(t.data_type == onnx.TensorProto.FLOAT for t in proto.graph.initializer if len(t.dims) == 2)
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "x"), "--fp32-embeddings"])
     assert res.exit_code == 2 and "--fp32-embeddings needs --quantize int8" in res.output
@@ -175,18 +179,22 @@ def test_cli_fp32_embeddings_flag(tmp_path, tiny_backbone):
 def test_fused_int8(tmp_path, tiny_backbone):
     model = tiny_model(layers=3, prune_layers=[1])
     out, record = _export(tmp_path, tiny_backbone, model, quantize="int8")
-    manifest = S.Manifest.load(out)
+    manifest = Manifest.load(out)
     assert manifest.export.graph_ops == "fused" and manifest.precision == "int8"
     for g in manifest.layers:
-        graph = onnx.load(str(out / g.file)).graph
+        proto = onnx.load(str(out / g.file))
+        graph = proto.graph
         ops = Counter(n.op_type for n in graph.node)
         if g.layer <= 1:   # scores: the packed Q/K/V product is quantized, MultiHeadAttention reads it
             assert ops["MultiHeadAttention"] == 1 and not ops["QAttention"] and ops["MatMulInteger"] >= 4
         else:
             assert ops["QAttention"] == 1 and ops["MatMulInteger"] >= 3
         assert not ops["Attention"]
-        # exit heads stay fp32; nothing dequantizes a weight on every run
-        assert not [n.name for n in graph.node if n.op_type == "MatMulInteger" and "exits" in n.name]
+        # exit heads stay fp32 (the products reading the weights the exporter recorded as the head's: test_int8_heads);
+        # nothing dequantizes a weight on every run
+        heads = set(json.loads({p.key: p.value for p in proto.metadata_props}[EXIT_HEAD_KEY]))
+        heads |= {h + "_Transposed" for h in heads}   # quantize_dynamic writes a kept Gemm as MatMul + Add
+        assert [n.op_type for n in graph.node if heads & set(n.input)] == ["MatMul", "MatMul"]
         assert not ops["DequantizeLinear"]
     # the embedding tables are int8 as in the int8 full model (the recipe quantizes Gather); rows are
     # dequantized after the lookup, never the whole table
@@ -210,7 +218,7 @@ def test_int8_recipe_is_the_reference_recipe():
     assert settings["is_static"] is False and settings["per_channel"] is False
     assert "MatMul" in settings["operators_to_quantize"] and "Attention" in settings["operators_to_quantize"]
     pytest.importorskip("optimum.onnxruntime")
-    from mpee_runtime.schema import QUANT_RECIPES as RECIPES
+    from mpee_runtime.bundle.reference import QUANT_RECIPES as RECIPES
     for recipe in RECIPES:   # the copy used without optimum says what optimum says
         assert fallback_settings(recipe) == recipe_settings(recipe)["settings"]
 
@@ -219,7 +227,7 @@ def test_unmatched_attention_is_left_alone(tmp_path):
     """A pattern that differs (here: a scale that is not 1/sqrt(head size)) is not fused; the graph still runs."""
     model = tiny_model(layers=1, prune_layers=[])
     export_graphs(model, tmp_path, 17)
-    path = tmp_path / S.layer_file(0)
+    path = tmp_path / layer_file(0)
     proto = onnx.load(str(path))
     div = next(n for n in proto.graph.node if n.op_type == "Div" and any(
         c.op_type == "Softmax" for c in proto.graph.node if n.output[0] in c.input))
@@ -231,5 +239,5 @@ def test_unmatched_attention_is_left_alone(tmp_path):
     assert "Attention" not in counts and counts.get("BiasGelu") == 1
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = S.dummy_feeds([i.name for i in sess.get_inputs()], hidden=32, num_labels=2, vocab_size=99)
-    assert sess.run(None, feeds)[0].shape == (1, S.DUMMY_SEQ, 32)
+    feeds = dummy_feeds([i.name for i in sess.get_inputs()], hidden=32, num_labels=2, vocab_size=99)
+    assert sess.run(None, feeds)[0].shape == (1, DUMMY_SEQ, 32)

@@ -15,10 +15,12 @@ import pytest
 from cli_checks import click_error
 from click.testing import CliRunner
 
-from mpee_export.checkpoint import WEIGHTS_NAME, load_checkpoint
-from mpee_export.cli import evaluate, export, train
+from mpee_export.cli.eval import evaluate
+from mpee_export.cli.export import export
+from mpee_export.cli.train import train
 from mpee_export.errors import MpeeExportError
-from mpee_runtime.cli import main as run_cli
+from mpee_export.model.checkpoint import WEIGHTS_NAME, load_checkpoint
+from mpee_runtime.cli.run import main as run_cli
 from mpee_runtime.files import AtomicFolder
 
 _bad = click_error
@@ -91,7 +93,7 @@ def test_checkpoint_folder_named_like_a_subcommand(ckpt, tmp_path, monkeypatch):
 
 
 def test_keep_failed_bundle_needs_allow_unvalidated(ckpt, tmp_path, monkeypatch, capsys):
-    from mpee_export import validate as validate_mod
+    from mpee_export.export import validate as validate_mod
     monkeypatch.setitem(validate_mod.ATOL, "fp32", -1.0)      # every graph "fails"
     res = CliRunner().invoke(export, [str(ckpt), str(tmp_path / "out")])
     assert res.exit_code == 3 and res.output.splitlines()[-1].startswith("Error: fp32 parity check failed")
@@ -117,14 +119,14 @@ def test_sigterm_inside_an_atomic_folder_cleans_up(tmp_path):
 # A real `mpee-export` process, slowed down after its first graph so that it can be signalled mid-export.
 SLOW_EXPORT = textwrap.dedent("""
     import sys, time
-    from mpee_export import export as export_mod
+    from mpee_export.export import bundle as export_mod
     real = export_mod._torch_export
     def slow(*args, **kw):
         real(*args, **kw)
         print("graph written", flush=True)
         time.sleep(60)
     export_mod._torch_export = slow
-    from mpee_export.cli import export
+    from mpee_export.cli.export import export
     sys.argv = ["mpee-export", *sys.argv[1:]]
     export()
 """)

@@ -14,10 +14,12 @@ import pytest
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.export import ExportOptions, bundle_id, export_bundle, weights_sha256
-from mpee_runtime import schema as S
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.engine import MpeeEngine
+from mpee_export.export.bundle import ExportOptions, bundle_id, export_bundle, weights_sha256
+from mpee_runtime.bundle.contract import MANIFEST, PRECISION_KEY, TOKENIZER, TOKENIZER_KEY, layer_file
+from mpee_runtime.bundle.integrity import seal, sha256_of
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
 TEXTS = [("the movie is great", None), ("a boring film", "it was bad"), ("very good acting and plot", None)]
@@ -49,13 +51,13 @@ def _props(path: Path) -> dict[str, str]:
 
 def _rehash_and_seal(bundle: Path, edit=None) -> None:
     """Re-compute every file's sha256 and the integrity record, as a deliberate replacer would."""
-    manifest = json.loads((bundle / S.MANIFEST).read_text())
+    manifest = json.loads((bundle / MANIFEST).read_text())
     if edit:
         edit(manifest)
-    manifest["tokenizer"]["sha256"] = S.sha256_of(bundle / manifest["tokenizer"]["file"])
+    manifest["tokenizer"]["sha256"] = sha256_of(bundle / manifest["tokenizer"]["file"])
     for g in manifest["graphs"]:
-        g["sha256"] = S.sha256_of(bundle / g["file"])
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))
+        g["sha256"] = sha256_of(bundle / g["file"])
+    (bundle / MANIFEST).write_text(json.dumps(seal(manifest)))
 
 
 def _refused(bundle: Path, capsys, needle: str) -> str:
@@ -71,14 +73,14 @@ def _refused(bundle: Path, capsys, needle: str) -> str:
 
 def test_every_graph_is_stamped(bundles):
     for name in ("a", "a_int8"):
-        manifest = S.Manifest.load(bundles[name])
+        manifest = Manifest.load(bundles[name])
         assert len(manifest.export.bundle_id) == 64
         for g in manifest.graphs:
             stamp = _props(bundles[name] / g.file)
             assert {k: stamp.get(k) for k in manifest.graph_stamp(g)} == manifest.graph_stamp(g)
-            assert stamp[S.PRECISION_KEY] == ("int8" if name == "a_int8" else "fp32")   # re-stamped after quantizing
-            assert stamp[S.TOKENIZER_KEY] == manifest.tokenizer.sha256
-    ids = {n: S.Manifest.load(p).export.bundle_id for n, p in bundles.items()}
+            assert stamp[PRECISION_KEY] == ("int8" if name == "a_int8" else "fp32")   # re-stamped after quantizing
+            assert stamp[TOKENIZER_KEY] == manifest.tokenizer.sha256
+    ids = {n: Manifest.load(p).export.bundle_id for n, p in bundles.items()}
     assert len(set(ids.values())) == 3
 
 
@@ -101,21 +103,21 @@ def test_untouched_bundle_runs(a, capsys):
 
 
 def test_another_bundles_layer(a, bundles, capsys):
-    shutil.copyfile(bundles["b"] / S.layer_file(1), a / S.layer_file(1))
+    shutil.copyfile(bundles["b"] / layer_file(1), a / layer_file(1))
     _rehash_and_seal(a)
     message = _refused(a, capsys, "a graph of another bundle")
-    assert message.startswith(str(a / S.layer_file(1)))
+    assert message.startswith(str(a / layer_file(1)))
 
 
 def test_all_graphs_of_another_bundle(a, bundles, capsys):
-    for g in S.Manifest.load(a).graphs:
+    for g in Manifest.load(a).graphs:
         shutil.copyfile(bundles["b"] / g.file, a / g.file)
     _rehash_and_seal(a)
     _refused(a, capsys, "a graph of another bundle")
 
 
 def test_int8_graph_in_an_fp32_bundle(a, bundles, capsys):
-    shutil.copyfile(bundles["a_int8"] / S.layer_file(1), a / S.layer_file(1))
+    shutil.copyfile(bundles["a_int8"] / layer_file(1), a / layer_file(1))
     _rehash_and_seal(a)
     _refused(a, capsys, "a 'int8' graph, the manifest says 'fp32'")
     # the manifest made to say int8 for it too: the graph is still another bundle's
@@ -124,12 +126,12 @@ def test_int8_graph_in_an_fp32_bundle(a, bundles, capsys):
 
 
 def test_tokenizer_with_shuffled_vocabulary(a, capsys):
-    data = json.loads((a / S.TOKENIZER).read_text())
+    data = json.loads((a / TOKENIZER).read_text())
     vocab = data["model"]["vocab"]
     ids = list(vocab.values())
     random.Random(0).shuffle(ids)
     data["model"]["vocab"] = dict(zip(vocab, ids))
     assert data["model"]["vocab"] != vocab
-    (a / S.TOKENIZER).write_text(json.dumps(data))
+    (a / TOKENIZER).write_text(json.dumps(data))
     _rehash_and_seal(a)
     _refused(a, capsys, "tokenizer.json replaced")

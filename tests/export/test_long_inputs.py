@@ -1,5 +1,5 @@
 """Long inputs: export parity at 500 tokens with pruning, and the truncation rule (head, head+tail) applied
-identically by PyTorch (mpee_export.batching) and by the runtime (mpee_runtime.truncation, the engine)."""
+identically by PyTorch (mpee_export.data.batching) and by the runtime (mpee_runtime.truncation, the engine)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.batching import tokenize
-from mpee_export.export import ExportOptions, export_bundle
-from mpee_runtime import schema as S
-from mpee_runtime import truncation as T
-from mpee_runtime.data import cut_text
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.policy import ExitPolicy
+from mpee_export.data.batching import tokenize
+from mpee_export.export.bundle import ExportOptions, export_bundle
+from mpee_runtime.bundle import manifest as S
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import ExitPolicy
+from mpee_runtime.text import truncation as T
+from mpee_runtime.text.readers import cut_text
 
 WORDS = ["the", "movie", "good", "bad", "great", "awful", "film", "is", "not", "fun", "boring", "it", "and",
          "was", "very", "plot", "acting", ".", ",", "!"]

@@ -3,6 +3,9 @@ baselines, and their record. The folder is exported once per module; each test c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,18 +14,12 @@ from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export.checkpoint import save_checkpoint
-from mpee_export.cli import export
-from mpee_export.reference import op_counts, quantization_recipe, to_hf_classifier
-from mpee_runtime.schema import (
-    FULL_MODELS,
-    FUSED,
-    FUSED_INT8,
-    PLAIN,
-    REFERENCE_HF,
-    ReferenceRecord,
-    sha256_of,
-)
+from mpee_export.baselines.reference import op_counts, to_hf_classifier
+from mpee_export.cli.export import export
+from mpee_export.export.recipe import quantization_recipe
+from mpee_export.model.checkpoint import save_checkpoint
+from mpee_runtime.bundle.integrity import sha256_of
+from mpee_runtime.bundle.reference import FULL_MODELS, FUSED, FUSED_INT8, PLAIN, REFERENCE_HF, ReferenceRecord
 
 pytest.importorskip("optimum.exporters.onnx")
 pytestmark = pytest.mark.integration
@@ -48,10 +45,18 @@ def _random_ids(n, seed=0):
     return out
 
 
-def _export_reference(folder, backbone, **model_kw):
+def _export_reference(folder, backbone, *, own_process=False, **model_kw):
+    """(model, reference folder, the command's stdout and stderr). `own_process`: run `mpee-export reference` as
+    a user does (`python -m mpee_export.cli export reference`), so that everything it prints is seen (in-process,
+    pytest and the loggers' earlier handlers would take some of it)."""
     model = tiny_model(layers=3, prune_layers=[1], task="sst2", **model_kw)
     ckpt, ref = folder / "ckpt", folder / "ref"
     save_checkpoint(model, AutoTokenizer.from_pretrained(str(backbone)), ckpt)
+    if own_process:
+        res = subprocess.run([sys.executable, "-m", "mpee_export.cli", "export", "reference", str(ckpt), str(ref)],
+                             check=False, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return model, ref, res.stdout + res.stderr
     res = CliRunner().invoke(export, ["reference", str(ckpt), str(ref)])
     assert res.exit_code == 0, res.output
     return model, ref, res.output
@@ -59,8 +64,8 @@ def _export_reference(folder, backbone, **model_kw):
 
 @pytest.fixture(scope="module")
 def cls_ref(tmp_path_factory, shared_backbone):
-    """(model, reference folder, the command's output) of a [CLS]-pooled model."""
-    return _export_reference(tmp_path_factory.mktemp("cls"), shared_backbone)
+    """(model, reference folder, everything the command printed) of a [CLS]-pooled model."""
+    return _export_reference(tmp_path_factory.mktemp("cls"), shared_backbone, own_process=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,14 @@ def test_command_reports_fusion_and_recipe(cls_ref):
     assert "3 Attention" in output and f"recipe {quantization_recipe()[0]}" in output
     assert sorted(p.name for p in ref.iterdir()) == sorted([*(m.file for m in FULL_MODELS), REFERENCE_HF,
                                                             "reference.json"])
+
+
+def test_command_prints_no_third_party_noise(cls_ref):
+    """The messages of transformers, optimum and the tracer that a user cannot act on stay out of the output."""
+    _, _, output = cls_ref
+    for needle in ("`torch_dtype` is deprecated", "lower than the recommended minimum opset", "TracerWarning",
+                   "inverted_mask", "registered as constants in the trace"):
+        assert needle not in output, output
 
 
 def test_plain_export_is_exit_L_of_the_unpruned_model(cls_ref):

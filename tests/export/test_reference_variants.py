@@ -10,15 +10,17 @@ from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
 
-from mpee_export import reference
-from mpee_export.checkpoint import save_checkpoint
-from mpee_export.cli import export
-from mpee_runtime.schema import ReferenceRecord
+from mpee_export.baselines import reference
+from mpee_export.cli.export import export
+from mpee_export.errors import MpeeExportError
+from mpee_export.export import recipe
+from mpee_export.model.checkpoint import save_checkpoint
+from mpee_runtime.bundle.reference import ReferenceRecord
 
 pytest.importorskip("optimum.onnxruntime")
 
 
-@pytest.mark.parametrize(("cpu", "machine", "recipe"), [
+@pytest.mark.parametrize(("cpu", "machine", "want"), [
     ({"cpu_flags": ["avx2", "avx512_vnni", "avx512f"], "avx512_vnni": True}, "x86_64", "avx512_vnni"),
     ({"cpu_flags": ["avx2", "avx_vnni"], "avx512_vnni": True}, "x86_64", "avx512_vnni"),   # AVX-VNNI: u8 x s8 too
     ({"cpu_flags": ["avx2", "avx512f"], "avx512_vnni": False}, "x86_64", "avx512"),
@@ -26,18 +28,51 @@ pytest.importorskip("optimum.onnxruntime")
     ({"cpu_flags": [], "avx512_vnni": False}, "x86_64", "avx2"),
     ({"cpu_flags": ["asimd", "asimddp"], "avx512_vnni": False}, "aarch64", "arm64"),
 ])
-def test_recipe_from_cpu_flags(cpu, machine, recipe):
-    name, why = reference.quantization_recipe(cpu, machine)
-    assert name == recipe and why
-    q = reference.quantization_config(name, per_channel=False)
+def test_recipe_from_cpu_flags(cpu, machine, want):
+    name, why = recipe.quantization_recipe(cpu, machine)
+    assert name == want and why
+    q = recipe.quantization_config(name, per_channel=False)
     assert not q.is_static and q.activations_dtype.name == "QUInt8"
     # optimum: u8/s8 everywhere but avx2 (u8/u8, against VPMADDUBSW saturation)
     assert q.weights_dtype.name == ("QUInt8" if name == "avx2" else "QInt8")
 
 
 def test_unknown_recipe_is_refused():
-    with pytest.raises(reference.MpeeExportError, match="unknown quantization recipe"):
-        reference.quantization_config("avx9000", per_channel=False)
+    with pytest.raises(MpeeExportError, match="unknown quantization recipe"):
+        recipe.quantization_config("avx9000", per_channel=False)
+
+
+def test_only_the_known_harmless_messages_are_silenced(caplog):
+    """The reference export's filters drop exactly the listed messages: another message of the same loggers or
+    of the same warning category still shows, and nothing is filtered once the export is over."""
+    import logging
+    import warnings
+
+    import torch
+    convert, config = logging.getLogger("optimum.exporters.onnx.convert"), logging.getLogger(
+        "transformers.configuration_utils")
+    harmless = [(convert, ("Opset 17 is lower than the recommended minimum opset (18) to export bert. The ONNX "
+                           "export may fail or the exported model may be suboptimal.")),
+                (config, "`torch_dtype` is deprecated! Use `dtype` instead!")]
+    tracer = "torch.tensor results are registered as constants in the trace. You can safely ignore this warning"
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with reference.known_harmless_messages_silenced():
+            for logger, message in harmless:
+                logger.warning(message)
+            convert.warning("Opset 17 is not supported by this model")
+            warnings.warn(tracer, torch.jit.TracerWarning, stacklevel=1)
+            warnings.warn("Converting a tensor to a Python boolean might cause the trace to be incorrect",
+                          torch.jit.TracerWarning, stacklevel=1)
+        shown = [r.getMessage() for r in caplog.records]
+        assert shown == ["Opset 17 is not supported by this model"]
+        assert [str(w.message) for w in seen] == [
+            "Converting a tensor to a Python boolean might cause the trace to be incorrect"]
+        for logger, message in harmless:   # after the block: shown again
+            logger.warning(message)
+        warnings.warn(tracer, torch.jit.TracerWarning, stacklevel=1)
+    assert [r.getMessage() for r in caplog.records][1:] == [m for _, m in harmless]
+    assert str(seen[-1].message) == tracer
 
 
 def _ckpt(tmp_path, tiny_backbone):
@@ -92,7 +127,7 @@ def test_non_empty_out_refused_before_any_work(tmp_path, monkeypatch):
 
     def no_load(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before OUT was checked")
-    monkeypatch.setattr("mpee_export.checkpoint.load_checkpoint", no_load)
+    monkeypatch.setattr("mpee_export.model.checkpoint.load_checkpoint", no_load)
     res = CliRunner().invoke(export, ["reference", str(tmp_path / "nothing"), str(tmp_path / "ref")])
     assert res.exit_code == 2 and "not empty" in res.output
     assert (tmp_path / "ref" / "mine.txt").read_text() == "keep"

@@ -8,10 +8,10 @@ import pytest
 from cli_checks import click_error
 from click.testing import CliRunner
 
-from mpee_export import cli_export
-from mpee_export.cli import export
-from mpee_runtime import signing
-from mpee_runtime.cli import main as run_cli
+from mpee_export.cli import export as cli_export
+from mpee_export.cli.export import export
+from mpee_runtime.bundle import signing
+from mpee_runtime.cli.run import main as run_cli
 
 pytest.importorskip("cryptography", reason="signing needs cryptography (mpee-runtime[sign])")
 

@@ -25,10 +25,10 @@ def make_tiny_bundle(folder: Path) -> Path:
     import torch
     from transformers import BertConfig, BertTokenizerFast
 
-    from mpee_export.config import MpeeConfig
-    from mpee_export.export import ExportOptions, export_bundle
-    from mpee_export.modeling import MpeeModel
-    from mpee_runtime.policy import ExitPolicy
+    from mpee_export.export.bundle import ExportOptions, export_bundle
+    from mpee_export.model.config import MpeeConfig
+    from mpee_export.model.modeling import MpeeModel
+    from mpee_runtime.core.policy import ExitPolicy
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,31 +16,15 @@ from contextlib import redirect_stderr, redirect_stdout
 import numpy as np
 import pytest
 
-from mpee_runtime import env as env_mod
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.measure import (
-    ROWS,
-    RUN,
-    Outcome,
-    RunRecord,
-    Variant,
-    VariantInfo,
-    measure,
-    measure_alone,
-    read_rows,
-)
-from mpee_runtime.metrics import Scores, latency_summary
-from mpee_runtime.report import (
-    AAControl,
-    BenchResults,
-    VariantSummary,
-    aa_control,
-    add_speedups,
-    choose_baselines,
-    markdown_table,
-    operating_point,
-)
-from mpee_runtime.tradeoff import pareto_front
+from mpee_runtime.bench import env as env_mod
+from mpee_runtime.bench.analysis import aa_control, add_speedups, choose_baselines, operating_point
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bench.measure import Outcome, Variant, measure, measure_alone
+from mpee_runtime.bench.records import ROWS, RUN, RunRecord, VariantInfo, read_rows
+from mpee_runtime.bench.render import markdown_table
+from mpee_runtime.bench.results import AAControl, BenchResults, VariantSummary
+from mpee_runtime.bench.tradeoff import pareto_front
+from mpee_runtime.core.metrics import Scores, latency_summary
 
 
 def _pt(name, speedup, metric, p50_us):
@@ -227,7 +213,11 @@ def test_bench_smoke(smoke):
     assert aa["p50_spread"] == pytest.approx(abs(p50s[0] - p50s[1]) / (sum(p50s) / 2))
     assert (result["warning"] is not None) == aa["flagged"] == (max(aa["mean_spread"], aa["p50_spread"]) > 0.03)
     assert ("warning: A/A control" in stderr) == aa["flagged"]
-    assert "A/A control (chain vs chain_aa)" in stdout
+    # the A/A line once, in the table's phrasing (no second phrasing after the table)
+    assert "A/A control (" not in stdout and len(re.findall(r"in p50 \((within|FLAGGED, above) 3%\)", stdout)) == 1
+    mpee = result["variants"][4]
+    assert (f"the bundle's operating point (row mpee): entropy F={mpee['threshold']:g} r={mpee['keep_ratio']:g}"
+            in stdout)
     assert [p["mode"] for p in result["measurement"]["passes"]] == ["interleaved"]
     table = (out / "table.md").read_text()
     assert "| chain" in table and "A/A control: chain and chain_aa" in table and "against our chain" in table
@@ -291,7 +281,7 @@ def test_report_from_rows_reproduces_the_summary(smoke, tmp_path, capsys):
     for name in (ROWS, RUN):
         shutil.copy(out / name, alone / name)
     assert bench_main(["report", str(alone)]) == 0
-    assert "A/A control (chain vs chain_aa)" in capsys.readouterr().out
+    assert len(re.findall(r"in p50 \((within|FLAGGED, above) 3%\)", capsys.readouterr().out)) == 1
     after = json.loads((alone / "results.json").read_text())
     assert after == before                                    # the same figures, the operating point too
     assert (alone / "table.md").read_text() == (out / "table.md").read_text()
@@ -305,6 +295,7 @@ def test_report_from_rows_reproduces_the_summary(smoke, tmp_path, capsys):
     assert row["accuracy"] == np.mean([r.label_index == y for r, y in zip(chain, gold)])
     # another operating point, chosen from the same rows
     assert bench_main(["report", str(alone), "--budget-ms", "1000"]) == 0
+    assert "sweep point, the most accurate with p50 within 1000 ms: F=" in capsys.readouterr().out
     op = json.loads((alone / "results.json").read_text())["operating_point"]
     assert op["metric"] == max(p["metric"] for p in after["sweep"])
     assert bench_main(["report", str(tmp_path / "none")]) == 2
@@ -319,7 +310,7 @@ def test_report_runs_without_torch_or_onnxruntime(smoke, tmp_path):
     for name in (ROWS, RUN):
         shutil.copy(smoke[0] / name, alone / name)
     code = ("import sys\nfor m in ('torch', 'transformers', 'onnxruntime'): sys.modules[m] = None\n"
-            "from mpee_runtime.bench import main\nsys.exit(main(['report', sys.argv[1]]))")
+            "from mpee_runtime.bench.cli import main\nsys.exit(main(['report', sys.argv[1]]))")
     res = subprocess.run([sys.executable, "-c", code, str(alone)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert json.loads((alone / "results.json").read_text())["variants"] == \
@@ -333,10 +324,32 @@ def test_cpu_state_reads_sysfs(tmp_path):
         (d / "scaling_cur_freq").write_text(f"{khz}\n")
     (tmp_path / "class" / "thermal" / "thermal_zone0").mkdir(parents=True)
     (tmp_path / "class" / "thermal" / "thermal_zone0" / "temp").write_text("61300\n")
-    state = env_mod.cpu_state(tmp_path, vcgencmd=None)
-    assert state == {"cpu_freq_khz": [1800000, 1500000, 600000], "temperature_c": [61.3], "throttled": None}
-    assert env_mod.cpu_state(tmp_path / "nothing", vcgencmd="no-such-command-here") == {
-        "cpu_freq_khz": None, "temperature_c": None, "throttled": None}
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "stat").write_text("cpu  100 0 50 800 20 5 5 20 0 0\ncpu0 50 0 25 400 10 2 3 10 0 0\n")
+    state = env_mod.cpu_state(tmp_path, vcgencmd=None, proc_root=tmp_path / "proc")
+    hz = os.sysconf("SC_CLK_TCK")
+    assert {k: state[k] for k in ("cpu_freq_khz", "temperature_c", "throttled")} == {
+        "cpu_freq_khz": [1800000, 1500000, 600000], "temperature_c": [61.3], "throttled": None}
+    assert state["cpu_times"] == {"busy_s": 160 / hz, "idle_s": 820 / hz, "steal_s": 20 / hz}
+    assert len(state["load_avg"]) == 3 and state["own_cpu_s"] > 0
+    empty = env_mod.cpu_state(tmp_path / "nothing", vcgencmd="no-such-command-here", proc_root=tmp_path / "nothing")
+    assert {k: empty[k] for k in ("cpu_freq_khz", "temperature_c", "throttled", "cpu_times")} == {
+        "cpu_freq_khz": None, "temperature_c": None, "throttled": None, "cpu_times": None}
+
+
+def test_busy_machine_flags_the_run():
+    """Other processes' CPU time (the machine's busy time less this process's own) and steal between two
+    readings: above 10% and 5% of the machine's CPU time, the run is flagged."""
+    def st(busy, idle, steal, own, load=5.0):
+        return {"cpu_times": {"busy_s": busy, "idle_s": idle, "steal_s": steal}, "own_cpu_s": own,
+                "load_avg": [load, load, load]}
+    quiet = env_mod.cpu_warning(st(0, 0, 0, 0), st(100, 100, 0, 95))         # others: 5 of 200 s
+    assert quiet is None
+    busy = env_mod.cpu_warning(st(0, 0, 0, 0), st(150, 50, 0, 100))          # others: 50 of 200 s
+    assert busy and "other processes used 25% of the machine's CPU time" in busy and "load average 5.00" in busy
+    stolen = env_mod.cpu_warning(st(0, 0, 0, 0), st(100, 80, 20, 100))       # steal: 20 of 200 s
+    assert stolen and "the hypervisor took 10% of the CPU time (steal" in stolen
+    assert env_mod.busy_share({}, {}) == (None, None)
 
 
 def test_cpu_warning():

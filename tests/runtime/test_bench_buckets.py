@@ -10,18 +10,13 @@ import shutil
 
 import pytest
 
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.flops import FlopsModel
-from mpee_runtime.measure import ROWS, RUN, RequestRow, RunRecord, VariantInfo, read_rows, write_rows
-from mpee_runtime.report import (
-    LENGTH_PLOT,
-    BenchResults,
-    bucket_label,
-    build_results,
-    load_measurement,
-    parse_length_edges,
-    report,
-)
+from mpee_runtime.bench.analysis import bucket_label, build_results, load_measurement, parse_length_edges
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bench.records import ROWS, RUN, RequestRow, RunRecord, VariantInfo, read_rows, write_rows
+from mpee_runtime.bench.render import LENGTH_PLOT
+from mpee_runtime.bench.report import report
+from mpee_runtime.bench.results import BenchResults
+from mpee_runtime.core.flops import FlopsModel
 
 FM = FlopsModel(hidden=4, ffn=8, num_labels=2, num_layers=2)
 SHORT, MID, LONG = 60, 150, 300                  # tokens: one length per default bucket

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from make_bundle import WORDS
 
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.measure import PYTORCH_ROWS, PYTORCH_RUN, ROWS, RUN, RunRecord, read_rows
-from mpee_runtime.schema import REFERENCE_HF, ReferenceRecord
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bench.records import PYTORCH_ROWS, PYTORCH_RUN, ROWS, RUN, RunRecord, read_rows
+from mpee_runtime.bundle.reference import REFERENCE_HF, ReferenceRecord
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -43,7 +43,7 @@ def _data(path, n=7):
 
 
 def test_pytorch_pass_rows_join_the_report(built, tmp_path, capsys):
-    from mpee_export.bench_pytorch import main as pytorch_main
+    from mpee_export.baselines.bench_pytorch import main as pytorch_main
     ref, data, out = _reference(tmp_path / "ref"), _data(tmp_path / "dev.jsonl"), tmp_path / "bench"
     assert bench_main([str(built / "bundle"), "--input", str(data), "--out", str(out), "--threads", "1",
                        "--warmup", "1", "--no-sweep", "--no-static"]) == 0
@@ -91,8 +91,8 @@ def test_pytorch_pass_mean_pooled(built, tmp_path):
     """A mean-pooled reference: exit L's head on the token mean (as the reference graphs compute it)."""
     from transformers import BertForSequenceClassification
 
-    from mpee_export.bench_pytorch import pytorch_variant
-    from mpee_runtime.flops import FlopsModel
+    from mpee_export.baselines.bench_pytorch import pytorch_variant
+    from mpee_runtime.core.flops import FlopsModel
     ref = _reference(tmp_path / "ref", pooling="mean")
     model = BertForSequenceClassification.from_pretrained(str(ref / REFERENCE_HF)).eval()
     ids = torch.tensor([[2, 30, 31, 40, 33, 3]])
@@ -109,7 +109,7 @@ def test_pytorch_pass_mean_pooled(built, tmp_path):
 
 
 def test_pytorch_pass_needs_a_measurement_and_a_reference(built, tmp_path):
-    from mpee_export.bench_pytorch import main as pytorch_main
+    from mpee_export.baselines.bench_pytorch import main as pytorch_main
     ref, data = _reference(tmp_path / "ref"), _data(tmp_path / "dev.jsonl")
     res = CliRunner().invoke(pytorch_main, [str(ref), "--input", str(data), "--out", str(tmp_path / "none")])
     assert res.exit_code == 2 and "run mpee-bench BUNDLE" in res.output

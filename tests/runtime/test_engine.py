@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpee_runtime import schema as S
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle.contract import MANIFEST, TOKENIZER, layer_file
+from mpee_runtime.bundle.integrity import seal
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
 
@@ -91,7 +92,7 @@ def _refused(bundle: Path, monkeypatch, needle: str) -> None:
 
 
 def test_tampered_graph_refused(bundle, monkeypatch):
-    path = bundle / S.layer_file(1)
+    path = bundle / layer_file(1)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -99,22 +100,22 @@ def test_tampered_graph_refused(bundle, monkeypatch):
 
 
 def test_missing_file_refused(bundle, monkeypatch):
-    (bundle / S.TOKENIZER).unlink()
+    (bundle / TOKENIZER).unlink()
     _refused(bundle, monkeypatch, "missing")
 
 
 def test_path_outside_bundle_refused(bundle, monkeypatch):
-    manifest = json.loads((bundle / S.MANIFEST).read_text())
+    manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["graphs"][2]["file"] = "../elsewhere.onnx"
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))   # re-sealed: the path check's turn
+    (bundle / MANIFEST).write_text(json.dumps(seal(manifest)))   # re-sealed: the path check's turn
     _refused(bundle, monkeypatch, "outside")
 
 
 @pytest.mark.parametrize("version", [0, 1, 2, 6, "3", None, True])
 def test_unknown_schema_refused(bundle, monkeypatch, version):
-    manifest = json.loads((bundle / S.MANIFEST).read_text())
+    manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["schema_version"] = version
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
     _refused(bundle, monkeypatch, "schema_version")
 
 
@@ -152,8 +153,10 @@ def test_cli_bad_input(built, capsys, args, needle):
 
 @pytest.mark.integration
 def test_runtime_imports_no_torch():
-    code = ("import sys, mpee_runtime.engine, mpee_runtime.cli, mpee_runtime.schema, mpee_runtime.bench, "
-            "mpee_runtime.measure, mpee_runtime.report, mpee_runtime.session, mpee_runtime.tradeoff; "
+    """Every module of the runtime but the server (whose stack is an extra) imported in one fresh process."""
+    code = ("import importlib, pkgutil, sys, mpee_runtime\n"
+            "for m in pkgutil.walk_packages(mpee_runtime.__path__, 'mpee_runtime.'):\n"
+            "    if not m.name.startswith(('mpee_runtime.serve', 'mpee_runtime.__main__')): importlib.import_module(m.name)\n"
             "bad = [m for m in ('torch', 'transformers', 'mpee_export') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -169,6 +172,11 @@ def test_cli_glue_tsv_with_pairs(built, tmp_path, capsys):
     assert summary["examples"] == 3 and summary["metric_name"] == "accuracy"
     assert summary["mean_exit_layer"] == 3
     engine = MpeeEngine(built / "bundle", threads=1, warmup=0)
+    # the knobs applied, not nulls: the threshold given, the bundle's policy and keep ratio
+    ratios = sorted(set(engine.default_keep_ratios.values()))
+    assert (summary["policy"], summary["threshold"]) == (engine.default_policy, 0.0)
+    assert summary["keep_ratio"] == (ratios[0] if len(ratios) == 1 else [engine.default_keep_ratios[i] for i in
+                                                                         sorted(engine.default_keep_ratios)])
     got = [json.loads(x) for x in preds.read_text().splitlines()]
     want = engine.predict("a boring film", "the plot is not good", threshold=0.0)
     assert got[1]["label"] == want.label and got[1]["probs"] == [round(p, 6) for p in want.probs]
@@ -180,7 +188,7 @@ def test_cli_glue_tsv_with_pairs(built, tmp_path, capsys):
 
 _POOLS = """
 import json, sys
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime import MpeeEngine
 bundle = sys.argv[1]
 texts = ["a fine film", "dull , flat and far too long", "the acting is good but the plot is not"]
 engines = [MpeeEngine(bundle, threads=2),                          # a pool per session, spinning during a run

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from mpee_runtime import truncation as T
-from mpee_runtime.data import Columns, cut_text, read_examples
 from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.text import truncation as T
+from mpee_runtime.text.readers import Columns, cut_text, read_examples
 
 COLS = Columns("review", None, "sentiment")
 

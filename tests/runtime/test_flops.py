@@ -1,6 +1,6 @@
 import pytest
 
-from mpee_runtime.flops import FLOPS_PER_MAC, FlopsModel
+from mpee_runtime.core.flops import FLOPS_PER_MAC, FlopsModel
 
 
 def test_layer_flops_by_hand():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpee_runtime.grouping import length_groups
+from mpee_runtime.core.padding import length_groups
 
 
 @given(st.lists(st.integers(1, 512), max_size=64), st.sampled_from([0.0, 0.1, 0.25, 1.0, 3.0]))

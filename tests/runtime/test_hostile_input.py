@@ -20,29 +20,30 @@ from pathlib import Path
 import pytest
 from cli_checks import run_error
 
-from mpee_runtime import schema as S
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.data import Columns, read_examples
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle.contract import MANIFEST, TOKENIZER, layer_file
+from mpee_runtime.bundle.integrity import seal, sha256_of
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.text.readers import Columns, read_examples
 
 _error = run_error
 
 
 def _manifest(bundle: Path) -> dict:
-    return json.loads((bundle / S.MANIFEST).read_text())
+    return json.loads((bundle / MANIFEST).read_text())
 
 
 def _write_sealed(bundle: Path, manifest: dict) -> None:
     """Write the manifest with its integrity record re-computed, as someone editing it on purpose would."""
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))
+    (bundle / MANIFEST).write_text(json.dumps(seal(manifest)))
 
 
 def _write_rehashed(bundle: Path, manifest: dict) -> None:
     """Recompute every listed file's sha256, as someone replacing files on purpose would."""
-    manifest["tokenizer"]["sha256"] = S.sha256_of(bundle / manifest["tokenizer"]["file"])
+    manifest["tokenizer"]["sha256"] = sha256_of(bundle / manifest["tokenizer"]["file"])
     for g in manifest["graphs"]:
-        g["sha256"] = S.sha256_of(bundle / g["file"])
+        g["sha256"] = sha256_of(bundle / g["file"])
     _write_sealed(bundle, manifest)
 
 
@@ -116,7 +117,7 @@ def test_output_in_missing_folder(built, tmp_path, capsys, monkeypatch):
 
 # ---------------------------------------------------------------- bundles: replaced files, re-hashed
 def test_corrupt_tokenizer(bundle, capsys):
-    (bundle / S.TOKENIZER).write_text('{"not": "a tokenizer"}')
+    (bundle / TOKENIZER).write_text('{"not": "a tokenizer"}')
     _write_rehashed(bundle, _manifest(bundle))
     _error(capsys, [str(bundle), "x"], "tokenizer.json")
 
@@ -129,13 +130,13 @@ def test_other_models_tokenizer(bundle, capsys):
 
 
 def test_garbage_layer_graph(bundle, capsys):
-    (bundle / S.layer_file(1)).write_bytes(b"\x08\x07garbage" * 100)
+    (bundle / layer_file(1)).write_bytes(b"\x08\x07garbage" * 100)
     _write_rehashed(bundle, _manifest(bundle))
-    _error(capsys, [str(bundle), "x"], S.layer_file(1))
+    _error(capsys, [str(bundle), "x"], layer_file(1))
 
 
 def test_two_layers_swapped(bundle, capsys):
-    a, b = bundle / S.layer_file(1), bundle / S.layer_file(2)
+    a, b = bundle / layer_file(1), bundle / layer_file(2)
     data_a, data_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(data_b)
     b.write_bytes(data_a)
@@ -188,7 +189,7 @@ def test_graph_list_shorter_than_the_model(bundle, capsys):
 
 
 def test_deeply_nested_manifest(bundle, capsys):
-    (bundle / S.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    (bundle / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     _error(capsys, [str(bundle), "x"], "not valid JSON")
 
 
@@ -202,7 +203,7 @@ def test_unvalidated_bundle_needs_the_flag(bundle, capsys):
 
 
 def test_unfinished_export_folder_is_not_a_bundle(bundle, capsys):
-    (bundle / S.MANIFEST).unlink()              # what an interrupted export leaves: never a manifest
+    (bundle / MANIFEST).unlink()              # what an interrupted export leaves: never a manifest
     _error(capsys, [str(bundle), "x"], "not an MPEE bundle")
 
 
@@ -246,7 +247,7 @@ def test_ctrl_c_in_process(built, monkeypatch, capsys):
 def test_ctrl_c_in_click_commands():
     """mpee-export, mpee-train, mpee-eval: the same line and exit code as the runtime, not click's "Aborted!"."""
     click = pytest.importorskip("click")
-    MpeeCommand = pytest.importorskip("mpee_export.cli_common").MpeeCommand   # the torch side's package
+    MpeeCommand = pytest.importorskip("mpee_export.cli.common").MpeeCommand   # the torch side's package
     from click.testing import CliRunner
 
     @click.command(cls=MpeeCommand)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mpee_runtime import data as D
-from mpee_runtime.bench import build_parser as bench_parser
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.data import Columns, cut_text, max_chars_for, read_examples
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bench.cli import build_parser as bench_parser
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.text import readers as D
+from mpee_runtime.text.readers import Columns, cut_text, max_chars_for, read_examples
 
 WORDS = ["the", "movie", "is", "great", "not", "fun", "boring", "acting", "plot", "films", "very", "good", "bad"]
 PUNCT = [",", ".", "!"]
@@ -236,7 +236,7 @@ def test_cli_counts_cut_texts(built, engine, tmp_path, capsys):
 
 
 def test_bench_records_cut_texts(built, engine, tmp_path):
-    from mpee_runtime.measure import load_setup
+    from mpee_runtime.bench.measure import load_setup
     long = _random_text(random.Random(6), 3 * engine.max_chars)
     path = _jsonl(tmp_path / "in.jsonl", [{"text": long, "label": "entailment"},
                                           {"text": "fine", "label": "not_entailment"}])
@@ -251,7 +251,7 @@ def test_bench_records_cut_texts(built, engine, tmp_path):
 # VmHWM: the peak resident memory of this process image (ru_maxrss would count the forking pytest's too).
 _PEAK = """
 import sys
-from mpee_runtime.cli import main
+from mpee_runtime.cli.run import main
 code = main(sys.argv[1:])
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
 print(int(hwm.split()[1]) // 1024, file=sys.stderr)

@@ -18,16 +18,18 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from mpee_runtime import schema as S
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle.contract import MANIFEST
+from mpee_runtime.bundle.integrity import canonical_json, check_integrity, digest_of, seal
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
 SEED, EDITS = 21, 300
 
 
 def _manifest(bundle: Path) -> dict:
-    return json.loads((bundle / S.MANIFEST).read_text())
+    return json.loads((bundle / MANIFEST).read_text())
 
 
 def _no_sessions(monkeypatch) -> None:
@@ -124,7 +126,7 @@ def test_every_manifest_edit_is_refused(bundle, monkeypatch):
     tenth at exit.default_threshold, plus the known ones: each refused in one line, no session created."""
     _no_sessions(monkeypatch)
     original = _manifest(bundle)
-    assert S.Manifest.check_integrity(original) is None
+    assert check_integrity(original) is None
     rng = random.Random(SEED)
     checks = [p for p in _paths(original) if p[:2] == ("validation", "checks") and len(p) > 2]
     by_kind, by_section, by_check, results = Counter(), Counter(), Counter(), []
@@ -138,11 +140,11 @@ def test_every_manifest_edit_is_refused(bundle, monkeypatch):
             else:
                 where = rng.choice(checks) if n % 10 == 0 else ("exit", "default_threshold") if n % 10 == 5 else None
                 kind = _edit(rng, data, where)
-            if S.canonical_json(data) != S.canonical_json(original):   # an edit that changes nothing is none
+            if canonical_json(data) != canonical_json(original):   # an edit that changes nothing is none
                 break
         changed = sorted(k for k in original.keys() | data.keys() if k not in original or k not in data
-                         or S.digest_of(original[k]) != S.digest_of(data[k]))
-        (bundle / S.MANIFEST).write_text(json.dumps(data, indent=1))
+                         or digest_of(original[k]) != digest_of(data[k]))
+        (bundle / MANIFEST).write_text(json.dumps(data, indent=1))
         try:
             message = _refusal(bundle)
         except BaseException as e:   # noqa: BLE001 -- counted, then failed below
@@ -158,8 +160,8 @@ def test_every_manifest_edit_is_refused(bundle, monkeypatch):
     assert not results, results[:5]
     assert sum(by_kind.values()) == total == EDITS + len(KNOWN_EDITS)
     assert by_section["validation"] >= EDITS // 10 and by_section["exit"] >= EDITS // 10
-    (bundle / S.MANIFEST).write_text(json.dumps(original))
-    assert S.Manifest.load(bundle).validation.passed          # the untouched manifest still loads
+    (bundle / MANIFEST).write_text(json.dumps(original))
+    assert Manifest.load(bundle).validation.passed          # the untouched manifest still loads
 
 
 @pytest.mark.parametrize("edit,needle", [
@@ -178,7 +180,7 @@ def test_every_manifest_edit_is_refused(bundle, monkeypatch):
 def test_refusal_names_what_changed(bundle, capsys, edit, needle):
     manifest = _manifest(bundle)
     edit(manifest)
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
     message = _refusal(bundle)
     assert message.startswith("manifest.json: ") and needle in message and message.endswith("re-export the bundle")
     assert run_cli([str(bundle), "x"]) == 2
@@ -190,7 +192,7 @@ def test_schema_2_bundles_are_refused(bundle):
     manifest = _manifest(bundle)
     manifest["schema_version"] = 2
     manifest.pop("integrity")
-    (bundle / S.MANIFEST).write_text(json.dumps(manifest))
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
     assert "schema_version 2 unsupported (this runtime reads 3, 4, 5; re-export the bundle)" in _refusal(bundle)
 
 
@@ -198,8 +200,8 @@ def test_formatting_is_not_content(bundle):
     """The digests cover the content, not the layout: re-indented or re-ordered, the manifest still loads."""
     manifest = _manifest(bundle)
     reordered = dict(reversed(list(manifest.items())))
-    (bundle / S.MANIFEST).write_text(json.dumps(reordered, indent=4, sort_keys=True, ensure_ascii=True))
-    assert S.Manifest.load(bundle).model == S.Manifest.load(bundle).model
+    (bundle / MANIFEST).write_text(json.dumps(reordered, indent=4, sort_keys=True, ensure_ascii=True))
+    assert Manifest.load(bundle).model == Manifest.load(bundle).model
 
 
 def test_resealed_edit_is_not_caught(bundle):
@@ -207,8 +209,8 @@ def test_resealed_edit_is_not_caught(bundle):
     (--trust) are the protection against that."""
     manifest = _manifest(bundle)
     manifest["exit"]["default_threshold"] = 0.5
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest)))
-    assert S.Manifest.load(bundle).exit.default_threshold == 0.5
+    (bundle / MANIFEST).write_text(json.dumps(seal(manifest)))
+    assert Manifest.load(bundle).exit.default_threshold == 0.5
 
 
 # ---------------------------------------------------------------- file names
@@ -226,7 +228,7 @@ def test_odd_file_names(bundle, monkeypatch, capsys, case, entry, sealed):
     _no_sessions(monkeypatch)
     manifest = _manifest(bundle)
     (manifest["graphs"][2] if entry == "graph" else manifest["tokenizer"])["file"] = NAMES[case]
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(manifest) if sealed else manifest))
+    (bundle / MANIFEST).write_text(json.dumps(seal(manifest) if sealed else manifest))
     message = _refusal(bundle)
     if sealed:
         field = "manifest.graphs[2].file" if entry == "graph" else "manifest.tokenizer.file"
@@ -247,5 +249,5 @@ def test_odd_file_names(bundle, monkeypatch, capsys, case, entry, sealed):
 def test_path_of_checks_the_name_first(tmp_path, case):
     """`path_of` is safe with any name, also outside a parsed manifest."""
     with pytest.raises(MpeeRuntimeError) as e:
-        S.Manifest.path_of(tmp_path, NAMES[case], "graph layer_01")
+        Manifest.path_of(tmp_path, NAMES[case], "graph layer_01")
     assert "\n" not in str(e.value) and len(str(e.value)) < 200

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from mpee_runtime.core.policy import NO_EXIT, BatchExitRule, ExitPolicy, check_threshold, first_exit_layers
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.policy import NO_EXIT, ExitPolicy, check_threshold, first_exit_layers
 
 # three layers of two-class predictions: unsure, confident, very confident
 PROBS = np.array([[[0.55, 0.45], [0.9, 0.1], [0.99, 0.01]],
@@ -61,3 +61,31 @@ def test_depth_policy_is_a_static_exit():
     for bad in (0, 1.5):
         with pytest.raises(MpeeRuntimeError, match="depth"):
             check_threshold("depth", bad)
+
+
+@pytest.mark.parametrize("policy, thresholds", [("entropy", [0.05, 0.3, 0.6]), ("normalized_entropy", [0.2, 0.7]),
+                                                ("max_prob", [0.6, 0.9]), ("patience", [0, 1, 2]),
+                                                ("depth", [1, 3, 6])])
+def test_batch_rule_decides_as_one_rule_per_row(policy, thresholds):
+    """BatchExitRule on rows that leave at different layers makes, row for row, the decisions of an ExitPolicy
+    per row (float32 entropies near the threshold included: compared in float64 as ExitPolicy compares them)."""
+    rng = np.random.default_rng(0)
+    n, layers, classes = 64, 6, 3
+    logits = rng.normal(0, 2, (n, layers, classes)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    ent = (-(probs * np.log(probs)).sum(-1)).astype(np.float32)
+    for threshold in thresholds:
+        ent[:8, 1] = np.float32(threshold)       # exactly at the threshold in float32 (not below it)
+        want = []
+        for i in range(n):
+            rule = ExitPolicy(policy, threshold, classes)
+            want.append(next((k + 1 for k in range(layers) if rule.should_exit(probs[i, k], float(ent[i, k]))), layers))
+        batch = BatchExitRule(policy, threshold, classes, n)
+        got = np.full(n, layers)
+        running = np.arange(n)
+        for k in range(layers):
+            fire = batch.fires(probs[running, k], ent[running, k], running)
+            got[running[fire]] = k + 1
+            running = running[~fire]
+        assert got.tolist() == want
+        assert first_exit_layers(probs, ent, policy, threshold).tolist() == want

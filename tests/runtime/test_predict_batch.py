@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from make_bundle import SETTINGS, TEXTS
 
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle.contract import MANIFEST
+from mpee_runtime.bundle.integrity import seal
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import NO_EXIT
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.policy import NO_EXIT
 
 PROB_TOL = 1e-5
 
@@ -156,13 +157,13 @@ def test_concurrent_batches_give_the_single_threaded_answers(engine):
 def test_bundle_from_before_batch_graphs_runs_rows_one_by_one(bundle):
     """A schema-4 manifest (no batch_graphs, no `batch` keys) still loads; predict_batch then runs each row on
     the batch-1 graphs, and asking for the batch sessions says why there are none."""
-    data = json.loads((bundle / S.MANIFEST).read_text())
+    data = json.loads((bundle / MANIFEST).read_text())
     for g in data.pop("batch_graphs"):
         (bundle / g["file"]).unlink()
     for g in data["graphs"]:
         g.pop("batch", None)
     data["schema_version"] = 4
-    (bundle / S.MANIFEST).write_text(json.dumps(S.Manifest.seal(data)))
+    (bundle / MANIFEST).write_text(json.dumps(seal(data)))
     engine = MpeeEngine(bundle, threads=1)
     assert not engine.manifest.supports_batches
     texts = [t for t, _ in TEXTS]
@@ -174,8 +175,30 @@ def test_bundle_from_before_batch_graphs_runs_rows_one_by_one(bundle):
 
 def test_batch_graph_file_checked_like_the_others(bundle):
     """A batch graph whose bytes changed is refused when the bundle loads (its sha256 is in the manifest)."""
-    data = json.loads((bundle / S.MANIFEST).read_text())
+    data = json.loads((bundle / MANIFEST).read_text())
     path = bundle / data["batch_graphs"][1]["file"]
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(MpeeRuntimeError, match="does not match its sha256"):
         MpeeEngine(bundle, threads=1)
+
+
+def test_batch_tokenizing_gives_each_rows_own_ids(engine):
+    """`TextEncoder.encode_batch` (one tokenizer call for the rows the library truncates itself, the others row
+    by row: a side cut by the input limit) gives every row the ids, types and cut flag of `encode`."""
+    long = "word " * (engine.max_chars // 4)
+    texts = ["the movie is great", long, "a boring film", "it", long, "fun " * 40]
+    pairs = [None, None, "the plot is not good", "it", "short", None]
+    got = engine.text.encode_batch(texts, pairs)
+    want = [engine.text.encode(t, p) for t, p in zip(texts, pairs)]
+    assert [g.cut for g in got] == [w.cut for w in want] == [False, True, False, False, True, False]
+    for g, w in zip(got, want):
+        assert g.ids.tolist() == w.ids.tolist() and g.types.tolist() == w.types.tolist()
+    with pytest.raises(MpeeRuntimeError, match="not valid Unicode"):
+        engine.text.encode_batch(["fine", "bad \ud800"], [None, None])
+
+
+def test_predictions_are_immutable(engine):
+    import dataclasses
+    pred = engine.predict_batch(["a fine film", "dull"])[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pred.label = "changed"

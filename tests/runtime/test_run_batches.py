@@ -15,10 +15,10 @@ import pytest
 from cli_checks import run_error
 from make_bundle import WORDS
 
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.cli import plan_batches, run_examples
-from mpee_runtime.data import Example
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.cli.run import plan_batches, run_examples
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.text.readers import Example
 
 LINES = 1000
 BATCH = 32

@@ -22,12 +22,15 @@ import numpy as np
 import pytest
 from make_bundle import TEXTS
 
-from mpee_runtime import cli, serve
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle.contract import MANIFEST
+from mpee_runtime.bundle.reference import FUSED
+from mpee_runtime.cli import run as cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.serve import ServeSettings, make_app
-from mpee_runtime.serve_batcher import FullModelBackend, MpeeBackend
+from mpee_runtime.serve.app import STATUS_CLIENT_GONE, make_app
+from mpee_runtime.serve.backends import FullModelBackend, MpeeBackend
+from mpee_runtime.serve.cli import main
+from mpee_runtime.serve.settings import ServeSettings
 
 _NO_EXTRA = "the serve extra is not installed: pip install './runtime[serve]'"
 httpx = pytest.importorskip("httpx", reason=_NO_EXTRA)
@@ -424,7 +427,7 @@ def test_a_client_that_leaves_frees_its_place(engine):
             backend.gate.set()
             return status, queued_after, await first
     status, queued_after, first = asyncio.run(go())
-    assert status == serve.STATUS_CLIENT_GONE and queued_after == 0 and first.status_code == 200
+    assert status == STATUS_CLIENT_GONE and queued_after == 0 and first.status_code == 200
     assert "bye" not in backend.seen and _metric(app, "mpee_rows_dropped_total") == 2
     assert _metric(app, "mpee_requests_total", route="/v1/classify", status="499") == 1
 
@@ -459,7 +462,7 @@ def _bag_model(path: Path, vocab: int) -> dict[str, np.ndarray]:
 def test_full_model_mode(engine, tmp_path, slack):
     """--full-model: the same API over the reference graph; every row runs all layers (rho 1), answers equal the
     graph's on the row alone (unpadded), however the batch is cut by length; knobs are refused."""
-    path = tmp_path / S.FUSED
+    path = tmp_path / FUSED
     w = _bag_model(path, engine.manifest.model.vocab_size)
     app = make_app(FullModelBackend(engine, path, threads=1), ServeSettings(max_wait_ms=50, pad_slack=slack))
 
@@ -478,7 +481,7 @@ def test_full_model_mode(engine, tmp_path, slack):
         n = ids.shape[1]
         assert got["exit_layer"] == 3 and got["tokens_per_layer"] == [n] * 3 and got["rho"] == 1.0
     assert knob.status_code == 400 and knob.json()["field"] == "threshold"
-    assert model["mode"] == "full" and model["full_model"] == S.FUSED and model["precision"] == "fp32"
+    assert model["mode"] == "full" and model["full_model"] == FUSED and model["precision"] == "fp32"
     assert model["default_policy"] is None
     with pytest.raises(MpeeRuntimeError, match="no such file"):
         FullModelBackend(engine, tmp_path / "missing.onnx", threads=1)
@@ -497,14 +500,14 @@ def test_full_model_mode(engine, tmp_path, slack):
     (["--max-batch", "many"], "argument --max-batch: invalid int value"),
 ])
 def test_bad_flags_are_one_error_line(built, capsys, flags, message):
-    assert serve.main([str(built / "bundle"), *flags]) == 2
+    assert main([str(built / "bundle"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and message in err and err.count("\n") == 1
 
 
 def test_missing_extra_is_one_error_line(built, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)   # import uvicorn now raises ImportError
-    assert serve.main([str(built / "bundle")]) == 2
+    assert main([str(built / "bundle")]) == 2
     err = capsys.readouterr().err
     assert err == "Error: mpee-serve needs the serve extra (no module uvicorn): pip install 'mpee-runtime[serve]'\n"
 
@@ -513,7 +516,7 @@ def test_port_in_use_is_refused(built, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        assert serve.main([str(built / "bundle"), "--port", str(taken.getsockname()[1])]) == 2
+        assert main([str(built / "bundle"), "--port", str(taken.getsockname()[1])]) == 2
     assert capsys.readouterr().err.startswith("Error: cannot listen on 127.0.0.1:")
 
 
@@ -524,7 +527,7 @@ def _free_port() -> int:
 
 
 def _start(bundle: Path, port: int, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mpee_runtime.serve", str(bundle), "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "mpee_runtime.serve.cli", str(bundle), "--port", str(port),
                              "--threads", "1", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -537,7 +540,7 @@ def _get(url: str, timeout: float = 5):
 
 
 def test_verification_failure_stops_before_listening(bundle):
-    data = json.loads((bundle / S.MANIFEST).read_text())
+    data = json.loads((bundle / MANIFEST).read_text())
     layer = bundle / data["graphs"][1]["file"]
     layer.write_bytes(layer.read_bytes() + b"\0")
     port = _free_port()
@@ -608,8 +611,8 @@ def test_load_test_smoke(built, tmp_path, monkeypatch):
             "--workers", "1,2"]
     with_full = importlib.util.find_spec("onnx") is not None
     if with_full:
-        _bag_model(tmp_path / S.FUSED, json.loads((built / "bundle" / S.MANIFEST).read_text())["model"]["vocab_size"])
-        argv += ["--full-model", str(tmp_path / S.FUSED)]
+        _bag_model(tmp_path / FUSED, json.loads((built / "bundle" / MANIFEST).read_text())["model"]["vocab_size"])
+        argv += ["--full-model", str(tmp_path / FUSED)]
     assert load_test.main(argv) == 0
     record = json.loads((tmp_path / "out" / "load_test.json").read_text())
     by = {r["target"]["name"]: r for r in record["targets"]}

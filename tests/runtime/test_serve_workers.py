@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from make_bundle import TEXTS
 
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bundle import contract as S
+from mpee_runtime.core.engine import MpeeEngine
 
 _NO_EXTRA = "the serve extra is not installed: pip install './runtime[serve]'"
 pytest.importorskip("starlette", reason=_NO_EXTRA)
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 def _start(bundle: Path, port: int, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mpee_runtime.serve", str(bundle), "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "mpee_runtime.serve.cli", str(bundle), "--port", str(port),
                              "--workers", "2", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from cli_checks import run_error
 
-from mpee_runtime import schema as S
-from mpee_runtime import signing
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.cli import main as run_cli
-from mpee_runtime.engine import MpeeEngine
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bundle import contract as S
+from mpee_runtime.bundle import signing
+from mpee_runtime.cli.run import main as run_cli
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.errors import MpeeRuntimeError
 
 SIG = signing.SIGNATURE
@@ -252,7 +252,7 @@ def test_bench_verifies_every_bundle_it_opens(signed, bundle, keys, tmp_path, ca
 NO_CRYPTO = """
 import sys
 sys.modules["cryptography"] = None          # as if it were not installed
-from mpee_runtime.cli import main
+from mpee_runtime.cli.run import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -14,21 +14,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mpee_runtime.bench import main as bench_main
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.schema import FUSED, FUSED_INT8, Manifest
-from mpee_runtime.throughput import (
-    PLOT,
-    RECORD,
-    TABLE,
-    ThroughputRecord,
-    make_batches,
-    pad_rows,
-    parse_batch_sizes,
-    ready_us,
-    strip_command,
-    wants_throughput,
-)
+from mpee_runtime.bench.cli import main as bench_main
+from mpee_runtime.bench.throughput.cli import strip_command, wants_throughput
+from mpee_runtime.bench.throughput.records import ThroughputRecord
+from mpee_runtime.bench.throughput.report import PLOT, RECORD, TABLE
+from mpee_runtime.bench.throughput.run import parse_batch_sizes
+from mpee_runtime.bench.throughput.runners import make_batches, ready_us
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.bundle.reference import FUSED, FUSED_INT8
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.padding import pad_rows
 
 onnx = pytest.importorskip("onnx")
 from tiny_full_model import bag_weights, write_bag_model
@@ -200,7 +195,7 @@ def test_batches_sorted_by_length_and_padded():
 
 def test_refused_where_the_process_wide_pool_exists(folders, tmp_path, monkeypatch):
     """Every session would run on onnxruntime's process-wide pool: the thread counts would be wrong."""
-    from mpee_runtime import session
+    from mpee_runtime.core import session
     bundle, ref, data, _, _ = folders
     monkeypatch.setattr(session, "global_pool_width", lambda threads=None: 4)
     out = tmp_path / "out"

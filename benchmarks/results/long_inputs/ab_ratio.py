@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_ops import pick_input
 
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.policy import NO_EXIT
-from mpee_runtime.session import open_session
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import NO_EXIT
+from mpee_runtime.core.session import open_session
 
 
 def main() -> None:

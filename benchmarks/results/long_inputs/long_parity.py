@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mpee_export.checkpoint import load_checkpoint
-from mpee_export.validate import check_graphs
-from mpee_runtime import schema as S
+from mpee_export.export.validate import check_graphs
+from mpee_export.model.checkpoint import load_checkpoint
+from mpee_runtime.bundle import manifest as S
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mpee_runtime import schema as S
-from mpee_runtime.engine import MpeeEngine
-from mpee_runtime.session import open_session, session_options
+from mpee_runtime.bundle import contract as S
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.session import open_session, session_options
 
 
 def pick_input(engine: MpeeEngine, tsv: Path, tokens: int) -> tuple[np.ndarray, np.ndarray]:

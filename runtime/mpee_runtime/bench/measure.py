@@ -1,0 +1,323 @@
+"""Measuring, the device half of mpee-bench (torch-free: it runs on the Pi): build the variants, time them,
+and write what was measured, one JSON line per timed request (OUT/rows.jsonl), and the run record
+(OUT/run.json). `mpee_runtime.bench.report` turns those files into tables and plots, anywhere.
+
+Rules (the method and why: docs/benchmarking.md):
+- Every onnxruntime variant, the sweep's and the static-depth points too, runs in one interleaved pass in
+  blocks of --block examples: per block the variants take turns in a fresh random order drawn from
+  ORDER_SEED, each running the whole block back to back after one untimed run of its first example; the
+  first --warmup examples are run by every variant beforehand and not kept.
+- Only the model is timed; tokenisation is timed once per example and recorded apart.
+- The A/A control: the chain is measured twice (AA_NAMES), each on its own load of the bundle.
+- PyTorch is never measured here: `python -m mpee_export.baselines.bench_pytorch` times it in a process of its own,
+  after this pass, on the same examples (checked by `inputs_sha256`), into OUT/rows_pytorch.jsonl.
+- The CPU's frequency, temperature and throttling flags are read before and after the pass; a run whose
+  frequency dropped or that was throttled carries a `device_warning` (env.cpu_warning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..bundle.contract import MANIFEST
+from ..bundle.integrity import sha256_of
+from ..bundle.reference import FULL_MODELS
+from ..core.policy import NO_EXIT, check_threshold
+from ..errors import MpeeRuntimeError
+from ..files import check_output_folder
+from .records import (
+    AA_NAMES,
+    ROWS,
+    RUN,
+    RequestRow,
+    RunRecord,
+    VariantInfo,
+    inputs_digest,
+    reference_export,
+    write_rows,
+)
+
+ORDER_SEED = 0        # the interleaved pass's per-block orders are drawn from this seed
+BLOCK = 16            # examples per block of the interleaved pass (--block)
+
+
+class Outcome(NamedTuple):
+    """What one request of a variant gives back."""
+
+    label_index: int
+    exit_layer: int
+    flops: int
+    tokens_per_layer: list[int]      # tokens entering each executed layer
+
+
+@dataclass
+class Variant:
+    """A variant being measured: `run(ids, types)` answers one request; `rows` collects its timed ones."""
+
+    info: VariantInfo
+    run: Callable[[np.ndarray, np.ndarray], Outcome]
+    rows: list[RequestRow] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+# ---------------------------------------------------------------- timing
+def measure(variants: list[Variant], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
+            progress: bool = True, block: int = BLOCK) -> list[RequestRow]:
+    """The interleaved pass (rules in the module docstring); returns the rows in the order they were timed."""
+    return _timed_pass(variants, inputs, warmup, progress, shuffle=True, block=block)
+
+
+def measure_alone(variant: Variant, inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
+                  progress: bool = True) -> list[RequestRow]:
+    """A pass of its own for one variant (PyTorch): its own warm-up, nothing else run meanwhile."""
+    return _timed_pass([variant], inputs, warmup, progress)
+
+
+def _timed_pass(variants: list[Variant], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int,
+                progress: bool, shuffle: bool = False, block: int | None = None) -> list[RequestRow]:
+    """Time every variant on every input. `block` None: each variant runs all inputs in turn (one variant:
+    a pass of its own); else blocks of `block` inputs, the variants taking turns within each block."""
+    rng = np.random.default_rng(ORDER_SEED)
+    for i in range(warmup):
+        for v in variants:
+            v.run(*inputs[i % len(inputs)])
+    start, done, timed = time.time(), 0, []
+    size = block or len(inputs)
+    for b in range(0, len(inputs), size):
+        chunk = inputs[b:b + size]
+        for k in (rng.permutation(len(variants)) if shuffle else range(len(variants))):
+            v = variants[k]
+            if block and block > 1:
+                v.run(*chunk[0])   # its caches back after the other variants' turns; not timed
+            for j, (ids, types) in enumerate(chunk):
+                t = time.perf_counter_ns()
+                out = v.run(ids, types)
+                us = (time.perf_counter_ns() - t) / 1e3
+                row = RequestRow(v.name, b + j, out.exit_layer, int(ids.shape[1]), list(out.tokens_per_layer),
+                                 out.label_index, out.flops, us)
+                v.rows.append(row)
+                timed.append(row)
+        if progress and (b + len(chunk)) // 50 > done // 50:
+            print(f"  {b + len(chunk)}/{len(inputs)} examples, {time.time() - start:.0f} s", file=sys.stderr)
+        done = b + len(chunk)
+    return timed
+
+
+# ---------------------------------------------------------------- variants
+def chain_variant(info: VariantInfo, engine) -> Variant:
+    """Our chain on `engine` with the exit rule and keep ratio of `info`."""
+    policy, threshold, ratio = info.policy, info.threshold, info.keep_ratio
+
+    def run(ids, types):
+        p = engine.run_ids(ids, types, threshold=threshold, keep_ratio=ratio, policy=policy)
+        return Outcome(p.label_index, p.exit_layer, p.flops, p.tokens_per_layer)
+    return Variant(info, run)
+
+
+def full_model_variant(info: VariantInfo, flops_model, threads: int, spinning: bool,
+                       thread_pool: str = "session") -> Variant:
+    """A full model (one ONNX graph with input_ids / attention_mask / token_type_ids) run by onnxruntime."""
+    from ..core.session import open_session
+    sess = open_session(Path(info.path), threads=threads, spinning=spinning, thread_pool=thread_pool)
+    names = {i.name for i in sess.get_inputs()}
+    layers = flops_model.num_layers
+
+    def run(ids, types):
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
+        (logits,) = sess.run(None, {k: v for k, v in feeds.items() if k in names})
+        n = int(ids.shape[1])
+        return Outcome(int(logits[0].argmax()), layers, flops_model.full_flops(n), [n] * layers)
+    return Variant(info, run)
+
+
+@dataclass
+class Setup:
+    """What every variant shares: the engine, the operating point, the sweep grid and the tokenised inputs."""
+
+    engine: object
+    policy: str
+    threshold: float
+    keep_ratio: float
+    grid_thresholds: list[float]
+    grid_ratios: list[float]
+    inputs: list[tuple[np.ndarray, np.ndarray]]
+    labels: list[int] | None
+    tokenize_us: list[float]
+    input: dict                      # how the examples were read (the PyTorch pass reads them the same way)
+
+
+def floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MpeeRuntimeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def open_engine(args: argparse.Namespace, bundle: Path):
+    """A bundle's engine with the run's thread, spinning, validation and --trust options (every chain
+    variant's: the bundle, its A/A twin and the --int8 bundle are each verified when they are opened)."""
+    from ..core.engine import MpeeEngine
+    return MpeeEngine(bundle, threads=args.threads, spinning=args.spinning,
+                      allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool,
+                      trust=args.trust)
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """Check the arguments, load the bundle, read and tokenise the examples (tokenisation timed apart)."""
+    from ..cli.common import input_columns
+    from ..text.readers import read_examples
+    if args.max_drop is not None and args.budget_ms is not None:
+        raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
+    if args.block < 1:
+        raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
+    check_output_folder(args.out, force=True)
+    engine = open_engine(args, args.bundle)
+    policy = args.policy or engine.default_policy
+    threshold = engine.default_threshold if args.threshold is None else args.threshold
+    ratio = args.keep_ratio if args.keep_ratio is not None else (engine.manifest.pruning.keep_ratios or [1.0])[0]
+    grid_t, grid_r = floats(args.thresholds), floats(args.keep_ratios)
+    for t in [threshold, *grid_t]:
+        check_threshold(policy, t)
+    for r in [ratio, *grid_r]:
+        engine.keep_ratio_feeds(r)
+    columns, require_label = input_columns(args.input, engine.manifest.task, text=args.text_column,
+                                           pair=args.pair_column, label=args.label_column)
+    # Texts are cut to the engine's limit as they are read (data.cut_text), as mpee-run cuts them.
+    examples = read_examples(args.input, columns, labels=engine.labels, require_label=require_label,
+                             limit=args.max_examples, max_chars=engine.max_chars,
+                             tail=engine.truncation != "head")
+    label_ids = {label: i for i, label in enumerate(engine.labels)}
+    labels = None if any(ex.label is None for ex in examples) else [label_ids[ex.label] for ex in examples]
+    tok_us, inputs, cut = [], [], 0
+    for ex in examples:
+        t = time.perf_counter_ns()
+        ids, types, cut_here = engine.encode_cut(ex.text, ex.pair)
+        tok_us.append((time.perf_counter_ns() - t) / 1e3)
+        inputs.append((ids, types))
+        cut += ex.cut or cut_here
+    read = {"path": str(args.input), "columns": asdict(columns), "require_label": require_label,
+            "max_examples": args.max_examples, "max_length": engine.manifest.model.max_length,
+            "truncation": engine.truncation,
+            "examples": len(examples), "max_chars": engine.max_chars, "texts_cut": cut}
+    return Setup(engine, policy, threshold, ratio, grid_t, grid_r, inputs, labels, tok_us, read)
+
+
+@dataclass
+class Plan:
+    """What to measure: the table's onnxruntime variants, the sweep and the static-depth points, all in one
+    interleaved pass, and what the notes say about what was left out."""
+
+    table: list[Variant]
+    sweep: list[Variant]
+    static: list[Variant]                  # static depth: exit k for every example
+    notes: list[str]
+    reference_export: dict | None = None   # summary of REF/reference.json
+
+    @property
+    def variants(self) -> list[Variant]:
+        return self.table + self.sweep + self.static
+
+
+def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
+    """The table's variants (full models, chain and its A/A twin, exits, pruning, MPEE, MPEE int8), the
+    sweep's and the static-depth points, and notes."""
+    engine, notes, table = setup.engine, [], []
+    exit_rule = {"policy": setup.policy, "threshold": setup.threshold}
+    ref_export = None
+    if args.reference is not None:
+        ref = args.reference
+        plain = FULL_MODELS[0].file
+        if not (ref / plain).is_file():
+            raise MpeeRuntimeError(f"{ref}: no {plain} (make it with `mpee-export reference`)")
+        ref_export = reference_export(ref, notes)
+        recipe = (ref_export or {}).get("recipe")
+        for m in FULL_MODELS:
+            if not (ref / m.file).is_file():
+                notes.append(f"{m.variant}: skipped, {ref} has no {m.file} (made by an older `mpee-export "
+                             "reference`; re-run it for the fused fp32 and int8 baselines)")
+                continue
+            description = m.description + (f" (optimum recipe {recipe})" if m.precision == "int8" and recipe else "")
+            info = VariantInfo(m.variant, description, m.precision, path=str(ref / m.file))
+            table.append(full_model_variant(info, engine.flops_model, args.threads, args.spinning,
+                                            args.thread_pool))
+    else:
+        notes.append("pytorch, onnx_full, onnx_fused, onnx_fused_int8: skipped (no --reference); every speed-up, "
+                     "int8 rows too, is against the chain, not a full model")
+    twin = open_engine(args, args.bundle)
+    table += [chain_variant(VariantInfo(AA_NAMES[0], "our chain, no exit, no pruning", **NO_EXIT, keep_ratio=1.0),
+                            engine),
+              chain_variant(VariantInfo(AA_NAMES[1], "A/A control: the chain again, second load of the bundle",
+                                        **NO_EXIT, keep_ratio=1.0), twin),
+              chain_variant(VariantInfo("exits", "layer exits only", **exit_rule, keep_ratio=1.0), engine),
+              chain_variant(VariantInfo("pruning", "token pruning only", **NO_EXIT, keep_ratio=setup.keep_ratio),
+                            engine),
+              chain_variant(VariantInfo("mpee", "MPEE", **exit_rule, keep_ratio=setup.keep_ratio), engine)]
+    if args.int8 is not None:
+        int8 = open_engine(args, args.int8)
+        table += [chain_variant(VariantInfo("chain_int8", "our int8 chain, no exit, no pruning", "int8", **NO_EXIT,
+                                            keep_ratio=1.0), int8),
+                  chain_variant(VariantInfo("mpee_int8", "MPEE int8", "int8", policy=int8.default_policy,
+                                            threshold=int8.default_threshold, keep_ratio=setup.keep_ratio), int8)]
+    else:
+        notes.append("mpee_int8: skipped (no --int8 bundle)")
+    sweep = [] if args.no_sweep else [
+        chain_variant(VariantInfo(f"sweep_F{t}_r{r}", "sweep point", group="sweep", policy=setup.policy,
+                                  threshold=t, keep_ratio=r), engine)
+        for r in setup.grid_ratios for t in setup.grid_thresholds]
+    static = [] if args.no_static else [
+        chain_variant(VariantInfo(f"static_k{k}_r{r}", f"static depth: exit {k}", group="static", policy="depth",
+                                  threshold=k, keep_ratio=r), engine)
+        for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
+    return Plan(table, sweep, static, notes, ref_export)
+
+
+def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, list[RequestRow]]:
+    """Set up, measure every onnxruntime variant in the interleaved pass (the CPU read before and after),
+    and write OUT/rows.jsonl and OUT/run.json; return the record and the rows."""
+    from .env import cpu_state, cpu_warning, environment
+    setup = load_setup(args)
+    plan = build_variants(setup, args)
+    if setup.input["texts_cut"]:
+        plan.notes.append(f"{setup.input['texts_cut']} of {setup.input['examples']} examples had a text longer "
+                          f"than {setup.input['max_chars']:,} characters, cut before tokenizing (docs/design.md, "
+                          "input limits)")
+    variants = plan.variants
+    print(f"mpee-bench: {len(setup.inputs)} examples x {len(variants)} onnxruntime variants interleaved, "
+          f"{args.threads} threads", file=sys.stderr)
+    before = cpu_state()
+    rows = measure(variants, setup.inputs, args.warmup, progress=progress, block=args.block)
+    after = cpu_state()
+    engine = setup.engine
+    manifest = engine.manifest
+    env = environment(threads=engine.threads, thread_pool=engine.thread_pool,
+                      spinning=args.spinning if engine.thread_pool == "session" else "onnxruntime default",
+                      manifest_sha256=sha256_of(args.bundle / MANIFEST))
+    fm = engine.flops_model
+    record = RunRecord(
+        run_id=uuid.uuid4().hex, task=manifest.task.name if manifest.task else "task",
+        metric_name=manifest.task.metric if manifest.task else "accuracy", labels=list(engine.labels),
+        gold=setup.labels, inputs_sha256=inputs_digest(setup.inputs), input=setup.input,
+        flops_model={"hidden": fm.hidden, "ffn": fm.ffn, "num_labels": fm.num_labels, "num_layers": fm.num_layers},
+        environment=env | {"cpu_before": before, "cpu_after": after},
+        variants=[v.info for v in variants],
+        passes=[{"pass": 1, "mode": "interleaved", "block": args.block, "runtime": "onnxruntime",
+                 "warmup": args.warmup, "variants": [v.name for v in variants]}],
+        tokenize_us=setup.tokenize_us, notes=plan.notes, reference_export=plan.reference_export,
+        policy=setup.policy, choice={"max_drop": args.max_drop, "budget_ms": args.budget_ms},
+        device_warning=cpu_warning(before, after))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_rows(args.out / ROWS, rows)
+    record.dump(args.out / RUN)
+    return record, rows

@@ -1,0 +1,408 @@
+"""The typed `Manifest`, the only code that reads or writes manifest.json (docs/design.md, "The bundle").
+
+`Manifest.load` refuses, before any session exists, an unknown schema version, a manifest whose content
+differs from its integrity record (`integrity.check_integrity`: any edit not made by `Manifest.dump`, the
+exporter's publish step), a missing, mistyped or out-of-range field, a file name that is too long or holds
+a non-printable character, a file that is missing, does not match its sha256 or lies outside the folder;
+each refusal is one MpeeRuntimeError line naming the field or file. Every graph carries stamps
+(`contract.graph_stamp`: its role, precision, the bundle's identity and the tokenizer's sha256) that the
+engine compares with the manifest when it opens the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..core.flops import FlopsModel
+from ..core.policy import POLICIES, check_threshold
+from ..errors import MpeeRuntimeError
+from ..files import write_text
+from .contract import (
+    BATCH_LAYER_OUTPUTS,
+    BUNDLE_PRECISIONS,
+    EMBEDDING_INPUTS,
+    EMBEDDING_OUTPUTS,
+    EXIT_POOLINGS,
+    FORMAT,
+    GRAPH_OPS,
+    LAYER_OUTPUTS,
+    MANIFEST,
+    METRICS,
+    OPSET,
+    SCHEMA_VERSION,
+    SCORINGS,
+    SELECTIONS,
+    SUPPORTED_SCHEMA_VERSIONS,
+    TRUNCATIONS,
+    batch_layer_inputs,
+    batch_layer_name,
+    check_file_name,
+    graph_stamp,
+    layer_inputs,
+    layer_name,
+    shown,
+)
+from .fields import Fields
+from .integrity import check_integrity, seal, sha256_of
+
+
+# ---------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelSection:
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    labels: list[str]                 # label strings in class-index order
+    max_length: int                   # tokens, [CLS] and [SEP] included
+    vocab_size: int
+    task: str | None = None
+    truncation: str = "head"          # TRUNCATIONS; bundles written before it was recorded cut the head
+
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def parse(cls, f: Fields) -> ModelSection:
+        labels = f.items("labels", str, what="label strings")
+        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
+            raise f.fail("labels", "at least 2 distinct non-empty label strings")
+        return cls(num_layers=f.integer("num_layers", lo=1), hidden_size=f.integer("hidden_size", lo=1),
+                   intermediate_size=f.integer("intermediate_size", lo=1), num_heads=f.integer("num_heads", lo=1),
+                   labels=labels, max_length=f.integer("max_length", lo=2), vocab_size=f.integer("vocab_size", lo=1),
+                   task=f.text("task", optional=True),
+                   truncation=f.text("truncation", choices=TRUNCATIONS, optional=True) or "head")
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """How to read the task's GLUE files and score predictions: column names and the headline metric."""
+
+    name: str
+    text_a: str
+    label_column: str
+    metric: str
+    text_b: str | None = None
+
+    @classmethod
+    def parse(cls, f: Fields) -> TaskSection:
+        return cls(name=f.text("name"), text_a=f.text("text_a"), label_column=f.text("label_column"),
+                   metric=f.text("metric", choices=METRICS), text_b=f.text("text_b", optional=True))
+
+
+@dataclass(frozen=True)
+class PruningSection:
+    prune_layers: list[int]           # 0-based layers that prune after attention
+    keep_ratios: list[float]          # default keep ratio of each pruning layer (a graph input)
+    scoring: str
+    prune_select: str
+    fuse_token: bool
+    betas: list[float]                # score memory weight per layer
+    lam: float                        # classifier memory weight
+
+    @classmethod
+    def parse(cls, f: Fields, num_layers: int) -> PruningSection:
+        layers = f.items("prune_layers", int, what="layer indices")
+        if sorted(set(layers)) != layers or any(not 0 <= i < num_layers for i in layers):
+            raise f.fail("prune_layers", f"increasing distinct layer indices in 0..{num_layers - 1}")
+        ratios = f.items("keep_ratios", (int, float), what="numbers")
+        if len(ratios) != len(layers) or not all(0 < r <= 1 for r in ratios):
+            raise f.fail("keep_ratios", f"{len(layers)} keep ratios in (0, 1], one per pruning layer")
+        betas = f.items("betas", (int, float), what="numbers")
+        if len(betas) != num_layers or not all(0 < b <= 1 for b in betas):
+            raise f.fail("betas", f"{num_layers} numbers in (0, 1], one per layer")
+        return cls(prune_layers=layers, keep_ratios=[float(r) for r in ratios],
+                   scoring=f.text("scoring", choices=SCORINGS), prune_select=f.text("prune_select", choices=SELECTIONS),
+                   fuse_token=f.flag("fuse_token"), betas=[float(b) for b in betas],
+                   lam=f.number("lam", lo=0, hi=1, lo_open=True))
+
+
+@dataclass(frozen=True)
+class ExitSection:
+    default_policy: str
+    default_threshold: float
+    layer_exit: bool                  # False: the model has one exit, at the last layer
+    pooling: str = "cls"              # exit head input, computed inside the layer graphs: [CLS] or token mean
+    calibration: dict | None = None   # how the default threshold was chosen, when it was
+
+    @classmethod
+    def parse(cls, f: Fields) -> ExitSection:
+        pooling = f.text("pooling", choices=EXIT_POOLINGS)
+        policy = f.text("default_policy", choices=POLICIES)
+        threshold = f.number("default_threshold", lo=0, hi=math.inf)
+        try:
+            check_threshold(policy, threshold)
+        except MpeeRuntimeError as e:
+            raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.default_threshold: {e}") from None
+        calibration = f.section("calibration", optional=True)
+        return cls(policy, threshold, f.flag("layer_exit"), pooling,
+                   None if calibration is None else calibration.data)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    file: str
+    sha256: str
+
+    @classmethod
+    def parse(cls, f: Fields) -> FileRef:
+        name = f.text("file")
+        check_file_name(name, f"{f.where}.file")
+        return cls(name, f.hex64("sha256"))
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    name: str                         # "embeddings" or layer_name(i); also stamped inside the ONNX file
+    file: str
+    sha256: str
+    inputs: list[str]
+    outputs: list[str]
+    layer: int | None = None       # None for the embeddings graph
+    prunes: bool = False
+    precision: str = "fp32"
+    batch: bool = False            # a batch layer graph (batch_layer_inputs); written from schema 5 on
+
+    @classmethod
+    def parse(cls, f: Fields) -> GraphEntry:
+        ref = FileRef.parse(f)
+        return cls(name=f.text("name"), file=ref.file, sha256=ref.sha256,
+                   inputs=f.items("inputs", str, what="tensor names"), outputs=f.items("outputs", str, what="tensor names"),
+                   layer=f.integer("layer", lo=0, optional=True), prunes=f.flag("prunes"),
+                   precision=f.text("precision", choices=BUNDLE_PRECISIONS),
+                   batch=f.flag("batch") if "batch" in f.data else False)
+
+    def expected_io(self) -> tuple[list[str], list[str]]:
+        """The inputs and outputs the contract requires of this graph."""
+        if self.layer is None:
+            return list(EMBEDDING_INPUTS), list(EMBEDDING_OUTPUTS)
+        if self.batch:
+            return batch_layer_inputs(self.layer, self.prunes), list(BATCH_LAYER_OUTPUTS)
+        return layer_inputs(self.layer, self.prunes), list(LAYER_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    opset: int
+    quantization: str | None       # None or "int8"
+    graph_ops: str                    # one of GRAPH_OPS: the operators the layer graphs use
+    untrained_exits: bool             # exported from a plain BERT with random exit heads
+    bundle_id: str                    # sha256 of the weights, export options and MPEE config; in every graph
+
+    @classmethod
+    def parse(cls, f: Fields) -> ExportSection:
+        return cls(opset=f.integer("opset", lo=OPSET), quantization=f.text("quantization", choices=("int8",),
+                                                                          optional=True),
+                   graph_ops=f.text("graph_ops", choices=GRAPH_OPS), untrained_exits=f.flag("untrained_exits"),
+                   bundle_id=f.hex64("bundle_id"))
+
+
+@dataclass(frozen=True)
+class ValidationSection:
+    """The export's parity verdict. `passed` is False only for bundles written with --allow-unvalidated."""
+
+    passed: bool
+    checks: dict = field(default_factory=dict)   # per precision: graph max |diff|, chain agreement, ...
+
+    @classmethod
+    def parse(cls, f: Fields) -> ValidationSection:
+        checks = f.section("checks")
+        return cls(f.flag("passed"), checks.data)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelSection
+    pruning: PruningSection
+    exit: ExitSection
+    tokenizer: FileRef
+    graphs: list[GraphEntry]
+    export: ExportSection
+    validation: ValidationSection
+    task: TaskSection | None = None
+    flops_convention: str = ""        # what the FLOPs figures count (flops.FLOPS_CONVENTION)
+    batch_graphs: list[GraphEntry] = field(default_factory=list)   # one per layer, or none (schema 5)
+    versions: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    format: str = FORMAT
+
+    # -------------------------------------------------------- derived facts
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
+
+    @property
+    def layers(self) -> list[GraphEntry]:
+        return self.graphs[1:]
+
+    @property
+    def supports_batches(self) -> bool:
+        """Whether the bundle has batch layer graphs (`MpeeEngine.predict_batch` runs rows together)."""
+        return bool(self.batch_graphs)
+
+    @property
+    def precision(self) -> str:
+        """int8 when any layer graph is quantized."""
+        return "int8" if any(g.precision == "int8" for g in self.graphs) else "fp32"
+
+    @property
+    def default_keep_ratios(self) -> dict[int, float]:
+        return dict(zip(self.pruning.prune_layers, self.pruning.keep_ratios))
+
+    def flops_model(self) -> FlopsModel:
+        m = self.model
+        return FlopsModel(m.hidden_size, m.intermediate_size, m.num_labels, m.num_layers)
+
+    def graph_stamp(self, entry: GraphEntry) -> dict[str, str]:
+        """The metadata entries the ONNX file of `entry` must carry."""
+        return graph_stamp(entry.name, entry.precision, self.export.bundle_id, self.tokenizer.sha256)
+
+    # -------------------------------------------------------- reading and writing
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def dump(self, folder: Path) -> None:
+        """Write manifest.json into `folder` (atomically), sealed: with the integrity record of its content
+        (`seal`). The exporter's publish step is its one caller, so any later edit is refused."""
+        data = json.loads(json.dumps(self.to_dict()))   # as the file will read back: lists, string keys
+        write_text(Path(folder) / MANIFEST, json.dumps(seal(data), indent=1) + "\n")
+
+    def with_changes(self, **changes) -> Manifest:
+        return replace(self, **changes)
+
+    @staticmethod
+    def check_version(data: dict) -> int:
+        version = data.get("schema_version")
+        if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise MpeeRuntimeError(f"{MANIFEST}: schema_version {shown(version)} unsupported (this runtime reads "
+                                   f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}; re-export the bundle)")
+        return version
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """Check every field's presence, type and range; refuse with the first bad field's path. (The
+        integrity record is `load`'s to check: this also reads manifests built in memory.)"""
+        top = Fields(data, "manifest")
+        version = cls.check_version(data)
+        top.text("format", choices=(FORMAT,))
+        model = ModelSection.parse(top.section("model"))
+        graph_list = top.get("graphs")
+        if not isinstance(graph_list, list):
+            raise top.fail("graphs", "a list")
+        graphs = [GraphEntry.parse(Fields(g, f"manifest.graphs[{i}]")) for i, g in enumerate(graph_list)]
+        batch_list = top.get("batch_graphs", optional=True)
+        if batch_list is None:
+            batch_list = []
+        if not isinstance(batch_list, list):
+            raise top.fail("batch_graphs", "a list")
+        batch_graphs = [GraphEntry.parse(Fields(g, f"manifest.batch_graphs[{i}]")) for i, g in enumerate(batch_list)]
+        pruning = PruningSection.parse(top.section("pruning"), model.num_layers)
+        task = top.section("task", optional=True)
+        manifest = cls(model=model, pruning=pruning, exit=ExitSection.parse(top.section("exit")),
+                       tokenizer=FileRef.parse(top.section("tokenizer")), graphs=graphs,
+                       export=ExportSection.parse(top.section("export")),
+                       validation=ValidationSection.parse(top.section("validation")),
+                       task=None if task is None else TaskSection.parse(task),
+                       flops_convention=top.text("flops_convention"), versions=top.section("versions").data,
+                       schema_version=version, batch_graphs=batch_graphs)
+        manifest._check_graphs()
+        return manifest
+
+    def _check_graphs(self) -> None:
+        """The graph list matches the model: embeddings, then layer 0..L-1 with the contract's tensor names."""
+        n = self.model.num_layers
+        if len(self.graphs) != n + 1:
+            raise MpeeRuntimeError(f"{MANIFEST}: {len(self.graphs)} graphs for {n} layers (expected {n + 1})")
+        files = [g.file for g in self.graphs + self.batch_graphs] + [self.tokenizer.file]
+        if len(set(files)) != len(files):
+            raise MpeeRuntimeError(f"{MANIFEST}: a file is listed twice ({files})")
+        prune = set(self.pruning.prune_layers)
+        for i, g in enumerate(self.graphs):
+            want_layer, want_name = (None, "embeddings") if i == 0 else (i - 1, layer_name(i - 1))
+            where = f"{MANIFEST}: graphs[{i}]"
+            if g.layer != want_layer or g.name != want_name:
+                raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}), expected {want_name!r}")
+            if g.layer is not None and g.prunes != (g.layer in prune):
+                raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
+            self._check_io(g, where)
+            if g.batch:
+                raise MpeeRuntimeError(f"{where} is a batch graph (those are listed in batch_graphs)")
+        if self.batch_graphs and len(self.batch_graphs) != n:
+            raise MpeeRuntimeError(f"{MANIFEST}: {len(self.batch_graphs)} batch graphs for {n} layers (expected {n} or none)")
+        for i, g in enumerate(self.batch_graphs):
+            where = f"{MANIFEST}: batch_graphs[{i}]"
+            if g.layer != i or g.name != batch_layer_name(i) or not g.batch:
+                raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}, batch {g.batch}), expected "
+                                       f"{batch_layer_name(i)!r}")
+            if g.prunes != (i in prune):
+                raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
+            self._check_io(g, where)
+
+    @staticmethod
+    def _check_io(g: GraphEntry, where: str) -> None:
+        inputs, outputs = g.expected_io()
+        if g.inputs != inputs or g.outputs != outputs:
+            raise MpeeRuntimeError(f"{where} has inputs {g.inputs} and outputs {g.outputs}, "
+                                   f"expected {inputs} and {outputs}")
+
+    @classmethod
+    def load(cls, folder: Path, *, verify: bool = True) -> Manifest:
+        """Read and check `folder`/manifest.json: its schema version, then its integrity record, then every
+        field; with `verify`, also every file's presence and sha256."""
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise MpeeRuntimeError(f"{folder}: no {MANIFEST} (not an MPEE bundle, or an unfinished export)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise MpeeRuntimeError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+        if not isinstance(data, dict):
+            raise MpeeRuntimeError(f"{path}: not a JSON object")
+        cls.check_version(data)
+        check_integrity(data)
+        manifest = cls.from_dict(data)
+        if verify:
+            manifest.verify_files(folder)
+        return manifest
+
+    def verify_files(self, folder: Path) -> None:
+        """Every file named by the manifest is inside `folder`, present, and matches its sha256."""
+        refs = [(self.tokenizer.file, self.tokenizer.sha256, "tokenizer")]
+        refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.graphs + self.batch_graphs]
+        for name, digest, what in refs:
+            target = self.path_of(folder, name, what)
+            try:
+                if not target.is_file():
+                    raise MpeeRuntimeError(f"{folder}: {what} file {name} is missing")
+                if sha256_of(target) != digest:
+                    raise MpeeRuntimeError(f"{folder}: {what} file {name} does not match its sha256 (modified?)")
+            except OSError as e:
+                raise MpeeRuntimeError(f"{folder}: {what} file {name} cannot be read ({e.strerror})") from None
+
+    @staticmethod
+    def path_of(folder: Path, name: str, what: str = "file") -> Path:
+        """`folder`/`name`, refused when `name` is not a valid file name (`check_file_name`, before the file
+        system sees it) or points outside the bundle."""
+        check_file_name(name, f"{what} file name")
+        folder = Path(folder)
+        try:
+            path = (folder / name).resolve()
+            inside = folder.resolve() in path.parents
+        except (OSError, RuntimeError) as e:   # a symlink loop; RuntimeError before Python 3.13
+            raise MpeeRuntimeError(f"{MANIFEST}: {what} path {shown(name)} cannot be resolved ({e})"[:300]) from None
+        if Path(name).is_absolute() or not inside:
+            raise MpeeRuntimeError(f"{MANIFEST}: {what} path {shown(name)} points outside the bundle")
+        return path
+
+
+def load_manifest(bundle: str | Path, *, verify: bool = True) -> Manifest:
+    """The manifest of the bundle folder `bundle`, checked (`Manifest.load`): its schema version, integrity
+    record and fields, and with `verify` every file's sha256."""
+    return Manifest.load(Path(bundle), verify=verify)
