@@ -1,5 +1,5 @@
 """The import graph of a package, read from its sources with `ast` (lazy imports inside functions count): the
-one reader behind tests/test_layout.py (the exporter) and tests/runtime/test_layout.py (the runtime)."""
+one reader behind tests/test_exporter_layout.py (the exporter) and tests/runtime/test_runtime_layout.py (the runtime)."""
 
 from __future__ import annotations
 
