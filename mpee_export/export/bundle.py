@@ -56,9 +56,9 @@ from mpee_runtime.bundle.manifest import (
 from mpee_runtime.core.flops import FLOPS_CONVENTION
 from mpee_runtime.files import AtomicFolder, write_text
 
-from .. import __version__
 from ..errors import MpeeExportError, ParityError
 from ..model.modeling import MpeeModel
+from ..version import __version__
 from .calibrate import Calibration
 from .dummies import batch_dummy_feeds, dummy_feeds
 from .quantize import quantize_layers, record_exit_head
