@@ -10,17 +10,18 @@ export GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 .venv/bin/ruff check .
 declare -A MARK=([unit]="not integration and not slow" [integration]="integration" [slow]="slow")
 # The integration and slow tiers hold few tests of minutes each: list each test as it starts and ends (-v), and
-# say every 2 minutes that the tier is still running, so a long test is not mistaken for a hang.
+# say every 2 minutes that the tier is still running, so a long test is not mistaken for a hang. pytest runs in
+# the foreground: a background job of a script ignores SIGINT, and so would the commands the tests interrupt.
 declare -A SHOW=([unit]="-q" [integration]="-v" [slow]="-v")
 for tier in ${TIERS:-unit integration slow}; do
   echo "== pytest: $tier tier"
   start=$SECONDS
-  .venv/bin/python -m pytest ${SHOW[$tier]} --durations=5 -m "${MARK[$tier]:?unknown tier $tier}" "$@" &
-  pid=$!
-  while ! timeout 120 tail --pid=$pid -f /dev/null; do
-    echo "   ... $tier tier still running ($(( (SECONDS - start) / 60 )) min)"
-  done
-  wait $pid
+  (while sleep 120; do echo "   ... $tier tier still running ($(( (SECONDS - start) / 60 )) min)"; done) &
+  heartbeat=$!
+  status=0
+  .venv/bin/python -m pytest ${SHOW[$tier]} --durations=5 -m "${MARK[$tier]:?unknown tier $tier}" "$@" || status=$?
+  kill $heartbeat 2>/dev/null || true
+  [ $status -eq 0 ] || exit $status
   echo "== $tier tier passed in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 done
 

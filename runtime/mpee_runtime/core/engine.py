@@ -272,10 +272,8 @@ class MpeeEngine:
                   chars_cut: Sequence[bool] | None = None, offset_us: float = 0.0) -> list[Prediction]:
         """Run rows of token ids (each (T_i,) int64) together; one `Prediction` per row, in order (the rule:
         batch.run_rows). `tokenize_us`, `chars_cut` (per row) and `offset_us` as in `run_ids`."""
-        policy = policy or self.default_policy
-        threshold = self.default_threshold if threshold is None else threshold
-        self.exit_rule(policy, threshold)   # checked (and cached) once
-        rule = BatchExitRule(policy, threshold, len(self.labels), len(input_ids)) if self.layer_exit else None
+        one = self.exit_rule(policy, threshold)   # the bundle's defaults filled in, checked
+        rule = BatchExitRule(one.policy, one.threshold, len(self.labels), len(input_ids)) if self.layer_exit else None
         rows = run_rows(self, input_ids, token_type_ids, rule, self.keep_ratio_feeds(keep_ratio), record)
         cut = chars_cut or [False] * len(input_ids)
         preds = []
