@@ -213,8 +213,11 @@ def test_ctrl_c_during_input_run(built, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "the movie is great , not very good !"}\n' * 200_000)
     out = tmp_path / "preds.jsonl"
+    # SIGINT as a terminal gives it, even when these tests run in a script's background job (which ignores it,
+    # and a child would inherit that: Python then installs no KeyboardInterrupt handler).
     proc = subprocess.Popen([sys.executable, "-m", "mpee_runtime", str(built / "bundle"), "--input", str(inp),
-                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:   # started: the input file is open
