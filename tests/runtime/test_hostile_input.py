@@ -213,11 +213,12 @@ def test_ctrl_c_during_input_run(built, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"text": "the movie is great , not very good !"}\n' * 200_000)
     out = tmp_path / "preds.jsonl"
-    # SIGINT as a terminal gives it, even when these tests run in a script's background job (which ignores it,
-    # and a child would inherit that: Python then installs no KeyboardInterrupt handler).
-    proc = subprocess.Popen([sys.executable, "-m", "mpee_runtime", str(built / "bundle"), "--input", str(inp),
-                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # `python -m mpee_runtime` with Ctrl-C's usual handler, even when these tests run in a script's background job
+    # (which ignores SIGINT; a child inherits that, and Python then installs no KeyboardInterrupt handler).
+    run = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "sys.argv[0] = 'mpee-run'; runpy.run_module('mpee_runtime', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", run, str(built / "bundle"), "--input", str(inp),
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:   # started: the input file is open
