@@ -275,7 +275,8 @@ def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: f
             best = operating_point(sweep, reference_metric=res.reference.metric, max_drop=max_drop,
                                    budget_ms=budget_ms)
             res.operating_point, res.asked_point = best and best.point(with_latency=True), True
-            res.point_rule = (f"the fastest within {max_drop:g} points of {res.reference.variant}'s "
+            res.point_rule = (f"the fastest within {max_drop:g} point{'' if max_drop == 1 else 's'} of "
+                              f"{res.reference.variant}'s "
                               f"{res.reference.metric_name or 'metric'}" if max_drop is not None else
                               f"the most accurate with p50 within {budget_ms:g} ms")
         if static:
