@@ -386,30 +386,34 @@ class MpeeModel(nn.Module):
         whose exit fires leave (`policy`'s rule applied to all running rows at once by the runtime's
         `BatchExitRule`, which counts patience and depth per row), and the rows that go on are cut to their own
         longest row. Returns one prediction per row, in order."""
-        n, last = input_ids.shape[0], self.mpee.num_layers - 1
+        n, num_layers = input_ids.shape[0], self.mpee.num_layers
         rule = BatchExitRule(policy.policy, policy.threshold, self.mpee.num_labels, n)
         state = self.embed(input_ids, attention_mask, token_type_ids)
         rows = np.arange(n)                          # the running rows' indices in the batch
-        attn: list[list[int]] = [[] for _ in range(n)]
-        ffn: list[list[int]] = [[] for _ in range(n)]
-        preds: list[MpeePrediction | None] = [None] * n
-        for i in range(self.mpee.num_layers):
+        attn = np.zeros((n, num_layers), dtype=np.int64)
+        ffn = np.zeros_like(attn)
+        exit_layer = np.zeros(n, dtype=np.int64)
+        final = None
+        for i in range(num_layers):
             state, stats = self.layer_step(i, state, keep_ratio)
             probs, entropy = (x.numpy() for x in blended_outputs(state.memory))
-            for r, a, f in zip(rows.tolist(), stats.attn_len.tolist(), stats.ffn_len.tolist()):
-                attn[r].append(int(a))
-                ffn[r].append(int(f))
-            fired = rule.fires(probs, entropy, rows) if self.mpee.layer_exit else np.zeros(len(rows), dtype=bool)
-            done = fired | (i == last)               # a new array: the rule's own is left alone
-            for j in np.flatnonzero(done).tolist():
-                r = int(rows[j])
-                preds[r] = MpeePrediction(int(probs[j].argmax()), probs[j], i + 1, attn[r], ffn[r])
+            attn[rows, i], ffn[rows, i] = stats.attn_len.cpu().numpy(), stats.ffn_len.cpu().numpy()
+            if final is None:
+                final = np.zeros((n, probs.shape[1]), dtype=probs.dtype)
+            if i == num_layers - 1:
+                done = np.ones(len(rows), dtype=bool)
+            elif self.mpee.layer_exit:
+                done = rule.fires(probs, entropy, rows)
+            else:
+                done = np.zeros(len(rows), dtype=bool)
+            exit_layer[rows[done]], final[rows[done]] = i + 1, probs[done]
             stay = np.flatnonzero(~done)
             if not len(stay):
                 break
             rows = rows[stay]
             state = _select_rows(state, torch.from_numpy(stay))
-        return preds
+        return [MpeePrediction(int(final[r].argmax()), final[r], int(k), attn[r, :k].tolist(), ffn[r, :k].tolist())
+                for r, k in enumerate(exit_layer)]
 
 
 def _select_rows(state: LayerState, rows: torch.Tensor) -> LayerState:
