@@ -1,4 +1,5 @@
-"""MpeeRuntimeError, the one exception type of this package, and the one place it becomes exit code 2."""
+"""MpeeRuntimeError, the one exception type of this package, the one place it becomes exit code 2, and `shown`,
+how a value a user gave appears in such a one-line message."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: the reader of stdout went away (`mpee-run ... | head`)
@@ -38,3 +40,10 @@ def exit_2_on_error(main: Callable[[list | None], int]) -> Callable[[list | None
             print("Error: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
     return wrapper
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`value` for a one-line message: its repr (control characters escaped), cut to `limit` characters (a
+    400-digit number from a request, a file name of control characters)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"

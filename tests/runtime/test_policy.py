@@ -89,3 +89,13 @@ def test_batch_rule_decides_as_one_rule_per_row(policy, thresholds):
             running = running[~fire]
         assert got.tolist() == want
         assert first_exit_layers(probs, ent, policy, threshold).tolist() == want
+
+
+@pytest.mark.parametrize("policy", ["entropy", "max_prob", "patience", "depth"])
+@pytest.mark.parametrize("threshold", [10 ** 400, -(10 ** 400), float("inf"), "0.5", None])
+def test_threshold_out_of_any_float_refused_in_one_line(policy, threshold):
+    """A number no float holds (a 401-digit integer from a JSON request), infinity or a non-number: one
+    MpeeRuntimeError line, never OverflowError or TypeError."""
+    with pytest.raises(MpeeRuntimeError, match="threshold must be a finite number >= 0") as e:
+        check_threshold(policy, threshold)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 120

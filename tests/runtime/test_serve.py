@@ -289,6 +289,13 @@ BAD = [
     (b'{"text": "a", "keep_ratio": [0.5]}', "keep_ratio", "needs 2 ratios"),
     (b'{"text": "a", "keep_ratio": [0.5, true]}', "keep_ratio", "array of numbers"),
     (b'{"text": "a", "keep_ratio": "all"}', "keep_ratio", "must be a number or an array"),
+    # numbers no float holds: a 401-digit integer, and 1e400 (Python's JSON reads it as infinity)
+    (b'{"text": "a", "threshold": 1' + b"0" * 400 + b"}", "threshold", "finite number >= 0, got 1000"),
+    (b'{"text": "a", "policy": "depth", "threshold": 1' + b"0" * 400 + b"}", "threshold", "finite number"),
+    (b'{"text": "a", "policy": "patience", "threshold": 1' + b"0" * 400 + b"}", "threshold", "finite number"),
+    (b'{"text": "a", "threshold": 1e400}', "threshold", "finite number >= 0, got inf"),
+    (b'{"text": "a", "keep_ratio": 1' + b"0" * 400 + b"}", "keep_ratio", "keep ratio must be in (0, 1]"),
+    (b'{"text": "a", "keep_ratio": [0.5, 1' + b"0" * 400 + b"]}", "keep_ratio", "keep ratio must be in (0, 1]"),
 ]
 
 

@@ -8,9 +8,7 @@ layer_XX.batch.onnx from schema 5 on).
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..errors import MpeeRuntimeError
+from ..errors import MpeeRuntimeError, shown
 
 # 2: typed manifest; validation.passed; graphs stamped with their identity; flops facts read from "model".
 # 3: the manifest's integrity record; export.bundle_id; graphs stamped with bundle, precision and tokenizer.
@@ -103,12 +101,6 @@ def graph_stamp(name: str, precision: str, bundle_id: str, tokenizer_sha256: str
     engine (`Manifest.graph_stamp` gives the ones the manifest expects)."""
     return {GRAPH_ID_KEY: name, PRECISION_KEY: precision, BUNDLE_ID_KEY: bundle_id,
             TOKENIZER_KEY: tokenizer_sha256}
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """`value` for a one-line message: its repr (control characters escaped), cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 def check_file_name(name: str, where: str) -> None:

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import MpeeRuntimeError
-from .contract import MANIFEST, shown
+from ..errors import MpeeRuntimeError, shown
+from .contract import MANIFEST
 
 # The manifest's integrity record (top-level key) and how its digests are computed (`digest_of`).
 INTEGRITY = "integrity"

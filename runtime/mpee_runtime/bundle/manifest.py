@@ -19,7 +19,7 @@ from typing import Any
 
 from ..core.flops import FlopsModel
 from ..core.policy import POLICIES, check_threshold
-from ..errors import MpeeRuntimeError
+from ..errors import MpeeRuntimeError, shown
 from ..files import write_text
 from .contract import (
     BATCH_LAYER_OUTPUTS,
@@ -44,7 +44,6 @@ from .contract import (
     graph_stamp,
     layer_inputs,
     layer_name,
-    shown,
 )
 from .fields import Fields
 from .integrity import check_integrity, seal, sha256_of

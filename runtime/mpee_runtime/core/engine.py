@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from ..bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, MEMORY, SCORES, TOKEN_TYPE_IDS
 from ..bundle.manifest import Manifest
-from ..errors import MpeeRuntimeError
+from ..errors import MpeeRuntimeError, shown
 from ..text.encoder import TextEncoder
 from .batch import run_rows
 from .graphs import open_graph
@@ -218,7 +218,7 @@ class MpeeEngine:
                                        f"pruning layer {sorted(self.default_keep_ratios)}, got {len(ratios)}")
             for r in ratios:
                 if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-                    raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {r}")
+                    raise MpeeRuntimeError(f"keep ratio must be in (0, 1], got {shown(r)}")
             if len(self._ratio_feeds) >= _CACHE_SIZE:
                 self._ratio_feeds.clear()
             feeds = self._ratio_feeds[key] = {i: np.asarray(r, dtype=np.float32)

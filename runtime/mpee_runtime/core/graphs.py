@@ -7,9 +7,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..bundle.contract import BUNDLE_ID_KEY, GRAPH_ID_KEY, PRECISION_KEY, TOKENIZER_KEY, shown
+from ..bundle.contract import BUNDLE_ID_KEY, GRAPH_ID_KEY, PRECISION_KEY, TOKENIZER_KEY
 from ..bundle.manifest import GraphEntry, Manifest
-from ..errors import MpeeRuntimeError
+from ..errors import MpeeRuntimeError, shown
 from .session import open_session
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..errors import MpeeRuntimeError
+from ..errors import MpeeRuntimeError, shown
 
 POLICIES = ("entropy", "normalized_entropy", "max_prob", "patience", "depth")
 STATEFUL = ("patience", "depth")   # rules that count layers within a sample: one instance per request
@@ -30,8 +30,12 @@ def check_threshold(policy: str, threshold: float) -> None:
     """Raise MpeeRuntimeError when `policy` is unknown or `threshold` is outside its range."""
     if policy not in POLICIES:
         raise MpeeRuntimeError(f"unknown exit policy {policy!r} (choose from {', '.join(POLICIES)})")
-    if not math.isfinite(threshold) or threshold < 0:
-        raise MpeeRuntimeError(f"threshold must be a finite number >= 0, got {threshold}")
+    try:   # an integer too large for a float (a JSON request's 400 digits) is not a threshold either
+        finite = math.isfinite(threshold)
+    except (OverflowError, TypeError):
+        finite = False
+    if not finite or threshold < 0:
+        raise MpeeRuntimeError(f"threshold must be a finite number >= 0, got {shown(threshold)}")
     if policy in ("normalized_entropy", "max_prob") and threshold > 1:
         raise MpeeRuntimeError(f"threshold for policy {policy} must be in [0, 1], got {threshold}")
     if policy in STATEFUL and threshold != int(threshold):
