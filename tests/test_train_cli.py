@@ -82,6 +82,22 @@ def test_checkpoint_round_trip(tmp_path):
     assert tok("a b")["input_ids"] == [2, 5, 6, 3]
 
 
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    """Every file of a checkpoint gets the mode open() would give it (safetensors alone writes 0o600)."""
+    import os
+
+    from transformers import BertTokenizerFast
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n")
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tiny_model(layers=2), BertTokenizerFast(vocab_file=str(vocab)), tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "ckpt").iterdir()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes
+
+
 def research_state(model) -> dict[str, torch.Tensor]:
     """The model's weights under the research code's key names (docs/design.md 3), plus its untrained exit L."""
     last = model.mpee.num_layers - 1

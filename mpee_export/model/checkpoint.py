@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokeniz
 from transformers.utils import logging as hf_logging
 
 from mpee_runtime.bundle.integrity import sha256_of
-from mpee_runtime.files import AtomicFolder
+from mpee_runtime.files import AtomicFolder, umask
 
 from ..errors import MpeeExportError
 from .config import MpeeConfig
@@ -137,6 +137,7 @@ def save_checkpoint(model: MpeeModel, tokenizer: PreTrainedTokenizerBase, out: P
     with AtomicFolder(out, merge=True, last=CONFIG_NAME) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / WEIGHTS_NAME).chmod(0o666 & ~umask())   # safetensors writes 0o600; outputs follow the umask
         tokenizer.save_pretrained(str(tmp))
         config = model.config
         config.mpee = model.mpee.to_dict()
