@@ -131,7 +131,7 @@ class MpeeEngine:
         ids, types, cut = self.text.encode(text, text_pair)
         tokenize_us = (perf_counter_ns() - start) / 1e3
         return self.run_ids(ids, types, threshold=threshold, keep_ratio=keep_ratio, policy=policy,
-                            tokenize_us=tokenize_us, chars_cut=cut)
+                            tokenize_us=tokenize_us, chars_cut=cut, offset_us=tokenize_us)
 
     def predict_batch(self, texts: Sequence[str], pairs: Sequence[str | None] | None = None, *,
                       threshold: float | None = None, keep_ratio: float | Sequence[float] | None = None,
@@ -229,8 +229,9 @@ class MpeeEngine:
                 keep_ratio: float | Sequence[float] | None = None, policy: str | None = None, record: bool = False,
                 tokenize_us: float | None = None, chars_cut: bool = False, offset_us: float = 0.0) -> Prediction:
         """Run the chain on token ids (1, T) int64; `record` keeps every executed layer's prediction. What
-        `predict` measured before (`tokenize_us`: its time, added to the total; `chars_cut`; `offset_us`: time
-        spent before this row in its batch) goes into the Prediction, built once."""
+        the caller measured before goes into the Prediction, built once: `tokenize_us` (recorded as the
+        tokenizing time), `chars_cut`, and `offset_us`, the time spent before this row ran (added to the total:
+        its own tokenizing, or in a batch the tokenizing and the groups before it)."""
         rule = self.exit_rule(policy, threshold)   # stateful rules come fresh per request
         should_exit = rule.should_exit if self.layer_exit else None
         ratios = self.keep_ratio_feeds(keep_ratio)
@@ -261,8 +262,6 @@ class MpeeEngine:
                    "total": total_ns / 1e3 + offset_us}
         if tokenize_us is not None:
             timings["tokenize"] = tokenize_us
-            if not offset_us:   # alone: tokenizing is part of this request's time (in a batch: of the offset)
-                timings["total"] += tokenize_us
         return Prediction.of_row(self.labels, self.flops_model, int(input_ids.shape[1]), attn_lens, ffn_lens,
                                  probs[0], timings, chars_cut=chars_cut, trace=(trace_p, trace_h) if record else None)
 
