@@ -85,6 +85,7 @@ def test_side_scores_match_the_attention_probabilities(padded):
     from mpee_export.model.modeling import attention_block
     model = tiny_model(layers=2)
     layer = model.bert.encoder.layer[0]
+    parts = model.family.attention_parts(layer)
     lengths = [9, 5] if padded else [9]
     ids, mask, types = random_batch(lengths)
     with torch.no_grad():
@@ -94,9 +95,9 @@ def test_side_scores_match_the_attention_probabilities(padded):
         probs = ref(input_ids=ids, attention_mask=mask, token_type_ids=types,
                     output_attentions=True).attentions[0]                              # (B, H, N, N)
         m = mask.float() if padded else None
-        _, cls = attention_block(layer, hidden, m, "cls")
-        _, every = attention_block(layer, hidden, m, "all")
-        _, mean = attention_block(layer, hidden, m, "mean")
+        _, cls = attention_block(parts, hidden, m, "cls")
+        _, every = attention_block(parts, hidden, m, "all")
+        _, mean = attention_block(parts, hidden, m, "mean")
         sa = layer.attention.self
         for i, n in enumerate(lengths):
             torch.testing.assert_close(cls[i, :n - 1], probs[i, :, 0, 1:n].mean(0), atol=1e-6, rtol=1e-5)

@@ -11,7 +11,7 @@ docs/benchmarking.md):
 - torch.set_num_threads(--threads); its own warm-up of --warmup examples (default: the measurement's); nothing
   else runs meanwhile (`measure_alone`).
 - A mean-pooled model (REF/reference.json's exit_pooling "mean") runs exit L's head on the token mean, as the
-  reference graphs do; a [CLS] one is BertForSequenceClassification as it is.
+  reference graphs do; a [CLS] one is its family's XxxForSequenceClassification as it is.
 - It writes OUT/rows_pytorch.jsonl (the rows' format of mpee-bench) and OUT/run_pytorch.json.
 """
 
@@ -46,19 +46,28 @@ def pytorch_variant(hf_dir: Path, exit_pooling: str, flops_model: FlopsModel, th
     """PyTorch eager full model on `threads` threads; exit L's head on the token mean when `exit_pooling` is
     "mean"."""
     import torch
-    from transformers import BertForSequenceClassification
+    from transformers.activations import get_activation
+
+    from mpee_runtime.bundle.contract import TOKEN_TYPE_IDS
+
+    from ..model.checkpoint import load_config, model_family
     torch.set_num_threads(threads)
-    model = BertForSequenceClassification.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
+    family = model_family(load_config(hf_dir, "reference"))
+    model = family.classifier_class.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
     layers, mean = flops_model.num_layers, exit_pooling == "mean"
+    with_types = TOKEN_TYPE_IDS in family.embedding_inputs
+    head, activation = family.classifier_head(model), get_activation(family.head_activation)
 
     def run(ids, types):
         with torch.inference_mode():
-            ids_t, types_t = torch.from_numpy(ids), torch.from_numpy(types)
+            feeds = {"input_ids": torch.from_numpy(ids)}
+            if with_types:
+                feeds["token_type_ids"] = torch.from_numpy(types)
             if mean:
-                pooled = model.bert(input_ids=ids_t, token_type_ids=types_t).last_hidden_state.mean(dim=1)
-                logits = model.classifier(torch.tanh(model.bert.pooler.dense(pooled)))
+                pooled = getattr(model, family.prefix)(**feeds).last_hidden_state.mean(dim=1)
+                logits = head.classifier(activation(head.dense(pooled)))
             else:
-                logits = model(input_ids=ids_t, token_type_ids=types_t).logits
+                logits = model(**feeds).logits
         n = int(ids.shape[1])
         return Outcome(int(logits[0].argmax()), layers, flops_model.full_flops(n), [n] * layers)
     return Variant(VariantInfo(NAME, "PyTorch eager full model", runtime="pytorch", torch_threads=threads), run)

@@ -37,7 +37,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from transformers import BertForSequenceClassification
+from transformers import PreTrainedModel
 
 from mpee_runtime.bench.env import environment
 from mpee_runtime.bundle.contract import OPSET
@@ -104,21 +104,23 @@ def known_harmless_messages_silenced() -> Iterator[None]:
         yield
 
 
-def to_hf_classifier(model: MpeeModel) -> BertForSequenceClassification:
-    """The MPEE backbone with exit L as an ordinary classification head (prediction = z_L, no memory)."""
-    config = model.config
-    hf = BertForSequenceClassification(config)
-    hf.bert.embeddings.load_state_dict(model.bert.embeddings.state_dict())
-    hf.bert.encoder.load_state_dict(model.bert.encoder.state_dict())
-    last = model.exits[-1]
-    hf.bert.pooler.dense.load_state_dict(last.pooler.state_dict())
-    hf.classifier.load_state_dict(last.classifier.state_dict())
-    return hf.eval()
+def to_hf_classifier(model: MpeeModel) -> PreTrainedModel:
+    """The MPEE backbone with exit L as an ordinary classification head of its family (prediction = z_L, no
+    memory): a BertForSequenceClassification, RobertaForSequenceClassification, ... For a model built on the
+    user's classifier with a frozen backbone, that classifier itself."""
+    return model.family.to_classifier(model.config, model.backbone, model.exits[-1].as_classifier_head())
 
 
-def append_mean_pooled_head(path: Path, head) -> None:
+# The exit head's activation as an ONNX operator, for the mean-pooled reference's appended head.
+HEAD_OPS = {"tanh": "Tanh", "relu": "Relu"}
+
+
+def append_mean_pooled_head(path: Path, head, activation: str = "tanh") -> None:
     """Append exit L's head on the mean of the real tokens to an encoder graph whose output is
     last_hidden_state (1, T, d): the graph's only output becomes `logits` (1, C)."""
+    if activation not in HEAD_OPS:
+        raise MpeeExportError(f"a mean-pooled reference with a {activation} head is not supported "
+                              f"(supported: {', '.join(HEAD_OPS)})")
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -138,7 +140,7 @@ def append_mean_pooled_head(path: Path, head) -> None:
         helper.make_node("Div", ["head_sum", "head_count"], ["head_pooled"]),
         helper.make_node("MatMul", ["head_pooled", "head_w1"], ["head_h1"]),
         helper.make_node("Add", ["head_h1", "head_b1"], ["head_h2"]),
-        helper.make_node("Tanh", ["head_h2"], ["head_h3"]),
+        helper.make_node(HEAD_OPS[activation], ["head_h2"], ["head_h3"]),
         helper.make_node("MatMul", ["head_h3", "head_w2"], ["head_h4"]),
         helper.make_node("Add", ["head_h4", "head_b2"], ["logits"]),
     ])
@@ -160,11 +162,13 @@ def fused_counts(counts: Counter) -> dict:
     return out | {"nodes": sum(counts.values())}
 
 
-def fuse(plain: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: int) -> dict:
-    """Write `dst` = `plain` after onnxruntime's offline BERT fusions; return the record of what fused."""
+def fuse(plain: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: int,
+         model_type: str = "bert") -> dict:
+    """Write `dst` = `plain` after onnxruntime's offline transformer fusions for `model_type` (the family's
+    `ort_model_type`); return the record of what fused."""
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
-    optimized = optimize_model(str(plain), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+    optimized = optimize_model(str(plain), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
                                opt_level=0, use_gpu=False)
     optimized.save_model_to_file(str(dst))   # adds the com.microsoft opset import the fused ops need
     typed = True
@@ -176,7 +180,7 @@ def fuse(plain: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers
     counts = fused_counts(op_counts(dst))
     expected = {"attention": num_layers, "skip_layer_norm": 2 * num_layers, "gelu": num_layers}
     missing = {k: f"{counts[k]}/{n}" for k, n in expected.items() if counts[k] < n}
-    record = {"optimizer": "onnxruntime.transformers.optimizer.optimize_model", "model_type": "bert",
+    record = {"optimizer": "onnxruntime.transformers.optimizer.optimize_model", "model_type": model_type,
               "num_heads": num_heads, "hidden_size": hidden_size, "opt_level": 0,
               "fused_nodes": counts, "plain_nodes": sum(op_counts(plain).values()),
               "expected_per_model": expected, "fully_fused": not missing, "typed_value_info": typed}
@@ -257,7 +261,6 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = OPS
     else:
         quantization_config(recipe, per_channel)   # refuse an unknown name before any work
         why = "given"
-    config = model.config
     with AtomicFolder(Path(out)) as tmp, known_harmless_messages_silenced():
         hf = to_hf_classifier(model)
         hf.save_pretrained(str(tmp / REFERENCE_HF))
@@ -272,9 +275,10 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = OPS
         shutil.move(str(tmp / "onnx" / PLAIN), str(tmp / PLAIN))
         shutil.rmtree(tmp / "onnx")
         if mean:
-            append_mean_pooled_head(tmp / PLAIN, model.exits[-1])
-        fused = fuse(tmp / PLAIN, tmp / FUSED, num_heads=config.num_attention_heads,
-                     hidden_size=config.hidden_size, num_layers=config.num_hidden_layers)
+            append_mean_pooled_head(tmp / PLAIN, model.exits[-1], model.family.head_activation)
+        sizes = model.sizes
+        fused = fuse(tmp / PLAIN, tmp / FUSED, num_heads=sizes.heads, hidden_size=sizes.hidden,
+                     num_layers=sizes.layers, model_type=model.family.ort_model_type)
         quant = quantize_fused(tmp / FUSED, tmp / FUSED_INT8, recipe=recipe, per_channel=per_channel,
                                hf_config=hf.config, work=tmp / "quant")
         quant["recipe_reason"] = why

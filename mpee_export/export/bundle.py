@@ -27,7 +27,6 @@ import transformers
 from mpee_runtime import __version__ as runtime_version
 from mpee_runtime.bundle.contract import (
     BATCH_LAYER_OUTPUTS,
-    EMBEDDING_INPUTS,
     EMBEDDING_OUTPUTS,
     EMBEDDINGS,
     GRAPH_OPS,
@@ -50,6 +49,7 @@ from mpee_runtime.bundle.manifest import (
     Manifest,
     ModelSection,
     PruningSection,
+    SpecialTokens,
     TaskSection,
     ValidationSection,
 )
@@ -144,8 +144,7 @@ def dummy_inputs(model: MpeeModel, names: list[str], batch: bool = False) -> tup
     """The bundle contract's dummy inputs for `names` (with `batch`, a padded batch of rows of different lengths), as
     torch tensors (tracing)."""
     make = batch_dummy_feeds if batch else dummy_feeds
-    feeds = make(names, hidden=model.config.hidden_size, num_labels=model.mpee.num_labels,
-                 vocab_size=model.config.vocab_size)
+    feeds = make(names, hidden=model.sizes.hidden, num_labels=model.mpee.num_labels, vocab_size=model.sizes.vocab)
     return tuple(torch.from_numpy(feeds[n]) for n in names)
 
 
@@ -199,9 +198,9 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
     graph_ops "fused" rewrites the layer graphs with onnxruntime's fused operators (optimize.py); the
     embeddings graph stays standard. The embeddings graph takes any batch (the batch graphs share it)."""
     model.eval()
-    emb_in, emb_out = list(EMBEDDING_INPUTS), list(EMBEDDING_OUTPUTS)
-    _torch_export(EmbeddingsGraph(model), dummy_inputs(model, emb_in), folder / EMBEDDINGS, emb_in, emb_out,
-                  opset, batch=True)
+    embeddings = EmbeddingsGraph(model)
+    emb_in, emb_out = list(embeddings.input_names), list(EMBEDDING_OUTPUTS)
+    _torch_export(embeddings, dummy_inputs(model, emb_in), folder / EMBEDDINGS, emb_in, emb_out, opset, batch=True)
     entries = [GraphEntry("embeddings", EMBEDDINGS, "", emb_in, emb_out)]
     for i in range(model.mpee.num_layers):
         graph = LayerGraph(model, i)
@@ -213,8 +212,8 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
                                     layer=i, prunes=graph.prunes))
     if graph_ops == "fused":
         from .optimize import optimize_layers
-        entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
-                                  hidden=model.config.hidden_size)
+        entries = optimize_layers(folder, entries, num_heads=model.sizes.heads, hidden=model.sizes.hidden,
+                                  model_type=model.family.ort_model_type)
     return seal_graphs(folder, entries, bundle, tokenizer_sha256)
 
 
@@ -235,8 +234,8 @@ def export_batch_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: s
                                     prunes=graph.prunes, batch=True))
     if graph_ops == "fused":
         from .optimize import optimize_layers
-        entries = optimize_layers(folder, entries, num_heads=model.config.num_attention_heads,
-                                  hidden=model.config.hidden_size)
+        entries = optimize_layers(folder, entries, num_heads=model.sizes.heads, hidden=model.sizes.hidden,
+                                  model_type=model.family.ort_model_type)
     return seal_graphs(folder, entries, bundle, tokenizer_sha256)
 
 
@@ -258,14 +257,19 @@ def task_section(mpee) -> TaskSection | None:
 
 
 def build_manifest(model: MpeeModel, entries: list[GraphEntry], tokenizer_sha: str, opts: ExportOptions,
-                   bundle: str, batch_entries: list[GraphEntry] | None = None) -> Manifest:
-    """The bundle's manifest for `model`, not yet validated (validation.passed is False)."""
-    c, m = model.config, model.mpee
+                   bundle: str, batch_entries: list[GraphEntry] | None = None,
+                   special_tokens: SpecialTokens | None = None) -> Manifest:
+    """The bundle's manifest for `model`, not yet validated (validation.passed is False). `special_tokens`: the
+    tokenizer's (`Family.special_tokens`; None: the family config's pad id, for tests without a tokenizer)."""
+    s, m = model.sizes, model.mpee
+    if special_tokens is None:
+        pad = model.config.pad_token_id or 0
+        special_tokens = SpecialTokens(pad, pad, pad)
     return Manifest(
-        model=ModelSection(num_layers=m.num_layers, hidden_size=c.hidden_size,
-                             intermediate_size=c.intermediate_size, num_heads=c.num_attention_heads,
-                             labels=list(m.labels), max_length=m.max_length, vocab_size=c.vocab_size, task=m.task,
-                             truncation=m.truncation),
+        model=ModelSection(num_layers=m.num_layers, hidden_size=s.hidden, intermediate_size=s.intermediate,
+                           num_heads=s.heads, labels=list(m.labels), max_length=m.max_length, vocab_size=s.vocab,
+                           task=m.task, truncation=m.truncation, family=model.family.model_type,
+                           special_tokens=special_tokens),
         pruning=PruningSection(prune_layers=list(m.prune_layers), keep_ratios=list(m.keep_ratios),
                                  scoring=m.scoring, prune_select=m.prune_select, fuse_token=m.fuse_token,
                                  betas=list(m.betas), lam=m.lam),
@@ -307,7 +311,8 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         if opts.batch_graphs:
             batch_entries = export_batch_graphs(model, tmp, opts.opset, graph_ops=opts.graph_ops, bundle=identity,
                                                 tokenizer_sha256=tokenizer_sha)
-        manifest = build_manifest(model, entries, tokenizer_sha, opts, identity, batch_entries)
+        manifest = build_manifest(model, entries, tokenizer_sha, opts, identity, batch_entries,
+                                  model.family.special_tokens(model.config, tokenizer))
         # 2. validation (the decision is validate.py's)
         examples = validation_examples(tokenizer, texts, model)
         log(f"exported {len(entries)} graphs; validating on {len(examples)} "

@@ -20,15 +20,17 @@ DUMMY_SEQ = 16
 
 
 def dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: int, seq: int = DUMMY_SEQ,
-                keep_ratio: float = 0.7, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                keep_ratio: float = 0.7, rng: np.random.Generator | None = None, cls_id: int = 2
+                ) -> dict[str, np.ndarray]:
     """Random inputs (batch 1, `seq` tokens) for the graph inputs `names`: export tracing and parity checks.
 
-    Token ids start with id 2 or 101 as a stand-in [CLS]; the second half of the tokens is segment 1;
-    scores are a distribution over positions 1..seq-1, as a score memory is.
+    Token ids start with `cls_id` ([CLS] / <s>) and avoid the first five ids (special tokens in every family
+    here: no padding id among them); the second half of the tokens is segment 1; scores are a distribution
+    over positions 1..seq-1, as a score memory is.
     """
     rng = rng or np.random.default_rng(0)
     ids = rng.integers(5, vocab_size, (1, seq)).astype(np.int64)
-    ids[0, 0] = 101 if vocab_size > 101 else 2
+    ids[0, 0] = cls_id
     scores = rng.random((1, seq - 1)).astype(np.float32)
     values = {INPUT_IDS: ids, TOKEN_TYPE_IDS: (np.arange(seq)[None] >= seq // 2).astype(np.int64),
               HIDDEN: rng.standard_normal((1, seq, hidden)).astype(np.float32),
@@ -39,14 +41,14 @@ def dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: i
 
 def batch_dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: int,
                       lengths: tuple[int, ...] = (DUMMY_SEQ, DUMMY_SEQ - 5, DUMMY_SEQ - 9), keep_ratio: float = 0.7,
-                      rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                      rng: np.random.Generator | None = None, cls_id: int = 2) -> dict[str, np.ndarray]:
     """`dummy_feeds` for a padded batch with rows of `lengths` real tokens (padding zeroed, each row's scores a
     distribution over its own positions 1..n-1): batch graphs' export tracing and parity checks."""
     rng = rng or np.random.default_rng(0)
     b, n = len(lengths), max(lengths)
     per_row = [n for n in names if n != LENGTHS]
     rows = [dummy_feeds(per_row, hidden=hidden, num_labels=num_labels, vocab_size=vocab_size, seq=m,
-                        keep_ratio=keep_ratio, rng=rng) for m in lengths]
+                        keep_ratio=keep_ratio, rng=rng, cls_id=cls_id) for m in lengths]
     feeds = {}
     for name in names:
         if name == KEEP_RATIO:

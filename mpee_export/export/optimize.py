@@ -55,33 +55,35 @@ MS_DOMAIN = "com.microsoft"
 SCORE_PREFIX = "score_q"
 
 
-def fusion_options():
+def fusion_options(model_type: str = "bert"):
     from onnxruntime.transformers.fusion_options import FusionOptions
-    options = FusionOptions("bert")
+    options = FusionOptions(model_type)
     options.enable_attention = False   # fused below (fuse_attention), keeping the token score's inputs
     options.enable_skip_layer_norm = False   # slower than Add + LayerNormalization (module docstring)
     return options
 
 
-def optimize_layers(folder: Path, entries: list[GraphEntry], *, num_heads: int, hidden: int
-                    ) -> list[GraphEntry]:
+def optimize_layers(folder: Path, entries: list[GraphEntry], *, num_heads: int, hidden: int,
+                    model_type: str = "bert") -> list[GraphEntry]:
     """Fuse every layer graph in place (`fuse_layer`); return the entries (the caller seals them:
     bundle.seal_graphs stamps and hashes the rewritten files)."""
     for e in entries:
         if e.layer is not None:
-            fuse_layer(folder / e.file, num_heads=num_heads, hidden=hidden)
+            fuse_layer(folder / e.file, num_heads=num_heads, hidden=hidden, model_type=model_type)
     return entries
 
 
-def fuse_layer(path: Path, *, num_heads: int, hidden: int) -> dict:
-    """Rewrite one layer graph with the fused operators; return the fused-op counts."""
+def fuse_layer(path: Path, *, num_heads: int, hidden: int, model_type: str = "bert") -> dict:
+    """Rewrite one layer graph with the fused operators; return the fused-op counts. `model_type`: the model type
+    onnxruntime's optimizer is given (`Family.ort_model_type`; every family here is "bert" to it, as our
+    attention is written the same way for all)."""
     from onnxruntime.transformers.optimizer import optimize_model
     logger = logging.getLogger("onnxruntime.transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden,
-                               optimization_options=fusion_options(), opt_level=0)
+        model = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden,
+                               optimization_options=fusion_options(model_type), opt_level=0)
         fuse_attention(model, num_heads)
         received_attention_rows(model)
         residual_sums(model)

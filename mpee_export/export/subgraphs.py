@@ -27,12 +27,17 @@ def exit_head_weights(module: nn.Module, head: nn.Module) -> list[str]:
 
 
 class EmbeddingsGraph(nn.Module):
+    """The family's embeddings on the token tensors it reads (`Family.embedding_inputs`), any batch: rows padded
+    with the pad id (RoBERTa's positions skip it), so no mask is needed."""
+
     def __init__(self, model: MpeeModel) -> None:
         super().__init__()
-        self.embeddings = model.bert.embeddings
+        self.model = model
+        self.input_names = list(model.family.embedding_inputs)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.input_names, inputs))
+        return self.model.family.embed(self.model.backbone, named[S.INPUT_IDS], named.get(S.TOKEN_TYPE_IDS), None)
 
 
 class LayerGraph(nn.Module):
@@ -89,16 +94,17 @@ class BatchLayerGraph(nn.Module):
 class ChainGraph(nn.Module):
     """Every layer in one graph, no early exit: outputs the probabilities after each layer (1, L, C)."""
 
-    input_names = (S.INPUT_IDS, S.TOKEN_TYPE_IDS, S.KEEP_RATIO)
     output_names = ("layer_probs",)
 
     def __init__(self, model: MpeeModel) -> None:
         super().__init__()
         self.model = model
+        self.input_names = (*model.family.embedding_inputs, S.KEEP_RATIO)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep_ratio: torch.Tensor
-                ) -> torch.Tensor:
-        hidden = self.model.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.input_names, inputs))
+        keep_ratio = named[S.KEEP_RATIO]
+        hidden = self.model.family.embed(self.model.backbone, named[S.INPUT_IDS], named.get(S.TOKEN_TYPE_IDS), None)
         state = LayerState(hidden, None)
         probs = []
         for i in range(self.model.mpee.num_layers):

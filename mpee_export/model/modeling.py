@@ -1,8 +1,8 @@
-"""The MPEE model on Hugging Face `BertModel`: exit heads with classifier memory, token pruning with
+"""The MPEE model on a Hugging Face encoder of any supported family (families/): exit heads with classifier memory, token pruning with
 class-attention score memory and a fused token, the self-distillation teacher and the training loss.
 
-Everything follows docs/design.md section 2. Each layer is computed from the `BertLayer`'s own sub-modules so
-that the attention probabilities (before dropout) are available and the pruning step can sit between
+Everything follows docs/design.md section 2. Each layer is computed from its own sub-modules, as its family
+names them (`Family.attention_parts`, `Family.feed_forward`), so that the attention probabilities (before dropout) are available and the pruning step can sit between
 the attention block and the FFN. Batches are right-padded; every per-sample quantity (keep count,
 ranking, fused token) is computed from the sample's own real length, so a sample gives the same result
 alone or in a batch. Shapes: B batch, N current length (incl. [CLS] and a fused token), d hidden, C
@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.onnx.operators import shape_as_tensor
-from transformers import BertConfig, BertModel
-from transformers.models.bert.modeling_bert import BertLayer
+from transformers import PretrainedConfig
+from transformers.activations import get_activation
 
+from mpee_runtime.bundle.contract import TOKEN_TYPE_IDS
 from mpee_runtime.core.flops import FlopsModel
 from mpee_runtime.core.policy import BatchExitRule, ExitPolicy
 
 from .config import MpeeConfig
+from .families import AttentionParts, ClassifierHead, Family, family_of
 
 # k = ceil(r * (N - 1) - KEEP_EPS): without the tolerance, float rounding decides the count
 # (0.7 * 10 is 7.000000000000001 in float64 but 6.9999999 in float32).
@@ -40,7 +42,9 @@ def keep_count(n_tokens: torch.Tensor, ratio: float | torch.Tensor) -> torch.Ten
 
 
 class ExitHead(nn.Module):
-    """Pooling -> pooler (Linear d->d, tanh) -> dropout -> Linear d->C.
+    """Pooling -> pooler (Linear d->d) -> activation -> dropout -> Linear d->C: the shape of the family's own
+    classification head (BERT's pooler and classifier, RoBERTa's dense and out_proj with tanh, ELECTRA's with
+    GELU, DistilBERT's pre_classifier with ReLU).
 
     Pooling "cls" reads position 0 (the paper's choice, right for NSP-pretrained BERTs). "mean" averages
     the current sequence's real tokens, each with weight 1: [CLS], the kept tokens and the fused token.
@@ -52,12 +56,17 @@ class ExitHead(nn.Module):
     no per-token count carried from layer to layer, so the bundle's graph inputs stay the same.
     """
 
-    def __init__(self, config: BertConfig, num_labels: int, pooling: str = "cls") -> None:
+    def __init__(self, hidden: int, num_labels: int, pooling: str = "cls", activation: str = "tanh",
+                 dropout: float = 0.1) -> None:
         super().__init__()
         self.pooling = pooling
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.pooler = nn.Linear(hidden, hidden)
+        self.activation = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    def as_classifier_head(self) -> ClassifierHead:
+        return ClassifierHead(self.pooler, self.classifier)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # (B, N, d) -> (B, d)
         if self.pooling == "cls":
@@ -67,7 +76,7 @@ class ExitHead(nn.Module):
         return (hidden * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # -> (B, C)
-        return self.classifier(self.dropout(torch.tanh(self.pooler(self.pool(hidden, mask)))))
+        return self.classifier(self.dropout(self.activation(self.pooler(self.pool(hidden, mask)))))
 
 
 class Teacher(nn.Module):
@@ -115,28 +124,31 @@ class MpeePrediction:
     ffn_lens: list[int]
 
 
-def attention_block(layer: BertLayer, hidden: torch.Tensor, mask: torch.Tensor | None, scoring: str | None
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Self-attention, output dense, residual and LayerNorm of a `BertLayer`, and this layer's token scores.
+def attention_block(parts: AttentionParts, hidden: torch.Tensor, mask: torch.Tensor | None, scoring: str | None,
+                    extra_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Self-attention, output projection, residual and LayerNorm of a layer, and this layer's token scores.
 
     Returns the block output (B, N, d) and the scores of positions 1..N-1 (B, N-1). The scores of "cls"
     and "mean" are computed on the side from the queries and keys (one query row per head, O(N d)),
     not read from the attention probabilities, so that the main attention is the standard pattern an
     optimizer can fuse; "all" needs the whole probability matrix. `scoring` None: no scores (None).
+    `extra_bias`: the family's additive attention bias (`Family.attention_bias`), None for most.
     """
-    sa = layer.attention.self
     b, n, _ = hidden.shape
-    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+    heads = parts.heads
+    head_dim = parts.query.out_features // heads
 
     def split(x: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, H, N, dh)
         return x.view(b, n, heads, head_dim).transpose(1, 2)
 
-    q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
+    q, k, v = split(parts.query(hidden)), split(parts.key(hidden)), split(parts.value(hidden))
     bias = None if mask is None else ((1.0 - mask) * torch.finfo(hidden.dtype).min)[:, None, None, :]
     logits = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    if extra_bias is not None:
+        logits = logits + extra_bias
     probs = (logits if bias is None else logits + bias).softmax(dim=-1)
-    context = (sa.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
-    out = layer.attention.output(context, hidden)
+    context = (parts.dropout(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+    out = parts.output(context, hidden)
     if scoring is None:
         return out, None
     if scoring == "all":
@@ -254,36 +266,70 @@ def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: boo
 
 
 class MpeeModel(nn.Module):
-    """BERT encoder with an exit head after every layer, token pruning and the distillation teacher."""
+    """An encoder of a supported family with an exit head after every layer, token pruning and the distillation
+    teacher. The encoder is held under its family's prefix (`bert`, `roberta`, ...: `backbone`), so the saved
+    weight names are those of the family's own models."""
 
-    def __init__(self, bert_config: BertConfig, mpee: MpeeConfig) -> None:
+    def __init__(self, config: PretrainedConfig, mpee: MpeeConfig) -> None:
         super().__init__()
-        if mpee.num_layers != bert_config.num_hidden_layers:
-            raise ValueError(f"mpee.num_layers {mpee.num_layers} != num_hidden_layers "
-                             f"{bert_config.num_hidden_layers}")
-        self.config = bert_config
+        self.family: Family = family_of(config)
+        self.sizes = self.family.sizes(config)
+        if mpee.num_layers != self.sizes.layers:
+            raise ValueError(f"mpee.num_layers {mpee.num_layers} != the backbone's {self.sizes.layers} layers")
+        self.config = config
         self.mpee = mpee
-        self.bert = BertModel(bert_config, add_pooling_layer=False)
-        self.exits = nn.ModuleList(ExitHead(bert_config, mpee.num_labels, mpee.exit_pooling)
+        self.add_module(self.family.prefix, self.family.build_backbone(config))
+        self.exits = nn.ModuleList(ExitHead(self.sizes.hidden, mpee.num_labels, mpee.exit_pooling,
+                                            self.family.head_activation, self.family.head_dropout(config))
                                    for _ in range(mpee.num_layers))
         self.teacher = Teacher(mpee.num_labels)
         for module in (*self.exits, self.teacher):
             module.apply(self._init_linear)
+        self.frozen = False
 
     def _init_linear(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            module.weight.data.normal_(0.0, self.config.initializer_range)
+            module.weight.data.normal_(0.0, self.family.initializer_range(self.config))
             module.bias.data.zero_()
 
     @property
-    def lam(self) -> float:
+    def backbone(self) -> nn.Module:
+        """The family's encoder (embeddings and layers; no pooler: each exit head has its own)."""
+        return getattr(self, self.family.prefix)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.family.layers(self.backbone)
+
+    def freeze_backbone(self) -> None:
+        """Train the exits only (--freeze-backbone): the encoder and the last exit head, which holds the user's
+        classifier head, get no gradient and stay in eval mode (no dropout) whatever `train()` is called with,
+        so they end bit for bit as they started."""
+        self.frozen = True
+        for p in (*self.backbone.parameters(), *self.exits[-1].parameters()):
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MpeeModel:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+            self.exits[-1].eval()
+        return self
+
+    def lam_at(self, layer: int) -> float:
+        """The classifier memory's weight on layer `layer`'s own logits: m = (1 - lam) m_prev + lam z."""
         # Without layer exits only the last head predicts, so there is nothing to blend.
-        return self.mpee.lam if self.mpee.layer_exit else 1.0
+        if not self.mpee.layer_exit:
+            return 1.0
+        if layer == self.mpee.num_layers - 1 and self.mpee.lam_last is not None:
+            return self.mpee.lam_last
+        return self.mpee.lam
 
     @property
     def flops_model(self) -> FlopsModel:
-        c = self.config
-        return FlopsModel(c.hidden_size, c.intermediate_size, self.mpee.num_labels, c.num_hidden_layers)
+        s = self.sizes
+        return FlopsModel(s.hidden, s.intermediate, self.mpee.num_labels, s.layers)
 
     def scores_needed(self, layer: int) -> bool:
         """Whether layer `layer` computes token scores: only a pruning layer at or after it reads the score
@@ -300,20 +346,23 @@ class MpeeModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None) -> LayerState:
+        """Right-padded (B, T) token ids to the first layer's state; token types are read only by the families
+        whose embeddings take them (zeros when not given)."""
+        if token_type_ids is None and TOKEN_TYPE_IDS in self.family.embedding_inputs:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.family.embed(self.backbone, input_ids, token_type_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return LayerState(hidden, attention_mask.to(hidden.dtype))
 
     def layer_step(self, i: int, state: LayerState, keep_ratio: float | None = None
                    ) -> tuple[LayerState, LayerStats]:
         """Run layer i (0-based): attention, score memory, pruning, FFN, exit head, classifier memory."""
-        layer = self.bert.encoder.layer[i]
+        layer = self.layers[i]
         attn_len = _lengths(state)
         scoring = self.mpee.scoring if self.scores_needed(i) else None
-        attn_out, current = attention_block(layer, state.hidden, state.mask, scoring)
+        attn_out, current = attention_block(self.family.attention_parts(layer), state.hidden, state.mask, scoring,
+                                            self.family.attention_bias(self.backbone, i, state.hidden))
         beta = self.mpee.betas[i]
         if current is None:
             scores = state.scores
@@ -323,9 +372,11 @@ class MpeeModel(nn.Module):
         ratio = self.keep_ratio_at(i, keep_ratio)
         if ratio is not None:
             state = prune_tokens(state, ratio, fuse=self.mpee.fuse_token, select=self.mpee.prune_select)
-        hidden = layer.output(layer.intermediate(state.hidden), state.hidden)
+        hidden = self.family.feed_forward(layer, state.hidden)
         logits = self.exits[i](hidden, state.mask)
-        memory = logits if state.memory is None else (1 - self.lam) * state.memory + self.lam * logits
+        lam = self.lam_at(i)
+        # lam 1 still reads the memory (0 * m + z = z exactly): the layer graph keeps the contract's memory input.
+        memory = logits if state.memory is None else (1 - lam) * state.memory + lam * logits
         new = LayerState(hidden, state.mask, state.scores, memory)
         return new, LayerStats(attn_len, _lengths(state))
 

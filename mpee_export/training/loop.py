@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,10 +33,13 @@ from ..data.datasets import DataSource, task_fields
 from ..data.glue import Task
 from ..errors import MpeeExportError
 from ..model.checkpoint import (
+    classifier_labels,
     from_backbone,
+    from_classifier,
     load_backbone_config,
     load_state,
     load_tokenizer,
+    model_family,
     save_checkpoint,
 )
 from ..model.config import DEFAULT_LR, MpeeConfig
@@ -63,15 +66,35 @@ def mpee_config(backbone: Path, task: Task, **build) -> MpeeConfig:
     defaults for anything not given). A max_length beyond the backbone's position embeddings is refused; none
     given is 128, or the positions if fewer."""
     config = load_backbone_config(backbone)
-    positions = getattr(config, "max_position_embeddings", None)
+    sizes = model_family(config).sizes(config)
+    positions = sizes.positions
     if build.get("max_length") is None:   # the default, within the backbone's positions
-        build["max_length"] = min(MpeeConfig.max_length, positions or MpeeConfig.max_length)
+        build["max_length"] = min(MpeeConfig.max_length, positions)
     max_length = build["max_length"]
-    if positions is not None and max_length > positions:
+    if max_length > positions:
         raise MpeeExportError(f"--max-length {max_length} is more than the backbone's {positions} positions "
                               f"({backbone}); use at most {positions}")
-    return MpeeConfig.build(num_layers=config.num_hidden_layers, labels=list(task.labels), **task_fields(task),
-                            **build)
+    return MpeeConfig.build(num_layers=sizes.layers, labels=list(task.labels), **task_fields(task), **build)
+
+
+def classifier_task(task: Task, classifier: Path) -> Task:
+    """`task` with its classes in the order of the user's classifier (--from-classifier: class i of the model is
+    the classifier's class i). The classifier's id2label names the task's labels (in any order, for a task on the
+    user's files, whose label order the checkpoint records), or is transformers' default LABEL_0..LABEL_{n-1},
+    which stands for the task's labels in its own order (as transformers' run_glue maps them)."""
+    names = classifier_labels(classifier)
+    if len(names) != len(task.labels):
+        raise MpeeExportError(f"classifier {classifier} has {len(names)} classes {names}, the task {task.name} "
+                              f"{len(task.labels)} {list(task.labels)}")
+    if names == [f"LABEL_{i}" for i in range(len(names))] or names == list(task.labels):
+        return task
+    if set(names) != set(task.labels):
+        raise MpeeExportError(f"classifier {classifier} names its classes {names}; the task {task.name}'s labels are "
+                              f"{list(task.labels)}: set the classifier's id2label to the task's labels")
+    if task.folder is not None:
+        raise MpeeExportError(f"classifier {classifier} orders the classes {names}, the GLUE task {task.name} "
+                              f"{list(task.labels)}: class i must be the task's label i")
+    return replace(task, labels=tuple(names))
 
 
 @dataclass
@@ -94,6 +117,8 @@ class TrainArgs:
     device: str = "cpu"             # cpu, cuda, mps, or auto (mpee-train's default; cuda:LOCAL_RANK under torchrun)
     precision: str = "fp32"         # autocast dtype: distributed.TRAIN_PRECISIONS
     grad_accum: int = 1             # micro-batches per process per global batch
+    from_classifier: bool = False   # `backbone` is the user's XxxForSequenceClassification (checkpoint.from_classifier)
+    freeze_backbone: bool = False   # train the exits only (MpeeModel.freeze_backbone)
 
     def fingerprint(self) -> dict:
         """What must not change between an interrupted run and its resumption.
@@ -171,10 +196,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _optimizer(model: MpeeModel, args: TrainArgs) -> torch.optim.AdamW:
+def make_optimizer(model: MpeeModel, args: TrainArgs) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim == 1 else decay).append(p)  # no decay on biases and LayerNorm
+        if p.requires_grad:   # frozen parameters (--freeze-backbone) are left out
+            (no_decay if p.ndim == 1 else decay).append(p)  # no decay on biases and LayerNorm
     return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
 
@@ -287,14 +313,18 @@ def _setup(args: TrainArgs, env: DistEnv, device: torch.device, log) -> _Run:
     train_examples = args.data.load("train", limit=args.max_train_samples)
     dev_examples = args.data.load("dev", limit=args.max_eval_samples)
     torch.manual_seed(args.seed)
-    model = from_backbone(args.backbone, args.mpee).to(device)
+    if args.freeze_backbone and not args.from_classifier:
+        raise MpeeExportError("--freeze-backbone trains the exits of a fine-tuned classifier: give --from-classifier")
+    model = (from_classifier if args.from_classifier else from_backbone)(args.backbone, args.mpee).to(device)
+    if args.freeze_backbone:
+        model.freeze_backbone()
     tokenizer = load_tokenizer(args.backbone)
     train_data = encode(train_examples, tokenizer, args.mpee.max_length, args.mpee.truncation)
     dev_data = encode(dev_examples, tokenizer, args.mpee.max_length, args.mpee.truncation)
     steps_per_epoch = math.ceil(len(train_data) / args.batch_size)
     total = steps_per_epoch * args.epochs
     warmup = int(args.warmup_ratio * total)
-    opt = _optimizer(model, args)
+    opt = make_optimizer(model, args)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
     return _Run(args, env, device, task, model, model, opt, sched, grad_scaler(args.precision, device), tokenizer,
                 train_data, dev_data, steps_per_epoch, log)

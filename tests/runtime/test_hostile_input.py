@@ -166,6 +166,11 @@ def test_two_layers_swapped(bundle, capsys):
     (("export", "opset"), 11, "export.opset"),
     (("model",), None, "model"),
     (("pruning", "lam"), None, "pruning.lam"),
+    (("model", "family"), None, "model.family"),
+    (("model", "special_tokens"), None, "model.special_tokens"),
+    (("model", "special_tokens", "pad"), 10**6, "model.special_tokens.pad"),
+    (("model", "special_tokens", "cls"), -1, "model.special_tokens.cls"),
+    (("graphs", 0, "inputs"), ["token_type_ids"], "graphs[0]"),
 ])
 def test_mistyped_manifest_fields(bundle, capsys, path, value, needle):
     manifest = _manifest(bundle)

@@ -15,8 +15,10 @@ from ..errors import MpeeRuntimeError, shown
 # 4: model.truncation (head, head+tail): a runtime that does not know it must not read a head+tail bundle.
 # 5: batch_graphs (optional): per-layer graphs that run a padded batch row by row (`batch_layer_inputs`); the
 #    embeddings graph takes any batch. Bundles of 3 and 4 have none: they run batches one row at a time.
-SCHEMA_VERSION = 5
-SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5)
+# 6: model.family and model.special_tokens (padding uses its pad id); the embeddings graph takes the inputs its
+#    family reads (`EMBEDDING_INPUT_SETS`). Bundles before 6 are BERT's: both inputs, [PAD] = 0.
+SCHEMA_VERSION = 6
+SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -50,6 +52,10 @@ HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY = "hidden_out", "scores_out",
 # Batch graphs: each row's real tokens are a prefix of its padded row, `lengths` (B,) int64 long, [CLS] included.
 LENGTHS, LENGTHS_OUT = "lengths", "lengths_out"
 EMBEDDING_INPUTS, EMBEDDING_OUTPUTS = (INPUT_IDS, TOKEN_TYPE_IDS), (HIDDEN,)
+# The embeddings graph's inputs, one set per kind of family: with token types (BERT, ELECTRA) or without
+# (RoBERTa, XLM-R, DistilBERT). The manifest's embeddings entry says which one a bundle's graph takes.
+EMBEDDING_INPUT_SETS = (EMBEDDING_INPUTS, (INPUT_IDS,))
+BERT_PAD_ID = 0                   # the pad id of bundles written before schema 6 (all BERT)
 LAYER_OUTPUTS = (HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY)
 BATCH_LAYER_OUTPUTS = LAYER_OUTPUTS + (LENGTHS_OUT,)
 # Which output feeds which input of the next layer.

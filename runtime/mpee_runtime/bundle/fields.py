@@ -32,12 +32,13 @@ class Fields:
             raise MpeeRuntimeError(f"{self.file}: missing field {self.where}.{key}")
         return self.data[key]
 
-    def integer(self, key: str, *, lo: int | None = None, optional: bool = False) -> int | None:
+    def integer(self, key: str, *, lo: int | None = None, hi: int | None = None, optional: bool = False) -> int | None:
         v = self.get(key, optional)
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-            raise self.fail(key, "an integer" + (f" >= {lo}" if lo is not None else ""))
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = (f" >= {lo}" if lo is not None else "") + (f" and <= {hi}" if hi is not None else "")
+            raise self.fail(key, "an integer" + bounds)
         return v
 
     def number(self, key: str, *, lo: float, hi: float, lo_open: bool = False) -> float:

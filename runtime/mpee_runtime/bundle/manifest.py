@@ -23,8 +23,9 @@ from ..errors import MpeeRuntimeError, shown
 from ..files import write_text
 from .contract import (
     BATCH_LAYER_OUTPUTS,
+    BERT_PAD_ID,
     BUNDLE_PRECISIONS,
-    EMBEDDING_INPUTS,
+    EMBEDDING_INPUT_SETS,
     EMBEDDING_OUTPUTS,
     EXIT_POOLINGS,
     FORMAT,
@@ -51,6 +52,22 @@ from .integrity import check_integrity, seal, sha256_of
 
 # ---------------------------------------------------------------- sections
 @dataclass(frozen=True)
+class SpecialTokens:
+    """The tokenizer's special token ids the model was exported with: the first token ([CLS] / <s>), the separator,
+    and the pad id that padded rows are filled with (masked out; families such as RoBERTa count positions
+    over the tokens that are not padding, so it must be this id)."""
+
+    cls: int
+    sep: int
+    pad: int
+
+    @classmethod
+    def parse(cls, f: Fields, vocab_size: int) -> SpecialTokens:
+        hi = vocab_size - 1
+        return cls(cls=f.integer("cls", lo=0, hi=hi), sep=f.integer("sep", lo=0, hi=hi), pad=f.integer("pad", lo=0, hi=hi))
+
+
+@dataclass(frozen=True)
 class ModelSection:
     num_layers: int
     hidden_size: int
@@ -61,22 +78,33 @@ class ModelSection:
     vocab_size: int
     task: str | None = None
     truncation: str = "head"          # TRUNCATIONS; bundles written before it was recorded cut the head
+    family: str = "bert"              # the encoder's model_type (schema 6); informative: the graphs say the rest
+    special_tokens: SpecialTokens | None = None   # schema 6; None before (BERT: [PAD] = 0)
 
+    @property
+    def pad_token_id(self) -> int:
+        return BERT_PAD_ID if self.special_tokens is None else self.special_tokens.pad
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
     @classmethod
-    def parse(cls, f: Fields) -> ModelSection:
+    def parse(cls, f: Fields, version: int = SCHEMA_VERSION) -> ModelSection:
         labels = f.items("labels", str, what="label strings")
         if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
             raise f.fail("labels", "at least 2 distinct non-empty label strings")
+        vocab_size = f.integer("vocab_size", lo=1)
+        family, special = "bert", None
+        if version >= 6:
+            family = f.text("family")
+            special = SpecialTokens.parse(f.section("special_tokens"), vocab_size)
         return cls(num_layers=f.integer("num_layers", lo=1), hidden_size=f.integer("hidden_size", lo=1),
                    intermediate_size=f.integer("intermediate_size", lo=1), num_heads=f.integer("num_heads", lo=1),
-                   labels=labels, max_length=f.integer("max_length", lo=2), vocab_size=f.integer("vocab_size", lo=1),
+                   labels=labels, max_length=f.integer("max_length", lo=2), vocab_size=vocab_size,
                    task=f.text("task", optional=True),
-                   truncation=f.text("truncation", choices=TRUNCATIONS, optional=True) or "head")
+                   truncation=f.text("truncation", choices=TRUNCATIONS, optional=True) or "head",
+                   family=family, special_tokens=special)
 
 
 @dataclass(frozen=True)
@@ -178,9 +206,11 @@ class GraphEntry:
                    batch=f.flag("batch") if "batch" in f.data else False)
 
     def expected_io(self) -> tuple[list[str], list[str]]:
-        """The inputs and outputs the contract requires of this graph."""
+        """The inputs and outputs the contract requires of this graph (the embeddings graph: the input set it
+        records, when it is one of the contract's)."""
         if self.layer is None:
-            return list(EMBEDDING_INPUTS), list(EMBEDDING_OUTPUTS)
+            inputs = next((list(s) for s in EMBEDDING_INPUT_SETS if list(s) == self.inputs), EMBEDDING_INPUT_SETS[0])
+            return list(inputs), list(EMBEDDING_OUTPUTS)
         if self.batch:
             return batch_layer_inputs(self.layer, self.prunes), list(BATCH_LAYER_OUTPUTS)
         return layer_inputs(self.layer, self.prunes), list(LAYER_OUTPUTS)
@@ -290,7 +320,7 @@ class Manifest:
         top = Fields(data, "manifest")
         version = cls.check_version(data)
         top.text("format", choices=(FORMAT,))
-        model = ModelSection.parse(top.section("model"))
+        model = ModelSection.parse(top.section("model"), version)
         graph_list = top.get("graphs")
         if not isinstance(graph_list, list):
             raise top.fail("graphs", "a list")

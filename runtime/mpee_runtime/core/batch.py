@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, LENGTHS, MEMORY, SCORES, TOKEN_TYPE_IDS
+from ..bundle.contract import HIDDEN, KEEP_RATIO, LENGTHS, MEMORY, SCORES
 from ..bundle.manifest import Manifest
 from .padding import pad_rows
 from .policy import BatchExitRule
@@ -34,6 +34,8 @@ class Chain(Protocol):
     manifest: Manifest
 
     def batch_sessions(self) -> list[ort.InferenceSession]: ...
+
+    def embedding_feeds(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ def run_rows(engine: Chain, input_ids: Sequence[np.ndarray], token_type_ids: Seq
     sessions, inputs, outputs = engine.sessions, engine.input_names, engine.output_names
     batch_sessions, entries = engine.batch_sessions(), engine.manifest.batch_graphs
     n_rows, num_layers = len(input_ids), engine.num_layers
-    ids, _, types = pad_rows([(a[None], b[None]) for a, b in zip(input_ids, token_type_ids)])
+    ids, _, types = pad_rows([(a[None], b[None]) for a, b in zip(input_ids, token_type_ids)],
+                             engine.manifest.model.pad_token_id)
     lengths = np.asarray([len(r) for r in input_ids], dtype=np.int64)
     attn = np.zeros((n_rows, num_layers), dtype=np.int64)
     ffn = np.zeros_like(attn)
@@ -67,7 +70,7 @@ def run_rows(engine: Chain, input_ids: Sequence[np.ndarray], token_type_ids: Seq
     final = None
     layer_probs = layer_entropies = None
     t0 = perf_counter_ns()
-    (hidden,) = sessions[0].run(outputs[0], {INPUT_IDS: ids, TOKEN_TYPE_IDS: types})
+    (hidden,) = sessions[0].run(outputs[0], engine.embedding_feeds(ids, types))
     embed_us = (perf_counter_ns() - t0) / 1e3
     state = {HIDDEN: hidden, LENGTHS: lengths}
     rows = np.arange(n_rows)                      # the original index of each row still running

@@ -98,6 +98,8 @@ class MpeeEngine:
         self._batch_sessions: list[ort.InferenceSession] | None = None   # opened by the first batch
         self._batch_lock = threading.Lock()
         self.input_names = [g.inputs for g in manifest.graphs]
+        # What the embeddings graph reads: token ids, and token types where the family has them (schema 6).
+        self._types_fed = TOKEN_TYPE_IDS in manifest.graphs[0].inputs
         self.output_names = [g.outputs for g in manifest.graphs]
         # The sessions own the cores: tokenizers' own thread pool, woken by every encode_batch, competes with
         # them (measured on 2 cores: 3-9% fewer texts/s at batch 64, benchmarks/results/restructure_rooms).
@@ -225,6 +227,12 @@ class MpeeEngine:
                                               for i, r in zip(sorted(self.default_keep_ratios), ratios)}
         return feeds
 
+    def embedding_feeds(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The embeddings graph's feeds: the inputs its manifest entry names, nothing else."""
+        if self._types_fed:
+            return {INPUT_IDS: input_ids, TOKEN_TYPE_IDS: token_type_ids}
+        return {INPUT_IDS: input_ids}
+
     def run_ids(self, input_ids: np.ndarray, token_type_ids: np.ndarray, *, threshold: float | None = None,
                 keep_ratio: float | Sequence[float] | None = None, policy: str | None = None, record: bool = False,
                 tokenize_us: float | None = None, chars_cut: bool = False, offset_us: float = 0.0) -> Prediction:
@@ -238,7 +246,7 @@ class MpeeEngine:
         sessions, inputs, outputs = self.sessions, self.input_names, self.output_names
         layer_ns = []
         t0 = perf_counter_ns()
-        (hidden,) = sessions[0].run(outputs[0], {INPUT_IDS: input_ids, TOKEN_TYPE_IDS: token_type_ids})
+        (hidden,) = sessions[0].run(outputs[0], self.embedding_feeds(input_ids, token_type_ids))
         embed_ns = perf_counter_ns() - t0
         state = {HIDDEN: hidden}
         attn_lens, ffn_lens, trace_p, trace_h = [], [], [], []

@@ -31,17 +31,16 @@ def length_groups(lengths: Sequence[int], slack: float) -> list[list[int]]:
     return groups
 
 
-PAD_ID = 0             # padding is masked out, so any valid id would do; BERT's [PAD] is 0
-
-
-def pad_rows(encoded: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """input_ids, attention_mask and token_type_ids, int64 (b, T) with T the longest row; padding has mask 0.
+def pad_rows(encoded: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask and token_type_ids, int64 (b, T) with T the longest row; padding has mask 0 and
+    the id `pad_id` (the bundle's `Manifest.model.pad_token_id`: RoBERTa's positions skip exactly that id).
 
     Args:
         encoded: per row, token ids and token type ids, int64 (1, t).
     """
     width = max(ids.shape[1] for ids, _ in encoded)
-    ids = np.full((len(encoded), width), PAD_ID, dtype=np.int64)
+    ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     types = np.zeros_like(ids)
     for r, (row_ids, row_types) in enumerate(encoded):

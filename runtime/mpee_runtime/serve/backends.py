@@ -185,7 +185,7 @@ class FullModelBackend:
             raise FieldError(given[0], "the full model (--full-model) has no exits and prunes no token")
 
     def _logits(self, encoded: list[tuple[np.ndarray, np.ndarray, bool]]) -> np.ndarray:
-        ids, mask, types = self._pad_rows([(i, t) for i, t, _ in encoded])
+        ids, mask, types = self._pad_rows([(i, t) for i, t, _ in encoded], self.engine.manifest.model.pad_token_id)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         (logits,) = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self._inputs})
         return logits

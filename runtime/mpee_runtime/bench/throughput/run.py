@@ -109,14 +109,14 @@ def exit_args(args: argparse.Namespace, engine) -> dict:
 
 
 def full_variants(name: str, precision: str, path: Path, args: argparse.Namespace, encode: Encode,
-                  num_layers: int, aa: bool) -> list[Variant]:
+                  num_layers: int, aa: bool, pad_id: int = 0) -> list[Variant]:
     """A full model's single way (and its A/A twin, on a second load) and its parallel way."""
     from ...core.session import open_session
     T = args.threads
 
     def runner(threads: int) -> Runner:
         sess = open_session(path, threads=threads, spinning=args.spinning, thread_pool="session")
-        return full_model_runner(sess, encode, num_layers)
+        return full_model_runner(sess, encode, num_layers, pad_id)
     out = [Variant(name, FULL, precision, SINGLE, str(path), [runner(T)], T, name)]
     if aa:
         out.append(Variant(name + AA_SUFFIX, FULL, precision, SINGLE, str(path), [runner(T)], T, name))
@@ -192,14 +192,15 @@ def build_plan(args: argparse.Namespace, engine, models: list[tuple[str, str, Pa
     from ..records import reference_export
     ref_export = reference_export(args.reference, notes)
     layers = engine.num_layers
-    variants = full_variants(*models[0], args, engine.encode, layers, aa=True)
+    pad_id = engine.manifest.model.pad_token_id
+    variants = full_variants(*models[0], args, engine.encode, layers, aa=True, pad_id=pad_id)
     variants += mpee_variants("mpee", "fp32", engine, args)
     engines = {"mpee": engine}
     if engine.manifest.precision != "fp32":
         notes.append(f"{args.bundle} holds {engine.manifest.precision} graphs; it is compared with the fp32 full "
                      "model all the same")
     for name, precision, path in models[1:]:
-        variants += full_variants(name, precision, path, args, engine.encode, layers, aa=False)
+        variants += full_variants(name, precision, path, args, engine.encode, layers, aa=False, pad_id=pad_id)
     if args.int8 is not None:
         int8 = open_engine(args, args.int8, args.threads)
         if int8.manifest.precision != "int8":

@@ -52,14 +52,14 @@ def make_batches(texts: Sequence[str], pairs: Sequence[str | None] | None, lengt
     return batches
 
 
-def full_model_runner(session, encode: Encode, num_layers: int) -> Runner:
-    """A full model (inputs input_ids / attention_mask / token_type_ids, output logits (b, labels)) on padded
-    batches; the graph's own input names decide which of the three it is fed."""
+def full_model_runner(session, encode: Encode, num_layers: int, pad_id: int = 0) -> Runner:
+    """A full model (inputs input_ids / attention_mask / token_type_ids, output logits (b, labels)) on batches padded
+    with `pad_id`; the graph's own input names decide which of the three it is fed."""
     names = {i.name for i in session.get_inputs()}
 
     def run(batch: Batch) -> Answers:
         pairs = batch.pairs or [None] * batch.size
-        ids, mask, types = pad_rows([encode(t, p) for t, p in zip(batch.texts, pairs)])
+        ids, mask, types = pad_rows([encode(t, p) for t, p in zip(batch.texts, pairs)], pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         (logits,) = session.run(None, {k: v for k, v in feeds.items() if k in names})
         return Answers([int(x) for x in logits.argmax(axis=1)], [num_layers] * batch.size)
