@@ -138,6 +138,7 @@ def test_train_refuses_freeze_without_a_classifier_and_both_sources(folders, tmp
     click_error(train, common + ["--freeze-backbone"], "give --from-classifier")
     click_error(train, common + ["--backbone", str(folders["bert", False]), "--from-classifier",
                                  str(folders["bert", True])], "not both")
+    click_error(train, common + ["--from-classifier", str(tmp_path / "missing")], "classifier folder not found")
 
 
 def test_the_classifiers_class_order(folders, tmp_path):

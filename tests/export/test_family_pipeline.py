@@ -80,7 +80,7 @@ def pipeline(request, tmp_path_factory) -> Pipeline:
     backbone = tiny_family_folder(family, root / "backbone")
     _ok(train, data + ["--backbone", backbone, "--out", p.ckpt, "--prune-layers", "0,1", "--keep-ratio", "0.5"])
     _ok(export, [p.ckpt, p.bundle, "--dev", dev_csv])
-    _ok(export, [p.ckpt, p.int8, "--dev", dev_csv, "--quantize", "int8"])
+    _ok(export, [p.ckpt, p.int8, "--dev", dev_csv, "--quantize", "int8", "--calibrate", "--max-drop", "50"])
     _ok(train, data + ["--from-classifier", p.classifier, "--freeze-backbone", "--out", p.frozen])
     _ok(export, [p.frozen, p.frozen_bundle, "--dev", dev_csv])
     _ok(export, ["reference", p.frozen, p.reference])
@@ -137,27 +137,32 @@ def _spread_threshold(model, tok, texts: list[str]) -> float:
 
 @pytest.mark.parametrize("keep_ratio", [0.5, 1.0])
 def test_the_chain_answers_as_pytorch_on_every_example(pipeline, keep_ratio):
-    """Batch 1 and batches, fp32: exit layer, label and tokens per layer equal PyTorch's, probabilities within 1e-5,
-    at a threshold where exits spread over several layers; batch rows equal batch 1 (runtime and PyTorch)."""
+    """Batch 1 and batches, fp32, texts and pairs: exit layer, label and tokens per layer equal PyTorch's,
+    probabilities within 1e-5, at a threshold where exits spread over several layers; batch rows equal batch 1
+    (runtime and PyTorch)."""
     model, tok = load_checkpoint(pipeline.ckpt)
     texts = _texts(pipeline)
     threshold = _spread_threshold(model, tok, texts)
     engine = MpeeEngine(pipeline.bundle, threads=1)
     exits = []
-    rows = [tok(t, return_tensors="pt") for t in texts]
-    for text, enc in zip(texts, rows):
+    pairs = [None] * len(texts) + texts[1:] + texts[:1]
+    texts = texts * 2
+    for text, pair in zip(texts, pairs):
+        enc = tok(text, pair, return_tensors="pt")
         want = model.predict(enc["input_ids"], enc.get("token_type_ids"), keep_ratio=keep_ratio,
                              policy=ExitPolicy("entropy", threshold, 2))
-        got = engine.predict(text, threshold=threshold, keep_ratio=keep_ratio, policy="entropy")
+        got = engine.predict(text, pair, threshold=threshold, keep_ratio=keep_ratio, policy="entropy")
         assert (got.exit_layer, got.label_index) == (want.exit_layer, want.label), text
         assert got.tokens_per_layer == want.attn_lens and got.ffn_tokens_per_layer == want.ffn_lens, text
         np.testing.assert_allclose(got.probs, want.probs, atol=1e-5)
         exits.append(got.exit_layer)
     assert len(set(exits)) >= 2, exits
-    batch = engine.predict_batch(texts, threshold=threshold, keep_ratio=keep_ratio, policy="entropy")
-    ones = [engine.predict(t, threshold=threshold, keep_ratio=keep_ratio, policy="entropy") for t in texts]
+    batch = engine.predict_batch(texts, pairs, threshold=threshold, keep_ratio=keep_ratio, policy="entropy")
+    ones = [engine.predict(t, p, threshold=threshold, keep_ratio=keep_ratio, policy="entropy")
+            for t, p in zip(texts, pairs)]
     assert [(b.exit_layer, b.label, b.tokens_per_layer) for b in batch] == [
         (o.exit_layer, o.label, o.tokens_per_layer) for o in ones]
+    texts, ones = texts[:len(texts) // 2], ones[:len(texts) // 2]   # transformers pads texts or pairs, not a mix
     padded = tok(texts, padding=True, return_tensors="pt")
     torch_batch = model.predict_batch(padded["input_ids"], padded["attention_mask"], padded.get("token_type_ids"),
                                       keep_ratio=keep_ratio, policy=ExitPolicy("entropy", threshold, 2))

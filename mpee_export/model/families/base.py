@@ -128,9 +128,11 @@ class Family:
         """The layer's FFN with its residual and LayerNorm: (B, N, d) -> (B, N, d)."""
         return layer.output(layer.intermediate(hidden), hidden)
 
-    def attention_bias(self, backbone: nn.Module, layer_index: int, hidden: torch.Tensor) -> torch.Tensor | None:
-        """An additive bias (B or 1, H, N, N) on the attention logits, None when the family has none. A family
-        with a relative position bias (MPNet) needs its tokens' original positions here; see docs/design.md."""
+    def attention_bias(self, backbone: nn.Module, layer_index: int, state) -> torch.Tensor | None:
+        """An additive bias (B or 1, H, N, N) on the attention logits of layer `layer_index` for the tokens of
+        `state` (a `modeling.LayerState`), None when the family has none. A family with a relative position bias
+        (MPNet) computes it from the tokens' original positions, which then travel in the state through pruning
+        (docs/design.md 3.1)."""
         return None
 
     def load_pretrained(self, folder: str) -> tuple[dict[str, torch.Tensor], nn.Linear | None]:
