@@ -5,10 +5,12 @@
 # to RESULTS (default benchmarks/results/<task>/), with the benchmark's rows (rows.jsonl, run.json,
 # rows_pytorch.jsonl, run_pytorch.json), from which `mpee-bench report RESULTS` rebuilds its tables.
 # Threads: THREADS (default 2); onnxruntime pool: THREAD_POOL (default global: every session of the
-# benchmark on one process-wide pool, the chain's fastest setting).
+# benchmark on one process-wide pool, the chain's fastest setting). Calibration: MAX_DROP_FP32 (default 0.5) and
+# MAX_DROP_INT8 (default 1.0) points below the fp32 full model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}; THREAD_POOL=${THREAD_POOL:-global}
+MAX_DROP_FP32=${MAX_DROP_FP32:-0.5}; MAX_DROP_INT8=${MAX_DROP_INT8:-1.0}
 GLUE_DIR=${GLUE_DIR:?set GLUE_DIR}
 RES=${RESULTS:-benchmarks/results/$TASK}
 . .venv/bin/activate
@@ -18,11 +20,11 @@ t = get_task('$TASK'); print(split_path(resolve_task_dir('$GLUE_DIR', t), t, 'de
 echo "== $TASK: PyTorch sweep"
 mpee-eval "$CKPT" --data "$GLUE_DIR" --task "$TASK" --sweep --thresholds 0,0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.5,0.6 \
   --keep-ratios 0.3,0.5,0.7,1.0 --json "$RES/eval_sweep.json" --plot "$RES/eval_tradeoff.png"
-echo "== $TASK: export fp32 (calibrated within 0.5 points), int8 (within 1 point), reference"
-mpee-export "$CKPT" "$ART/bundle" --data "$GLUE_DIR" --task "$TASK" --calibrate --max-drop 0.5 --force \
+echo "== $TASK: export fp32 (calibrated within $MAX_DROP_FP32 points), int8 (within $MAX_DROP_INT8), reference"
+mpee-export "$CKPT" "$ART/bundle" --data "$GLUE_DIR" --task "$TASK" --calibrate --max-drop "$MAX_DROP_FP32" --force \
   | tee "$RES/export_fp32.txt"
 mpee-export "$CKPT" "$ART/bundle-int8" --data "$GLUE_DIR" --task "$TASK" --quantize int8 --calibrate \
-  --max-drop 1.0 --force | tee "$RES/export_int8.txt"
+  --max-drop "$MAX_DROP_INT8" --force | tee "$RES/export_int8.txt"
 cp "$ART/bundle/validation.json" "$RES/validation_fp32.json"
 cp "$ART/bundle-int8/validation.json" "$RES/validation_int8.json"
 rm -rf "$ART/reference"
@@ -32,6 +34,6 @@ mpee-export validate "$ART/bundle" "$CKPT" --data "$GLUE_DIR" --task "$TASK" --v
   --json "$RES/parity_full_dev.json" | tee "$RES/parity_full_dev.txt"
 echo "== $TASK: benchmark (onnxruntime variants interleaved, then PyTorch in a process of its own, then the report)"
 mpee-bench "$ART/bundle" --input "$DEV" --reference "$ART/reference" --int8 "$ART/bundle-int8" \
-  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop 0.5 --out "$RES" > /dev/null
+  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop "$MAX_DROP_FP32" --out "$RES" > /dev/null
 python -m mpee_export.baselines.bench_pytorch "$ART/reference" --input "$DEV" --threads "$THREADS" --out "$RES"
 mpee-bench report "$RES" | tee "$RES/bench.txt"

@@ -271,7 +271,8 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = OPS
         # A [CLS]-pooled model is an ordinary BertForSequenceClassification. A mean-pooled one is what a
         # sentence-transformers user deploys: the encoder exported by optimum (feature-extraction) and the
         # mean-pooled head appended to that graph, which leaves the encoder's pattern for the optimizer.
-        mean = model.mpee.exit_pooling == "mean"
+        last_pooling = model.mpee.pooling_of(model.mpee.num_layers - 1)   # the full model's head is exit L's
+        mean = last_pooling == "mean"
         with torch.no_grad():
             main_export(str(tmp / REFERENCE_HF), output=str(tmp / "onnx"), opset=opset, device="cpu", no_post_process=True,
                         task="feature-extraction" if mean else "text-classification")
@@ -288,7 +289,7 @@ def export_reference(model: MpeeModel, tokenizer, out: Path, *, opset: int = OPS
         files = {name: {"sha256": sha256_of(tmp / name), "bytes": (tmp / name).stat().st_size}
                  for name in (PLAIN, FUSED, FUSED_INT8)}
         record = ReferenceRecord(
-            exit_pooling=model.mpee.exit_pooling, opset=opset, fusion=fused, quantization=quant, files=files,
+            exit_pooling=last_pooling, opset=opset, fusion=fused, quantization=quant, files=files,
             warnings=[w for w in (fused.get("warning"),) if w],
             environment=environment() | {"tools": {"optimum": _version("optimum"), "onnx": _version("onnx"),
                                                     "exporter": "optimum main_export"}})

@@ -19,6 +19,7 @@ from ..model.config import (
     BETA_SCHEDULES,
     DEFAULT_LR,
     DEFAULT_SCORING,
+    FROZEN_LR,
     MpeeConfig,
     check_keep_ratio,
 )
@@ -58,17 +59,19 @@ class MpeeOptions:
         memory is its own logits (lam_last 1)."""
         from ..model.checkpoint import default_exit_pooling
         from ..training.loop import mpee_config
-        if from_classifier:
-            if self.exit_pooling not in (None, "cls"):
-                raise MpeeExportError("--from-classifier: the classifier's head reads the first token; its exits "
-                                      f"pool it too (--exit-pooling cls), not {self.exit_pooling!r}")
-            pooling, why = "cls", "the classifier's head reads the first token"
+        if from_classifier:   # the last exit is the classifier's head, on the first token; the others:
+            pooling, why = self.exit_pooling or "mean", ("--exit-pooling" if self.exit_pooling else
+                                                          "the lower layers' first token carries little in a classifier "
+                                                          "tuned on its last layer's")
+            why += "; the last exit is the classifier's head, on the first token"
         elif self.exit_pooling:
             pooling, why = self.exit_pooling, "--exit-pooling"
         else:
             pooling, why = default_exit_pooling(backbone)
         scoring_why = "--scoring" if self.scoring else f"the default with {pooling} pooling"
         scoring = self.scoring or DEFAULT_SCORING[pooling]
+        if from_classifier and not self.scoring:   # the pruning serves the classifier, which reads the first token
+            scoring, scoring_why = "cls", "the classifier's head reads the first token"
         build = {"keep_ratio": self.keep_ratios[0] if len(self.keep_ratios) == 1 else self.keep_ratios,
                  "prune_layers": self.prune_layers, "lam": self.lam, "beta": self.beta,
                  "beta_schedule": self.beta_schedule, "scoring": scoring, "exit_pooling": pooling,
@@ -77,7 +80,7 @@ class MpeeOptions:
         for name in self.ablations:
             build |= ABLATIONS[name].overrides
         if from_classifier:
-            build["lam_last"] = 1.0
+            build |= {"lam_last": 1.0, "last_exit_pooling": "cls"}
         note = f"exit pooling: {pooling} ({why}); token scoring: {scoring} ({scoring_why})"
         return mpee_config(backbone, task, **build), note
 
@@ -127,8 +130,9 @@ mpee_options = grouped("mpee", [
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=DEFAULT_LR, show_default=True, type=float,
-              help="Peak learning rate (chosen on the default backbone; the paper uses 2e-5 for BERT-base).")
+@click.option("--lr", default=None, type=float,
+              help=f"Peak learning rate [default: {DEFAULT_LR:g}, chosen on the default backbone (the paper uses 2e-5 "
+                   f"for BERT-base); {FROZEN_LR:g} with --freeze-backbone, where only the exit heads learn].")
 @click.option("--warmup-ratio", default=0.1, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--max-length", default=None, type=click.IntRange(min=8),
               help="Tokens read per example, [CLS] and [SEP] included, at most the backbone's positions "
@@ -178,6 +182,8 @@ def train(task: str | None, data: str | None, files: FileData, metric: str, back
                                from_classifier=from_classifier is not None)
     from ..training.loop import TrainArgs
     from ..training.loop import train as run_training
+    if settings["lr"] is None:
+        settings["lr"] = FROZEN_LR if freeze_backbone else DEFAULT_LR
     args = TrainArgs(data=source, backbone=Path(backbone), out=out, mpee=config,
                      from_classifier=from_classifier is not None, freeze_backbone=freeze_backbone, **settings)
     run_training(args, log=lambda msg: click.echo(msg, err=True), notes=(note,))

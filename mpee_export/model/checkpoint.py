@@ -149,17 +149,19 @@ def classifier_labels(folder: Path) -> list[str]:
 
 def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
     """An MPEE model on a user's fine-tuned `XxxForSequenceClassification` (--from-classifier): its encoder, and its
-    head as the last exit, weight for weight; every other exit head starts as a copy of that head. The last layer
-    blends nothing into the classifier memory (`lam_last` 1), so at full depth without pruning the model answers
-    exactly as the classifier does."""
+    head as the last exit (pooling the first token, as the head does), weight for weight; the other exit heads
+    start fresh (a copy of the head, trained on the last layer's first token, measured a poor start for the lower
+    layers: benchmarks/results/from_classifier). The last layer blends nothing into the classifier memory
+    (`lam_last` 1), so at full depth without pruning the model answers exactly as the classifier does."""
     folder = Path(folder)
     config = load_backbone_config(folder, "classifier")
     family = model_family(config)
     if not (folder / WEIGHTS_NAME).is_file() and not (folder / "pytorch_model.bin").is_file():
         raise MpeeExportError(f"classifier {folder} has no {WEIGHTS_NAME}")
-    if mpee.exit_pooling != "cls" or mpee.lam_last != 1.0:
-        raise MpeeExportError("a model on the user's classifier pools the first token and has lam_last 1 "
-                              f"(got exit_pooling {mpee.exit_pooling!r}, lam_last {mpee.lam_last})")
+    last = mpee.pooling_of(mpee.num_layers - 1)
+    if last != "cls" or mpee.lam_last != 1.0:
+        raise MpeeExportError("a model on the user's classifier has a last exit that pools the first token and "
+                              f"lam_last 1 (got {last!r}, lam_last {mpee.lam_last})")
     try:
         classifier, info = load_quietly(family.classifier_class, str(folder))
     except (OSError, ValueError) as e:
@@ -175,9 +177,8 @@ def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
     model = MpeeModel(config, mpee)
     model.backbone.load_state_dict(family.classifier_backbone_state(classifier))
     head = family.classifier_head(classifier)
-    for exit_head in model.exits:
-        exit_head.pooler.load_state_dict(head.dense.state_dict())
-        exit_head.classifier.load_state_dict(head.classifier.state_dict())
+    model.exits[-1].pooler.load_state_dict(head.dense.state_dict())
+    model.exits[-1].classifier.load_state_dict(head.classifier.state_dict())
     return model
 
 

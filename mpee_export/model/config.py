@@ -13,6 +13,9 @@ from ..errors import MpeeExportError
 # (results: benchmarks/results/train_defaults/train_defaults.md): the rate whose early exits learn best
 # without losing full-model accuracy. BERT-base wants a lower one (the paper uses 2e-5).
 DEFAULT_LR = 1e-4
+# ... and with --freeze-backbone, where only the exit heads and the teacher learn (small linear layers on fixed
+# features): benchmarks/results/from_classifier.
+FROZEN_LR = 1e-3
 # mpee-train's token scoring for each exit pooling when --scoring is not given: the score that matches how
 # the exit reads the tokens (results: benchmarks/results/ablations_mean/ablations.md, Table 3). "all" needs
 # the whole attention matrix, which keeps the attention unfused (export/optimize.py), so it is never a default.
@@ -62,6 +65,9 @@ class MpeeConfig:
     default_policy: str = "entropy"
     default_threshold: float = 0.1
     exit_pooling: str = "cls"              # exit head input: [CLS] ("cls") or the mean of the tokens ("mean")
+    # The last exit's pooling when it differs (None: exit_pooling): on a user's classifier (--from-classifier) the
+    # last exit is its head, which reads the first token, while the exits before it may pool the mean.
+    last_exit_pooling: str | None = None
     truncation: str = "head"               # which tokens of a longer text are read (mpee_runtime.text.truncation)
     # A task on the user's own files (data/datasets.py): its columns and metric. None for a GLUE task.
     text_column: str | None = None
@@ -72,6 +78,12 @@ class MpeeConfig:
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    def pooling_of(self, layer: int) -> str:
+        """The pooling of exit `layer` (0-based)."""
+        if layer == self.num_layers - 1 and self.last_exit_pooling is not None:
+            return self.last_exit_pooling
+        return self.exit_pooling
 
     def __post_init__(self) -> None:
         if not self.betas:
@@ -90,8 +102,9 @@ class MpeeConfig:
             raise MpeeExportError(f"prune layers {bad} outside 0..{self.num_layers - 1}")
         if self.scoring not in SCORINGS:
             raise MpeeExportError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        if self.exit_pooling not in EXIT_POOLINGS:
-            raise MpeeExportError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
+        for pooling in (self.exit_pooling, self.last_exit_pooling or self.exit_pooling):
+            if pooling not in EXIT_POOLINGS:
+                raise MpeeExportError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {pooling!r}")
         if self.prune_select not in SELECTIONS:
             raise MpeeExportError(f"prune_select must be one of {SELECTIONS}, got {self.prune_select!r}")
         if not 0 < self.lam <= 1 or not all(0 < b <= 1 for b in self.betas):
@@ -123,8 +136,9 @@ class MpeeConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["lam_last"] is None:   # left out when unused: configs (and bundle ids) written before it stay the same
-            del d["lam_last"]
+        for key in ("lam_last", "last_exit_pooling"):
+            if d[key] is None:   # left out when unused: configs (and bundle ids) written before them stay the same
+                del d[key]
         return d
 
     @classmethod

@@ -279,9 +279,9 @@ class MpeeModel(nn.Module):
         self.config = config
         self.mpee = mpee
         self.add_module(self.family.prefix, self.family.build_backbone(config))
-        self.exits = nn.ModuleList(ExitHead(self.sizes.hidden, mpee.num_labels, mpee.exit_pooling,
+        self.exits = nn.ModuleList(ExitHead(self.sizes.hidden, mpee.num_labels, mpee.pooling_of(i),
                                             self.family.head_activation, self.family.head_dropout(config))
-                                   for _ in range(mpee.num_layers))
+                                   for i in range(mpee.num_layers))
         self.teacher = Teacher(mpee.num_labels)
         for module in (*self.exits, self.teacher):
             module.apply(self._init_linear)

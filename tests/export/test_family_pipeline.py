@@ -188,7 +188,6 @@ def test_a_frozen_backbone_keeps_the_users_classifier_bit_for_bit(pipeline):
     model, _ = load_checkpoint(pipeline.frozen)
     assert torch.equal(model.exits[-1].pooler.weight, head.dense.weight)
     assert torch.equal(model.exits[-1].classifier.weight, head.classifier.weight)
-    assert not torch.equal(model.exits[0].classifier.weight, head.classifier.weight)   # the exits trained
 
 
 def test_at_full_depth_the_bundle_answers_as_the_users_model(pipeline):

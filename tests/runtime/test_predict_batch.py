@@ -173,6 +173,24 @@ def test_bundle_from_before_batch_graphs_runs_rows_one_by_one(bundle):
         engine.batch_sessions()
 
 
+def test_bundle_from_before_families_runs_as_bert(bundle):
+    """A schema-5 manifest (no model.family, no special_tokens: every bundle then was BERT's) loads as BERT's,
+    padding with [PAD] = 0, and gives the same answers, batch 1 and batches."""
+    before = MpeeEngine(bundle, threads=1)
+    texts = [t for t, _ in TEXTS]
+    want = [before.predict(t, threshold=0.6) for t in texts]
+    data = json.loads((bundle / MANIFEST).read_text())
+    del data["model"]["family"], data["model"]["special_tokens"]
+    data["schema_version"] = 5
+    (bundle / MANIFEST).write_text(json.dumps(seal(data)))
+    engine = MpeeEngine(bundle, threads=1)
+    assert engine.manifest.model.family == "bert" and engine.manifest.model.pad_token_id == 0
+    for got, w in zip(engine.predict_batch(texts, threshold=0.6), want):
+        _same(got, w)
+    for t, w in zip(texts, want):
+        _same(engine.predict(t, threshold=0.6), w)
+
+
 def test_batch_graph_file_checked_like_the_others(bundle):
     """A batch graph whose bytes changed is refused when the bundle loads (its sha256 is in the manifest)."""
     data = json.loads((bundle / MANIFEST).read_text())
