@@ -68,18 +68,21 @@ FUSED_KINDS = {"attention": ("Attention", "MultiHeadAttention"),
 KNOWN_HARMLESS_LOGS = {
     # transformers, when optimum's export reads BertConfig.torch_dtype (renamed dtype); nothing of ours sets it.
     "transformers.configuration_utils": r"^`torch_dtype` is deprecated! Use `dtype` instead!$",
-    # optimum recommends opset 18 for BERT; the reference is exported at the bundle's opset (17 by default,
+    # optimum recommends opset 18 for BERT (and the other families); the reference is exported at the bundle's opset (17 by default,
     # --opset otherwise) so that the two are compared at one opset, and gets every fusion at 17
     # (`fuse` records and checks them).
     "optimum.exporters.onnx.convert":
-        r"^Opset \d+ is lower than the recommended minimum opset \(\d+\) to export bert\.",
+        r"^Opset \d+ is lower than the recommended minimum opset \(\d+\) to export [\w-]+\.",
 }
 # transformers' attention-mask helper builds torch.tensor(1.0) during tracing: a constant, which it is.
+# Each: (category, message, the module that warns: "" for any).
 KNOWN_HARMLESS_WARNINGS = (
-    (torch.jit.TracerWarning, r"torch\.tensor results are registered as constants in the trace"),
+    (torch.jit.TracerWarning, r"torch\.tensor results are registered as constants in the trace", ""),
     # torch's F.embedding checks padding_idx against the table's size, which the tracer sees as a tensor
     # (RoBERTa / XLM-R: their embeddings have a padding_idx); the check passes and leaves nothing in the graph.
-    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean might cause the trace to be incorrect"),
+    # Only from torch.nn.functional: the same warning elsewhere may mean a wrong trace, and still shows.
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean might cause the trace to be incorrect",
+     r"torch\.nn\.functional"),
 )
 
 
@@ -98,8 +101,8 @@ def known_harmless_messages_silenced() -> Iterator[None]:
     ignored by category and message; restored afterwards."""
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
-        for category, message in KNOWN_HARMLESS_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
+        for category, message, module in KNOWN_HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
         for name, pattern in KNOWN_HARMLESS_LOGS.items():
             logger, drop = logging.getLogger(name), _DropMessages(pattern)
             logger.addFilter(drop)
