@@ -15,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")   # model_type strings
+# Families with a relative position bias: the PyTorch side runs them; their bundles come with the MPNet issue.
+RELATIVE_FAMILIES = ("mpnet",)
+ALL_FAMILIES = FAMILIES + RELATIVE_FAMILIES
 
 # The tiny vocabulary of tests/conftest.py's backbone (letters, a few words, suffixes, punctuation).
 WORDS = [chr(c) for c in range(97, 123)] + [
@@ -93,10 +96,20 @@ def _xlm_roberta_tokenizer(max_positions: int):
     return XLMRobertaTokenizerFast(tokenizer_object=tok, model_max_length=max_positions)
 
 
+def _mpnet_tokenizer(folder: Path, max_positions: int):
+    from transformers import MPNetTokenizerFast
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(ROBERTA_SPECIALS[:3] + ["<unk>", "<mask>"] + WORDS) + "\n")
+    return MPNetTokenizerFast(vocab_file=str(vocab), do_lower_case=True, unk_token="<unk>",
+                              model_max_length=max_positions)
+
+
 def family_tokenizer(family: str, folder: Path, max_positions: int = 64):
     """The family's tiny fast tokenizer (the WordPiece ones write their vocab.txt into `folder`)."""
     if family in ("bert", "electra", "distilbert"):
         return _wordpiece_tokenizer(family, folder, max_positions)
+    if family == "mpnet":
+        return _mpnet_tokenizer(folder, max_positions)
     if family == "roberta":
         return _roberta_tokenizer(max_positions)
     if family == "xlm-roberta":
@@ -106,7 +119,14 @@ def family_tokenizer(family: str, folder: Path, max_positions: int = 64):
 
 def family_config(family: str, vocab_size: int, *, layers: int = 3, max_positions: int = 64, **kw):
     """The family's tiny config (transformers' own config class); `kw` overrides."""
-    from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+    from transformers import (
+        BertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        MPNetConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
     common = {"vocab_size": vocab_size, "hidden_size": HIDDEN, "num_hidden_layers": layers,
               "num_attention_heads": HEADS, "intermediate_size": INTERMEDIATE}
     if family == "bert":
@@ -119,6 +139,9 @@ def family_config(family: str, vocab_size: int, *, layers: int = 3, max_position
         # Positions start at padding_idx + 1 = 2, so max_positions usable tokens need two more embeddings.
         return cls(**common, max_position_embeddings=max_positions + 2, type_vocab_size=1,
                    pad_token_id=1, bos_token_id=0, eos_token_id=2, **kw)
+    if family == "mpnet":
+        return MPNetConfig(**common, max_position_embeddings=max_positions + 2, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2, **kw)
     if family == "distilbert":
         return DistilBertConfig(vocab_size=vocab_size, dim=HIDDEN, n_heads=HEADS, hidden_dim=INTERMEDIATE,
                                 n_layers=layers, max_position_embeddings=max_positions,
@@ -129,11 +152,11 @@ def family_config(family: str, vocab_size: int, *, layers: int = 3, max_position
 def _model_class(family: str, classifier: bool):
     import transformers as t
     bare = {"bert": t.BertModel, "roberta": t.RobertaModel, "xlm-roberta": t.XLMRobertaModel,
-            "electra": t.ElectraModel, "distilbert": t.DistilBertModel}
+            "electra": t.ElectraModel, "distilbert": t.DistilBertModel, "mpnet": t.MPNetModel}
     head = {"bert": t.BertForSequenceClassification, "roberta": t.RobertaForSequenceClassification,
             "xlm-roberta": t.XLMRobertaForSequenceClassification,
             "electra": t.ElectraForSequenceClassification,
-            "distilbert": t.DistilBertForSequenceClassification}
+            "distilbert": t.DistilBertForSequenceClassification, "mpnet": t.MPNetForSequenceClassification}
     return (head if classifier else bare)[family]
 
 
@@ -144,8 +167,8 @@ def tiny_family_folder(family: str, folder: Path, *, layers: int = 3, labels: li
     labels given: an XxxForSequenceClassification with config.id2label/label2id from them (a user's fine-tuned
     classifier)."""
     import torch
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = family_tokenizer(family, folder, max_positions)

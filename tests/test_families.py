@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_checks import click_error
-from families import FAMILIES, tiny_family_folder
+from families import ALL_FAMILIES, tiny_family_folder
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from mpee_export.cli.train import train
@@ -31,7 +31,7 @@ def folders(tmp_path_factory) -> dict[tuple[str, bool], Path]:
     """Per family: the bare encoder (False) and a fine-tuned classifier with labels neg/pos (True)."""
     root = tmp_path_factory.mktemp("families")
     out = {}
-    for family in FAMILIES:
+    for family in ALL_FAMILIES:
         out[family, False] = tiny_family_folder(family, root / family)
         out[family, True] = tiny_family_folder(family, root / f"{family}-clf", labels=["neg", "pos"], seed=1)
     return out
@@ -43,10 +43,10 @@ def _batch(folder: Path, pairs: bool):
 
 
 def test_the_registry_is_the_issue_list():
-    assert list(REGISTRY) == list(FAMILIES)
+    assert list(REGISTRY) == list(ALL_FAMILIES)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("pairs", [False, True])
 def test_layers_compute_what_transformers_computes(folders, family, pairs):
     """Without pruning, MPEE's layer steps (the family's parts, our attention) give transformers' own hidden
@@ -63,7 +63,7 @@ def test_layers_compute_what_transformers_computes(folders, family, pairs):
     assert torch.allclose(state.hidden[real], want[real], atol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_saved_weight_names_are_the_familys(folders, family):
     model = from_backbone(folders[family, False], MpeeConfig.build(num_layers=3, labels=["0", "1"]))
     prefix = REGISTRY[family].prefix
@@ -71,7 +71,7 @@ def test_saved_weight_names_are_the_familys(folders, family):
     assert names and all(k.startswith(prefix + ".") for k in names)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_the_users_classifier_is_the_last_exit(folders, family):
     """--from-classifier: at full depth without pruning the model's answer is the classifier's logits (lam_last 1),
     on a padded batch and one text at a time (the device's path)."""
@@ -115,6 +115,49 @@ def test_a_frozen_backbone_trains_only_the_exits(folders, family):
     frozen = [k for k in after if k.startswith((REGISTRY[family].prefix + ".", "exits.2."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["exits.0.classifier.weight"], after["exits.0.classifier.weight"])
+
+
+@pytest.mark.parametrize("family", ["mpnet", "roberta"])
+def test_pruned_rows_give_their_batch_one_answer(folders, family):
+    """With pruning (keep ratio 0.5 after layers 0 and 1) each row of a padded batch gets the answer it gets alone:
+    exit layer, label, tokens per layer, probabilities; for MPNet the relative position bias follows each kept
+    token's original position through the pruning (`LayerState.positions`)."""
+    folder = folders[family, False]
+    mpee = MpeeConfig.build(num_layers=3, labels=["0", "1"], prune_layers=[0, 1], keep_ratio=0.5)
+    model = from_backbone(folder, mpee).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    policy = ExitPolicy("entropy", 0.69, 2)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    rows = model.predict_batch(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), policy=policy)
+    for text, row in zip(TEXTS, rows):
+        one = tok(text, return_tensors="pt")
+        alone = model.predict(one["input_ids"], one.get("token_type_ids"), policy=policy)
+        assert (row.exit_layer, row.label, row.attn_lens, row.ffn_lens) == (
+            alone.exit_layer, alone.label, alone.attn_lens, alone.ffn_lens)
+        assert abs(row.probs - alone.probs).max() < 1e-5
+
+
+def test_pruning_keeps_each_tokens_position():
+    """prune_tokens moves positions with their tokens: kept ones keep theirs, the fused token takes the position of
+    the highest-scored dropped token; padded and unpadded paths agree."""
+    from mpee_export.model.modeling import LayerState, prune_tokens
+    hidden = torch.arange(6, dtype=torch.float32)[None, :, None].expand(1, 6, 2).clone()   # token i holds i
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.15, 0.05]])                                    # tokens 1..5
+    positions = torch.arange(6)[None]
+    one = prune_tokens(LayerState(hidden, None, scores, None, positions), 0.4)
+    padded = prune_tokens(LayerState(hidden, torch.ones(1, 6), scores, None, positions), 0.4)
+    # keep ceil(0.4 * 5) = 2: tokens 2 and 3 by score; then the fused token, at token 4's position (score 0.15)
+    assert one.positions.tolist() == [[0, 2, 3, 4]] == padded.positions.tolist()
+    assert one.hidden[0, :3, 0].tolist() == [0.0, 2.0, 3.0]
+
+
+def test_mpnet_bundles_are_refused_until_positions_travel(folders, tmp_path):
+    from mpee_export.export.bundle import ExportOptions, export_bundle
+    model = from_backbone(folders["mpnet", False], MpeeConfig.build(num_layers=3, labels=["0", "1"]))
+    with pytest.raises(MpeeExportError, match="cannot write mpnet bundles yet"):
+        export_bundle(model, AutoTokenizer.from_pretrained(str(folders["mpnet", False])), tmp_path / "b",
+                      ExportOptions(), log=lambda m: None)
+    assert not (tmp_path / "b").exists()
 
 
 def test_from_classifier_refuses_a_bare_encoder(folders):

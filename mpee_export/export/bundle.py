@@ -298,6 +298,10 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         ParityError when fp32 validation fails (unless opts.keep_failed).
     """
     out = Path(out)
+    if model.family.relative_positions:   # the layer graphs do not carry the tokens' positions yet
+        raise MpeeExportError(f"mpee-export cannot write {model.family.model_type} bundles yet: its relative position "
+                              "bias needs the tokens' positions carried between the layer graphs (issue 34); "
+                              "mpee-train, mpee-eval and mpee-export reference work")
     check_opset(opts.opset)
     if opts.graph_ops not in GRAPH_OPS:
         raise MpeeExportError(f"graph_ops must be one of {list(GRAPH_OPS)}, got {opts.graph_ops!r}")

@@ -100,6 +100,10 @@ class LayerState:
     mask: torch.Tensor | None             # (B, N) 1.0 for real tokens; None: batch 1 without padding
     scores: torch.Tensor | None = None    # (B, N-1) score memory of positions 1..N-1
     memory: torch.Tensor | None = None    # (B, C) classifier memory (logits)
+    # (B, N) int64: each token's position in the input, for a family with a relative position bias (MPNet;
+    # None for the others). Pruning keeps each kept token's own; the fused token takes the position of the
+    # highest-scored token it replaces (docs/design.md 3.1).
+    positions: torch.Tensor | None = None
 
 
 @dataclass
@@ -153,11 +157,11 @@ def attention_block(parts: AttentionParts, hidden: torch.Tensor, mask: torch.Ten
         return out, None
     if scoring == "all":
         return out, received_attention(probs, mask)
-    return out, query_scores(q, k, bias, mask, scoring)
+    return out, query_scores(q, k, bias, mask, scoring, extra_bias)
 
 
 def query_scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None,
-                 scoring: str) -> torch.Tensor:
+                 scoring: str, extra_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one query per head over the keys, averaged over heads: (B, H, N, dh) -> (B, N-1).
 
     "cls": the [CLS] query (the [CLS] row of the attention probabilities, the paper's class attention);
@@ -175,6 +179,14 @@ def query_scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, ma
     # fused-token sum, these d*N multiply-adds per layer (under 0.1% of a layer's) stay out of the FLOPs
     # count, which keeps the paper's formula.
     logits = (query.transpose(1, 2) * k.transpose(1, 2)).sum(dim=-1) / math.sqrt(q.shape[-1])   # (B, N, H)
+    if extra_bias is not None:   # the family's attention bias on the same row ("cls"), or its mean over the rows
+        if scoring == "cls":
+            row = extra_bias[:, :, 0]
+        elif mask is None:
+            row = extra_bias.mean(dim=2)
+        else:
+            row = (extra_bias * mask[:, None, :, None]).sum(dim=2) / mask.sum(dim=1)[:, None, None]
+        logits = logits + row.transpose(1, 2)
     if bias is not None:
         logits = logits + bias[:, 0, 0, :, None]
     return logits.softmax(dim=1)[:, 1:].mean(dim=-1)
@@ -216,6 +228,7 @@ def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool =
     kept = (slot < k[:, None]).to(hidden.dtype)               # (B, M)
     body_h, body_s = sorted_h * kept[..., None], sorted_s * kept
     new_lengths = k + 1
+    has_fused = torch.zeros_like(k, dtype=torch.bool)
     if fuse:
         dropped = ((slot >= k[:, None]) & (slot < others[:, None])).to(hidden.dtype)
         weights = sorted_s * dropped
@@ -229,9 +242,14 @@ def prune_tokens(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool =
         body_s = body_s + at_fused * fused_score[:, None]
         new_lengths = new_lengths + has_fused.to(torch.long)
     body = torch.arange(new_lengths.max() - 1, device=hidden.device)                # slots the longest row needs
+    positions = None
+    if state.positions is not None:   # kept tokens keep theirs; the fused one (slot k) the first dropped token's
+        sorted_p = state.positions[:, 1:].gather(1, order)
+        sorted_p = sorted_p * (slot < (k + has_fused.to(torch.long))[:, None]).to(sorted_p.dtype)
+        positions = torch.cat([state.positions[:, :1], sorted_p.index_select(1, body)], dim=1)
     hidden = torch.cat([hidden[:, :1], body_h.index_select(1, body)], dim=1)
     new_mask = (torch.arange(new_lengths.max(), device=hidden.device)[None] < new_lengths[:, None]).to(mask.dtype)
-    return LayerState(hidden, new_mask, body_s.index_select(1, body), state.memory)
+    return LayerState(hidden, new_mask, body_s.index_select(1, body), state.memory, positions)
 
 
 def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: bool, select: str) -> LayerState:
@@ -249,8 +267,13 @@ def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: boo
     body = hidden[1:]
     parts_h = [hidden[:1], torch.index_select(body, 0, kept)]
     parts_s = [torch.index_select(scores, 0, kept)]
+    positions = None
+    if state.positions is not None:   # in score order: kept ones first, then the first dropped (the fused token's)
+        positions = torch.cat([state.positions[0, :1], torch.index_select(state.positions[0, 1:], 0, order)])
     if not fuse:
-        return LayerState(torch.cat(parts_h)[None], None, torch.cat(parts_s)[None], state.memory)
+        if positions is not None:
+            positions = torch.index_select(positions, 0, torch.arange(k + 1))[None]
+        return LayerState(torch.cat(parts_h)[None], None, torch.cat(parts_s)[None], state.memory, positions)
     dropped = torch.index_select(order, 0, torch.arange(k, others))
     weights = torch.index_select(scores, 0, dropped)                            # (n_dropped,)
     # A (1, n) x (n, d) product, the fewest nodes; the FLOPs convention leaves the fusion uncounted (the
@@ -262,7 +285,9 @@ def _prune_unpadded(state: LayerState, ratio: float | torch.Tensor, *, fuse: boo
     n_new = k + torch.clamp(n_dropped, max=1)
     hidden = torch.index_select(torch.cat(parts_h + [fused]), 0, torch.arange(n_new + 1))
     scores = torch.index_select(torch.cat(parts_s + [fused_score]), 0, torch.arange(n_new))
-    return LayerState(hidden[None], None, scores[None], state.memory)
+    if positions is not None:
+        positions = torch.index_select(positions, 0, torch.arange(n_new + 1))[None]
+    return LayerState(hidden[None], None, scores[None], state.memory, positions)
 
 
 class MpeeModel(nn.Module):
@@ -351,9 +376,12 @@ class MpeeModel(nn.Module):
         if token_type_ids is None and TOKEN_TYPE_IDS in self.family.embedding_inputs:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.family.embed(self.backbone, input_ids, token_type_ids, attention_mask)
+        positions = None
+        if self.family.relative_positions:
+            positions = torch.arange(shape_as_tensor(input_ids)[1], device=input_ids.device)[None].expand_as(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return LayerState(hidden, attention_mask.to(hidden.dtype))
+        return LayerState(hidden, attention_mask.to(hidden.dtype), positions=positions)
 
     def layer_step(self, i: int, state: LayerState, keep_ratio: float | None = None
                    ) -> tuple[LayerState, LayerStats]:
@@ -368,7 +396,7 @@ class MpeeModel(nn.Module):
             scores = state.scores
         else:
             scores = current if state.scores is None else (1 - beta) * state.scores + beta * current
-        state = LayerState(attn_out, state.mask, scores, state.memory)
+        state = LayerState(attn_out, state.mask, scores, state.memory, state.positions)
         ratio = self.keep_ratio_at(i, keep_ratio)
         if ratio is not None:
             state = prune_tokens(state, ratio, fuse=self.mpee.fuse_token, select=self.mpee.prune_select)
@@ -377,7 +405,7 @@ class MpeeModel(nn.Module):
         lam = self.lam_at(i)
         # lam 1 still reads the memory (0 * m + z = z exactly): the layer graph keeps the contract's memory input.
         memory = logits if state.memory is None else (1 - lam) * state.memory + lam * logits
-        new = LayerState(hidden, state.mask, state.scores, memory)
+        new = LayerState(hidden, state.mask, state.scores, memory, state.positions)
         return new, LayerStats(attn_len, _lengths(state))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -472,7 +500,8 @@ def _select_rows(state: LayerState, rows: torch.Tensor) -> LayerState:
     mask = state.mask[rows]
     n = int(mask.sum(dim=1).max())
     return LayerState(state.hidden[rows, :n], mask[:, :n], None if state.scores is None else state.scores[rows, :n - 1],
-                      None if state.memory is None else state.memory[rows])
+                      None if state.memory is None else state.memory[rows],
+                      None if state.positions is None else state.positions[rows, :n])
 
 
 def _lengths(state: LayerState) -> torch.Tensor:

@@ -9,10 +9,11 @@ from .base import AttentionParts, ClassifierHead, Family, Sizes, SpecialTokens
 from .bert import BertFamily
 from .distilbert import DistilBertFamily
 from .electra import ElectraFamily
+from .mpnet import MPNetFamily
 from .roberta import RobertaFamily, XLMRobertaFamily
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (BertFamily(), RobertaFamily(), XLMRobertaFamily(),
-                                                          ElectraFamily(), DistilBertFamily())}
+                                                          ElectraFamily(), DistilBertFamily(), MPNetFamily())}
 
 __all__ = ["FAMILIES", "AttentionParts", "ClassifierHead", "Family", "Sizes", "SpecialTokens", "family_named",
            "family_of"]

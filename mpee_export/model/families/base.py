@@ -87,6 +87,7 @@ class Family:
     classifier_class: type[PreTrainedModel]           # XxxForSequenceClassification
     embedding_inputs: tuple[str, ...] = (INPUT_IDS, TOKEN_TYPE_IDS)
     head_activation: str = "tanh"                     # between the classification head's two Linears
+    relative_positions: bool = False                  # whether `attention_bias` reads the tokens' positions
     ort_model_type: str = "bert"                      # onnxruntime.transformers.optimizer's model_type
 
     # ------------------------------------------------------------ backbone
