@@ -50,9 +50,10 @@ def pytorch_variant(hf_dir: Path, exit_pooling: str, flops_model: FlopsModel, th
 
     from mpee_runtime.bundle.contract import TOKEN_TYPE_IDS
 
-    from ..model.checkpoint import load_config, model_family
+    from ..model.checkpoint import load_config
+    from ..model.families import family_of
     torch.set_num_threads(threads)
-    family = model_family(load_config(hf_dir, "reference"))
+    family = family_of(load_config(hf_dir, "reference"))
     model = family.classifier_class.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
     layers, mean = flops_model.num_layers, exit_pooling == "mean"
     with_types = TOKEN_TYPE_IDS in family.embedding_inputs

@@ -52,14 +52,14 @@ def _load_for_export(checkpoint: Path, allow_untrained_exits: bool, task: str | 
         load_backbone_config,
         load_checkpoint,
         load_tokenizer,
-        model_family,
     )
     from ..model.config import MpeeConfig
     if not allow_untrained_exits or is_mpee_checkpoint(checkpoint):
         return load_checkpoint(checkpoint)
     config = load_backbone_config(checkpoint)
     labels = list(get_task(task).labels) if task else [config.id2label[i] for i in range(config.num_labels)]
-    mpee = MpeeConfig.build(num_layers=model_family(config).sizes(config).layers, labels=labels, task=task)
+    from ..model.families import family_of
+    mpee = MpeeConfig.build(num_layers=family_of(config).sizes(config).layers, labels=labels, task=task)
     return from_backbone(checkpoint, mpee).eval(), load_tokenizer(checkpoint)
 
 

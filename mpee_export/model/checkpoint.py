@@ -20,7 +20,7 @@ from mpee_runtime.files import AtomicFolder, umask
 
 from ..errors import MpeeExportError
 from .config import MpeeConfig
-from .families import Family, family_named
+from .families import family_named, family_of
 from .families.base import load_quietly
 from .modeling import MpeeModel
 
@@ -155,7 +155,7 @@ def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
     (`lam_last` 1), so at full depth without pruning the model answers exactly as the classifier does."""
     folder = Path(folder)
     config = load_backbone_config(folder, "classifier")
-    family = model_family(config)
+    family = family_of(config)
     if not (folder / WEIGHTS_NAME).is_file() and not (folder / "pytorch_model.bin").is_file():
         raise MpeeExportError(f"classifier {folder} has no {WEIGHTS_NAME}")
     last = mpee.pooling_of(mpee.num_layers - 1)
@@ -181,9 +181,6 @@ def from_classifier(folder: Path, mpee: MpeeConfig) -> MpeeModel:
     model.exits[-1].classifier.load_state_dict(head.classifier.state_dict())
     return model
 
-
-def model_family(config: PretrainedConfig) -> Family:
-    return family_named(config.model_type)
 
 
 def save_checkpoint(model: MpeeModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

@@ -1,9 +1,10 @@
-"""The MPEE model on a Hugging Face encoder of any supported family (families/): exit heads with classifier memory, token pruning with
-class-attention score memory and a fused token, the self-distillation teacher and the training loss.
+"""The MPEE model on a Hugging Face encoder of any supported family (families/): exit heads with classifier
+memory, token pruning with class-attention score memory and a fused token, the self-distillation teacher and the
+training loss.
 
 Everything follows docs/design.md section 2. Each layer is computed from its own sub-modules, as its family
-names them (`Family.attention_parts`, `Family.feed_forward`), so that the attention probabilities (before dropout) are available and the pruning step can sit between
-the attention block and the FFN. Batches are right-padded; every per-sample quantity (keep count,
+names them (`Family.attention_parts`, `Family.feed_forward`), so that the attention probabilities (before
+dropout) are available and the pruning step can sit between the attention block and the FFN. Batches are right-padded; every per-sample quantity (keep count,
 ranking, fused token) is computed from the sample's own real length, so a sample gives the same result
 alone or in a batch. Shapes: B batch, N current length (incl. [CLS] and a fused token), d hidden, C
 classes, L layers.

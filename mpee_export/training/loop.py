@@ -39,10 +39,10 @@ from ..model.checkpoint import (
     load_backbone_config,
     load_state,
     load_tokenizer,
-    model_family,
     save_checkpoint,
 )
 from ..model.config import DEFAULT_LR, MpeeConfig
+from ..model.families import family_of
 from ..model.modeling import MpeeModel
 from .distributed import (
     DistEnv,
@@ -66,7 +66,7 @@ def mpee_config(backbone: Path, task: Task, **build) -> MpeeConfig:
     defaults for anything not given). A max_length beyond the backbone's position embeddings is refused; none
     given is 128, or the positions if fewer."""
     config = load_backbone_config(backbone)
-    sizes = model_family(config).sizes(config)
+    sizes = family_of(config).sizes(config)
     positions = sizes.positions
     if build.get("max_length") is None:   # the default, within the backbone's positions
         build["max_length"] = min(MpeeConfig.max_length, positions)
