@@ -10,6 +10,10 @@ alike.
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
+
 import click
 
 from mpee_runtime.errors import MpeeRuntimeError
@@ -38,18 +42,54 @@ class Interrupted(click.ClickException):
     exit_code = 130
 
 
+class Terminated(click.ClickException):
+    """SIGTERM (a scheduler, `kill`, a container stopping): `Error: terminated` and exit 143 (128 + 15)."""
+
+    exit_code = 143
+
+
+class _SigTerm(BaseException):
+    """Raised in the main thread by the SIGTERM handler, so that the command unwinds as on Ctrl-C."""
+
+
+def _raise_sigterm(signum, frame) -> None:
+    raise _SigTerm
+
+
+@contextmanager
+def sigterm_unwinds():
+    """Within the block (main thread only), SIGTERM unwinds the command like Ctrl-C instead of killing the process
+    silently: `finally` blocks run, atomic outputs leave nothing half-written, and mpee-train's last saved state
+    stays resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class UserErrors:
     """Mixin for click commands and groups: MpeeExportError / MpeeRuntimeError become one `Error:` line
-    and exit code 2; Ctrl-C becomes `Error: interrupted` and exit code 130 (outputs are written atomically:
-    none is left half-written). Anything else is a bug and keeps its traceback."""
+    and exit code 2; Ctrl-C becomes `Error: interrupted` and exit code 130, SIGTERM `Error: terminated` and 143
+    (outputs are written atomically: none is left half-written). Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with sigterm_unwinds():
+                return super().invoke(ctx)
         except USER_ERRORS as e:
             raise UserError(str(e)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
+        except _SigTerm:
+            raise Terminated("terminated") from None
+        except SystemExit as e:   # SIGTERM inside an AtomicFolder (mpee_runtime.files): cleaned up, then this
+            if e.code == 128 + signal.SIGTERM:
+                raise Terminated("terminated") from None
+            raise
 
 
 class MpeeCommand(UserErrors, click.Command):

@@ -161,3 +161,41 @@ def test_killed_export_leaves_nothing_mpee_run_accepts(ckpt, tmp_path, capsys):
     res = CliRunner().invoke(export, [str(ckpt), str(out)])     # the next export removes the stale folder
     assert res.exit_code == 0, res.output
     assert _temps(out) == [] and (out / "manifest.json").is_file()
+
+
+# A real `mpee-train` process, slowed down after it saves its first state so that it can be signalled mid-training.
+SLOW_TRAIN = textwrap.dedent("""
+    import sys, time
+    from mpee_export.training import loop
+    real = loop._save_state
+    def slow(*args, **kw):
+        real(*args, **kw)
+        print("state saved", flush=True)
+        time.sleep(60)
+    loop._save_state = slow
+    from mpee_export.cli.train import train
+    sys.argv = ["mpee-train", *sys.argv[1:]]
+    train()
+""")
+
+
+@pytest.mark.integration
+def test_sigterm_ends_training_in_one_line_and_it_resumes(tiny_backbone, tmp_path):
+    """SIGTERM mid-training: `Error: terminated`, exit 143, no traceback; the state saved so far resumes."""
+    data = tmp_path / "glue" / "SST-2"
+    data.mkdir(parents=True)
+    rows = "".join(f"{s} \t{y}\n" for s, y in [("the movie is great", 1), ("a boring film", 0)] * 8)
+    for split in ("train", "dev"):
+        (data / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    args = ["--task", "sst2", "--data", str(data.parent), "--backbone", str(tiny_backbone), "--out",
+            str(tmp_path / "ckpt"), "--batch-size", "4", "--save-every", "1", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "state saved", proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    err = proc.stderr.read()
+    assert err.strip().splitlines()[-1] == "Error: terminated" and "Traceback" not in err, err
+    res = CliRunner().invoke(train, args)
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and (tmp_path / "ckpt" / "model.safetensors").is_file()
