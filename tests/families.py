@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")   # model_type strings
-# Families with a relative position bias: the PyTorch side runs them; their bundles come with the MPNet issue.
+# Families with a relative position bias: their layer graphs carry the tokens' positions (schema 7).
 RELATIVE_FAMILIES = ("mpnet",)
 ALL_FAMILIES = FAMILIES + RELATIVE_FAMILIES
 

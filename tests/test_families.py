@@ -151,15 +151,6 @@ def test_pruning_keeps_each_tokens_position():
     assert one.hidden[0, :3, 0].tolist() == [0.0, 2.0, 3.0]
 
 
-def test_mpnet_bundles_are_refused_until_positions_travel(folders, tmp_path):
-    from mpee_export.export.bundle import ExportOptions, export_bundle
-    model = from_backbone(folders["mpnet", False], MpeeConfig.build(num_layers=3, labels=["0", "1"]))
-    with pytest.raises(MpeeExportError, match="cannot write mpnet bundles yet"):
-        export_bundle(model, AutoTokenizer.from_pretrained(str(folders["mpnet", False])), tmp_path / "b",
-                      ExportOptions(), log=lambda m: None)
-    assert not (tmp_path / "b").exists()
-
-
 def test_from_classifier_refuses_a_bare_encoder(folders):
     with pytest.raises(MpeeExportError, match="not a fine-tuned BertForSequenceClassification"):
         from_classifier(folders["bert", False], MpeeConfig.build(num_layers=3, labels=["0", "1"], lam_last=1.0))

@@ -26,11 +26,9 @@ import transformers
 
 from mpee_runtime import __version__ as runtime_version
 from mpee_runtime.bundle.contract import (
-    BATCH_LAYER_OUTPUTS,
     EMBEDDING_OUTPUTS,
     EMBEDDINGS,
     GRAPH_OPS,
-    LAYER_OUTPUTS,
     OPSET,
     TOKENIZER,
     batch_layer_file,
@@ -206,9 +204,9 @@ def export_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: str = "
         graph = LayerGraph(model, i)
         path = folder / layer_file(i)
         _torch_export(graph, dummy_inputs(model, graph.input_names), path, graph.input_names,
-                      list(LAYER_OUTPUTS), opset)
+                      graph.output_names, opset)
         record_exit_head(path, graph.exit_head_weights())   # what quantization keeps fp32
-        entries.append(GraphEntry(layer_name(i), path.name, "", graph.input_names, list(LAYER_OUTPUTS),
+        entries.append(GraphEntry(layer_name(i), path.name, "", graph.input_names, graph.output_names,
                                     layer=i, prunes=graph.prunes))
     if graph_ops == "fused":
         from .optimize import optimize_layers
@@ -223,14 +221,13 @@ def export_batch_graphs(model: MpeeModel, folder: Path, opset: int, graph_ops: s
     graph_ops "fused": the attention is fused with each row's key lengths as its mask (optimize.py)."""
     model.eval()
     entries = []
-    outputs = list(BATCH_LAYER_OUTPUTS)
     for i in range(model.mpee.num_layers):
         graph = BatchLayerGraph(model, i)
         path = folder / batch_layer_file(i)
-        _torch_export(graph, dummy_inputs(model, graph.input_names, batch=True), path, graph.input_names, outputs,
-                      opset, batch=True)
+        _torch_export(graph, dummy_inputs(model, graph.input_names, batch=True), path, graph.input_names,
+                      graph.output_names, opset, batch=True)
         record_exit_head(path, graph.exit_head_weights())
-        entries.append(GraphEntry(batch_layer_name(i), path.name, "", graph.input_names, outputs, layer=i,
+        entries.append(GraphEntry(batch_layer_name(i), path.name, "", graph.input_names, graph.output_names, layer=i,
                                     prunes=graph.prunes, batch=True))
     if graph_ops == "fused":
         from .optimize import optimize_layers
@@ -269,7 +266,7 @@ def build_manifest(model: MpeeModel, entries: list[GraphEntry], tokenizer_sha: s
         model=ModelSection(num_layers=m.num_layers, hidden_size=s.hidden, intermediate_size=s.intermediate,
                            num_heads=s.heads, labels=list(m.labels), max_length=m.max_length, vocab_size=s.vocab,
                            task=m.task, truncation=m.truncation, family=model.family.model_type,
-                           special_tokens=special_tokens),
+                           special_tokens=special_tokens, relative_positions=model.family.relative_positions),
         pruning=PruningSection(prune_layers=list(m.prune_layers), keep_ratios=list(m.keep_ratios),
                                  scoring=m.scoring, prune_select=m.prune_select, fuse_token=m.fuse_token,
                                  betas=list(m.betas), lam=m.lam),
@@ -298,10 +295,6 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         ParityError when fp32 validation fails (unless opts.keep_failed).
     """
     out = Path(out)
-    if model.family.relative_positions:   # the layer graphs do not carry the tokens' positions yet
-        raise MpeeExportError(f"mpee-export cannot write {model.family.model_type} bundles yet: its relative position "
-                              "bias needs the tokens' positions carried between the layer graphs (issue 34); "
-                              "mpee-train, mpee-eval and mpee-export reference work")
     check_opset(opts.opset)
     if opts.graph_ops not in GRAPH_OPS:
         raise MpeeExportError(f"graph_ops must be one of {list(GRAPH_OPS)}, got {opts.graph_ops!r}")

@@ -11,6 +11,7 @@ from mpee_runtime.bundle.contract import (
     KEEP_RATIO,
     LENGTHS,
     MEMORY,
+    POSITIONS,
     SCORES,
     TOKEN_TYPE_IDS,
 )
@@ -26,7 +27,8 @@ def dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: i
 
     Token ids start with `cls_id` ([CLS] / <s>) and avoid the first five ids (special tokens in every family
     here: no padding id among them); the second half of the tokens is segment 1; scores are a distribution
-    over positions 1..seq-1, as a score memory is.
+    over positions 1..seq-1, as a score memory is; token positions are [CLS]'s 0, then distinct positions below
+    2 seq in no order, as pruning leaves them.
     """
     rng = rng or np.random.default_rng(0)
     ids = rng.integers(5, vocab_size, (1, seq)).astype(np.int64)
@@ -36,6 +38,8 @@ def dummy_feeds(names: list[str], *, hidden: int, num_labels: int, vocab_size: i
               HIDDEN: rng.standard_normal((1, seq, hidden)).astype(np.float32),
               SCORES: scores / scores.sum(), MEMORY: rng.standard_normal((1, num_labels)).astype(np.float32),
               KEEP_RATIO: np.asarray(keep_ratio, dtype=np.float32)}
+    if POSITIONS in names:   # drawn last, so the other inputs are the same with or without them
+        values[POSITIONS] = np.concatenate([[0], rng.permutation(np.arange(1, 2 * seq))[:seq - 1]]).astype(np.int64)[None]
     return {n: values[n] for n in names}
 
 

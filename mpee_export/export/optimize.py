@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -272,22 +273,39 @@ def _match(model, softmax, num_heads: int) -> dict | None:
     return _attention_match(model, consumers, core, branches, proj, heads, head_dim)
 
 
+def _scaled_qk(producer: dict, node) -> bool:
+    """Whether `node` is QK^T's scaling: a Div or Mul of a MatMul."""
+    return (node is not None and node.op_type in ("Div", "Mul") and producer.get(node.input[0]) is not None
+            and producer[node.input[0]].op_type == "MatMul")
+
+
 def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
-    """QK^T, its scale, the padding mask's Add (batch graphs; else None), the softmax, the context product and
-    the head merge, or None."""
+    """QK^T, its scale, the additive biases between the scale and the softmax, the softmax, the context product
+    and the head merge, or None.
+
+    The biases, in the order the model adds them: the family's attention bias (MPNet's relative positions,
+    `Family.attention_bias`: an input of the fused attention), then in a batch graph the padding mask (the
+    fused attention takes the rows' lengths instead). An Add whose other input is QK^T's scaling or another
+    such Add is one of them; at most two."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
         return None
-    scale_node = producer.get(softmax.input[0])
-    mask_add = None
-    if scale_node is not None and scale_node.op_type == "Add" and _has_lengths(model):
-        scaled = [producer.get(i) for i in scale_node.input]
-        inner = [n for n in scaled if n is not None and n.op_type in ("Div", "Mul")
-                 and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "MatMul"]
-        if len(inner) != 1:
+    adds, node = [], producer.get(softmax.input[0])
+    while node is not None and node.op_type == "Add" and len(adds) < 2:
+        inner = [producer.get(i) for i in node.input]
+        chained = [j for j, n in enumerate(inner) if _scaled_qk(producer, n) or (n is not None and n.op_type == "Add")]
+        if len(chained) != 1:
             return None
-        mask_add, scale_node = scale_node, inner[0]
-    if scale_node is None or scale_node.op_type not in ("Div", "Mul"):
+        adds.append((node, node.input[1 - chained[0]]))
+        node = inner[chained[0]]
+    scale_node = node
+    if not _scaled_qk(producer, scale_node):
         return None
+    mask_add = None
+    if adds and _has_lengths(model):   # the padding mask is added last
+        mask_add = adds.pop(0)[0]
+    if len(adds) > 1:
+        return None
+    bias_add, attention_bias = adds[0] if adds else (None, None)
     scale = model.get_constant_value(scale_node.input[1])
     qk = producer.get(scale_node.input[0])
     if scale is None or scale.size != 1 or qk is None or qk.op_type != "MatMul":
@@ -302,8 +320,9 @@ def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
     if merge_r is None or merge_r.op_type != "Reshape":
         return None
     value = float(scale.reshape(-1)[0])
-    return {"softmax": softmax, "scale_node": scale_node, "mask_add": mask_add, "qk": qk, "pv": pv,
-            "merge_t": merge_t, "merge_r": merge_r, "scale": 1.0 / value if scale_node.op_type == "Div" else value}
+    return {"softmax": softmax, "scale_node": scale_node, "mask_add": mask_add, "bias_add": bias_add,
+            "attention_bias": attention_bias, "qk": qk, "pv": pv, "merge_t": merge_t, "merge_r": merge_r,
+            "scale": 1.0 / value if scale_node.op_type == "Div" else value}
 
 
 def _has_lengths(model) -> bool:
@@ -335,10 +354,10 @@ def _only_score_readers(consumers: dict, core: dict, branches: dict, proj: dict)
     k_t, k_r, k_add = branches["k"]
     v_t, v_r, v_add = branches["v"]
     qk, scale_node, softmax, pv = core["qk"], core["scale_node"], core["softmax"], core["pv"]
-    mask_add = core["mask_add"]
     checks = [(q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]), (v_t, [pv]), (k_t, [qk]),
               (proj["q"][3], [q_add]), (proj["k"][3], [k_add]), (proj["v"][3], [v_add]), (qk, [scale_node])]
-    checks += [(scale_node, [softmax])] if mask_add is None else [(scale_node, [mask_add]), (mask_add, [softmax])]
+    chain = [scale_node] + [a for a in (core["bias_add"], core["mask_add"]) if a is not None] + [softmax]
+    checks += [(a, [b]) for a, b in pairwise(chain)]
     for node, allowed in checks:
         if any(c is not node and all(c is not a for a in allowed) for out in node.output
                for c in consumers.get(out, [])):
@@ -366,10 +385,11 @@ def _attention_match(model, consumers: dict, core: dict, branches: dict, proj: d
             "q_shared": q_shared, "q_split": q_t.output[0],
             "k_shared": k_shared, "k_split": k_r.output[0],
             "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
-            "masked": core["mask_add"] is not None,
+            "masked": core["mask_add"] is not None, "attention_bias": core["attention_bias"],
             "remove": [core["qk"], core["scale_node"], core["softmax"], core["pv"], core["merge_t"],
                        core["merge_r"], q_t, q_r, q_add, k_t, k_r, k_add, v_t, v_r, v_add,
-                       proj["q"][3], proj["k"][3], proj["v"][3]] + ([core["mask_add"]] if core["mask_add"] else [])}
+                       proj["q"][3], proj["k"][3], proj["v"][3]]
+                      + [a for a in (core["bias_add"], core["mask_add"]) if a is not None]}
 
 
 def _row_axis(model, node) -> str | None:
@@ -389,7 +409,8 @@ def _row_axis(model, node) -> str | None:
 
 
 def _rewrite(model, m: dict, num_heads: int) -> None:
-    if m["q_rows"] or m["q_shared"] or m["k_shared"] or m["masked"]:
+    # Attention (and QAttention, its int8 form) takes no attention bias: a biased attention is MultiHeadAttention.
+    if m["q_rows"] or m["q_shared"] or m["k_shared"] or m["masked"] or m["attention_bias"]:
         _rewrite_scored(model, m, num_heads)
         return
     name = model.create_node_name("Attention", "Attention_")
@@ -413,10 +434,20 @@ def _key_lengths(model) -> str:
     return KEY_LENGTHS
 
 
+def _optional_inputs(model, m: dict) -> list[str]:
+    """MultiHeadAttention's inputs after Q, K, V: bias (none), key_padding_mask (the rows' lengths in a batch
+    graph), attention_bias (the family's: (B or 1, H, N, N), added to the scaled logits)."""
+    inputs = ["", _key_lengths(model) if m["masked"] else "", m["attention_bias"] or ""]
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    return inputs
+
+
 def _rewrite_scored(model, m: dict, num_heads: int) -> None:
-    """A layer whose token score reads Q and K, or a batch graph's masked attention: one packed Q/K/V product, a
-    Split, and the com.microsoft MultiHeadAttention on the three parts (with the key lengths when masked); the score's query row and K per head are taken from the same
-    Q and K (no second projection of the query row, no second copy of W_q)."""
+    """A layer whose token score reads Q and K, a batch graph's masked attention, or an attention with the family's
+    bias: one packed Q/K/V product, a Split, and the com.microsoft MultiHeadAttention on the three parts (with the
+    key lengths when masked, and the bias as its `attention_bias`); the score's query row and K per head are
+    taken from the same Q and K (no second projection of the query row, no second copy of W_q)."""
     name = model.create_node_name("MultiHeadAttention", "MultiHeadAttention_")
     width = m["heads"] * m["head_dim"]
     w = numpy_helper.from_array(m["w"].astype(np.float32), name + "_qkv_weight")
@@ -431,8 +462,8 @@ def _rewrite_scored(model, m: dict, num_heads: int) -> None:
     new = [helper.make_node("MatMul", [m["x"], w.name], [name + "_qkv_mm"], name=name + "_qkv_mm"),
            helper.make_node("Add", [name + "_qkv_mm", b.name], [name + "_qkv"], name=name + "_qkv_add"),
            helper.make_node("Split", [name + "_qkv", sizes.name], [q, k, v], name=name + "_split", axis=-1),
-           helper.make_node("MultiHeadAttention", [q, k, v] + (["", _key_lengths(model)] if m["masked"] else []),
-                            [m["context"]], name=name, domain=MS_DOMAIN, num_heads=num_heads)]
+           helper.make_node("MultiHeadAttention", [q, k, v] + _optional_inputs(model, m), [m["context"]], name=name,
+                            domain=MS_DOMAIN, num_heads=num_heads)]
     opset = model.get_opset_version()
     for j, row in enumerate(m["q_rows"]):   # the score's query row: rows of Q, split into heads
         prefix = f"{SCORE_PREFIX}_{name}_{j}"

@@ -40,14 +40,28 @@ class EmbeddingsGraph(nn.Module):
         return self.model.family.embed(self.model.backbone, named[S.INPUT_IDS], named.get(S.TOKEN_TYPE_IDS), None)
 
 
+def start_positions(model: MpeeModel, named: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The tokens' positions a layer graph starts from: its `positions` input, or at layer 0 of a relative-position
+    family 0..N-1 for every row (as `MpeeModel.embed`); None for the other families."""
+    if not model.family.relative_positions:
+        return None
+    if S.POSITIONS in named:
+        return named[S.POSITIONS]
+    hidden = named[S.HIDDEN]
+    return torch.arange(shape_as_tensor(hidden)[1], device=hidden.device)[None].expand_as(hidden[..., 0])
+
+
 class LayerGraph(nn.Module):
-    """Layer i with its pruning step (if scheduled), score memory, exit head and classifier memory."""
+    """Layer i with its pruning step (if scheduled), score memory, exit head and classifier memory; in a
+    relative-position family also the tokens' positions, in and out (`contract.layer_outputs`)."""
 
     def __init__(self, model: MpeeModel, i: int) -> None:
         super().__init__()
         self.model, self.i = model, i
         self.prunes = i in model.mpee.prune_layers
-        self.input_names = S.layer_inputs(i, self.prunes)
+        self.positions = model.family.relative_positions
+        self.input_names = S.layer_inputs(i, self.prunes, self.positions)
+        self.output_names = S.layer_outputs(self.positions)
 
     def exit_head_weights(self) -> list[str]:
         """The initializer names of this layer's exit head weights in the exported graph."""
@@ -55,13 +69,15 @@ class LayerGraph(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, inputs))
-        state = LayerState(named[S.HIDDEN], None, named.get(S.SCORES), named.get(S.MEMORY))
+        state = LayerState(named[S.HIDDEN], None, named.get(S.SCORES), named.get(S.MEMORY),
+                           start_positions(self.model, named))
         state, _ = self.model.layer_step(self.i, state, named.get(S.KEEP_RATIO))
         probs, entropy = blended_outputs(state.memory)
         scores = state.scores
         if scores is None:   # no pruning layer reads a score (MpeeModel.scores_needed): the output is a filler
             scores = torch.zeros_like(state.hidden[:, 1:, 0])
-        return state.hidden, scores, state.memory, probs, entropy
+        out = (state.hidden, scores, state.memory, probs, entropy)
+        return out + (state.positions,) if self.positions else out
 
 
 class BatchLayerGraph(nn.Module):
@@ -72,7 +88,9 @@ class BatchLayerGraph(nn.Module):
         super().__init__()
         self.model, self.i = model, i
         self.prunes = i in model.mpee.prune_layers
-        self.input_names = S.batch_layer_inputs(i, self.prunes)
+        self.positions = model.family.relative_positions
+        self.input_names = S.batch_layer_inputs(i, self.prunes, self.positions)
+        self.output_names = S.batch_layer_outputs(self.positions)
 
     def exit_head_weights(self) -> list[str]:
         return exit_head_weights(self, self.model.exits[self.i])
@@ -82,13 +100,14 @@ class BatchLayerGraph(nn.Module):
         hidden, lengths = named[S.HIDDEN], named[S.LENGTHS]
         positions = torch.arange(shape_as_tensor(hidden)[1], device=hidden.device)
         mask = (positions[None] < lengths[:, None]).to(hidden.dtype)
-        state = LayerState(hidden, mask, named.get(S.SCORES), named.get(S.MEMORY))
+        state = LayerState(hidden, mask, named.get(S.SCORES), named.get(S.MEMORY), start_positions(self.model, named))
         state, _ = self.model.layer_step(self.i, state, named.get(S.KEEP_RATIO))
         probs, entropy = blended_outputs(state.memory)
         scores = state.scores
         if scores is None:   # as in LayerGraph: a filler
             scores = torch.zeros_like(state.hidden[:, 1:, 0])
-        return state.hidden, scores, state.memory, probs, entropy, state.mask.sum(dim=1).to(torch.long)
+        out = (state.hidden, scores, state.memory, probs, entropy, state.mask.sum(dim=1).to(torch.long))
+        return out + (state.positions,) if self.positions else out
 
 
 class ChainGraph(nn.Module):
@@ -105,7 +124,7 @@ class ChainGraph(nn.Module):
         named = dict(zip(self.input_names, inputs))
         keep_ratio = named[S.KEEP_RATIO]
         hidden = self.model.family.embed(self.model.backbone, named[S.INPUT_IDS], named.get(S.TOKEN_TYPE_IDS), None)
-        state = LayerState(hidden, None)
+        state = LayerState(hidden, None, positions=start_positions(self.model, {S.HIDDEN: hidden}))
         probs = []
         for i in range(self.model.mpee.num_layers):
             state, _ = self.model.layer_step(i, state, keep_ratio)

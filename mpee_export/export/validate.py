@@ -18,7 +18,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from mpee_runtime.bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, MEMORY, SCORES, TOKEN_TYPE_IDS
+from mpee_runtime.bundle.contract import (
+    CARRY,
+    HIDDEN,
+    INPUT_IDS,
+    KEEP_RATIO,
+    POSITIONS_OUT,
+    TOKEN_TYPE_IDS,
+)
 from mpee_runtime.bundle.manifest import GraphEntry, Manifest
 from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.core.policy import NO_EXIT, ExitPolicy
@@ -251,10 +258,10 @@ def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[GraphEntry],
                 ties[e.name] = ties.get(e.name, 0) + 1
                 outs = _run_torch(modules[i + 1], feeds)
             else:
-                canonical = _kept_rows_in_one_order(feeds[HIDDEN].shape[1], ratios[i], model.mpee.fuse_token
-                                                    ) if i in ratios else None
+                canonical = _kept_rows_in_one_order(feeds[HIDDEN].shape[1], ratios[i], model.mpee.fuse_token,
+                                                    e.outputs) if i in ratios else None
                 outs = _compare(e.name, sessions[i + 1], modules[i + 1], feeds, e.outputs, worst, errors, canonical)
-            state.update(zip((HIDDEN, SCORES, MEMORY), outs[:3]))
+            state.update((CARRY[name], x) for name, x in zip(e.outputs, outs) if name in CARRY)
     return GraphCheck(worst, max(worst.values()), sorted(set(errors)), ties)
 
 
@@ -263,11 +270,12 @@ def check_graphs(model: MpeeModel, bundle: Path, entries: Sequence[GraphEntry],
 TIE_GAP = 1e-4
 
 
-def _kept_rows_in_one_order(n_in: int, ratio: float, fuse: bool):
-    """For a pruning layer's outputs (hidden, scores, ...): the kept tokens, which come in descending score
-    order, put in one canonical order (by a fixed random projection of their hidden rows), so that two
-    kept tokens of near-equal score that onnxruntime and PyTorch order differently compare as equal; [CLS]
-    and the fused token stay where they are. Which tokens are kept is checked by `_near_tie` and the diff."""
+def _kept_rows_in_one_order(n_in: int, ratio: float, fuse: bool, names: Sequence[str]):
+    """For a pruning layer's outputs `names` (hidden, scores, ..., and the positions where carried): the kept
+    tokens, which come in descending score order, put in one canonical order (by a fixed random projection of
+    their hidden rows), so that two kept tokens of near-equal score that onnxruntime and PyTorch order
+    differently compare as equal; [CLS] and the fused token stay where they are. Which tokens are kept is
+    checked by `_near_tie` and the diff."""
     from ..model.modeling import keep_count
     k = int(keep_count(torch.tensor(n_in), ratio))
     fused = int(fuse and k < n_in - 1)
@@ -282,7 +290,13 @@ def _kept_rows_in_one_order(n_in: int, ratio: float, fuse: bool):
         scores = scores.copy()
         hidden[0, 1:1 + k] = hidden[0, 1:1 + k][order]
         scores[0, :k] = scores[0, :k][order]
-        return [hidden, scores, *outs[2:]]
+        outs = [hidden, scores, *outs[2:]]
+        if POSITIONS_OUT in names:
+            j = list(names).index(POSITIONS_OUT)
+            positions = outs[j].copy()
+            positions[0, 1:1 + k] = positions[0, 1:1 + k][order]
+            outs[j] = positions
+        return outs
     return canonical
 
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from families import FAMILIES, SENTENCES, tiny_family_folder
+from families import ALL_FAMILIES, SENTENCES, tiny_family_folder
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -66,7 +66,7 @@ def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
 def pipeline(request, tmp_path_factory) -> Pipeline:
     family = request.param
     root = tmp_path_factory.mktemp(family)

@@ -17,8 +17,11 @@ from ..errors import MpeeRuntimeError, shown
 #    embeddings graph takes any batch. Bundles of 3 and 4 have none: they run batches one row at a time.
 # 6: model.family and model.special_tokens (padding uses its pad id); the embeddings graph takes the inputs its
 #    family reads (`EMBEDDING_INPUT_SETS`). Bundles before 6 are BERT's: both inputs, [PAD] = 0.
-SCHEMA_VERSION = 6
-SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6)
+# 7: model.relative_positions: the layer graphs of a family with a relative position bias (MPNet) carry each
+#    token's original position (`positions`, after layer 0) from layer to layer; the other families' graphs
+#    are those of schema 6.
+SCHEMA_VERSION = 7
+SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6, 7)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -49,6 +52,9 @@ MAX_FILE_NAME = 255               # bytes in UTF-8: the common file-system limit
 INPUT_IDS, TOKEN_TYPE_IDS = "input_ids", "token_type_ids"
 HIDDEN, SCORES, MEMORY, KEEP_RATIO = "hidden", "scores", "memory", "keep_ratio"
 HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY = "hidden_out", "scores_out", "memory_out", "probs", "entropy"
+# Relative-position families (model.relative_positions): each token's position in the input (1, N) or (B, N)
+# int64; layer 0 starts them (0..N-1), every layer returns them in its token order (pruning moves them).
+POSITIONS, POSITIONS_OUT = "positions", "positions_out"
 # Batch graphs: each row's real tokens are a prefix of its padded row, `lengths` (B,) int64 long, [CLS] included.
 LENGTHS, LENGTHS_OUT = "lengths", "lengths_out"
 EMBEDDING_INPUTS, EMBEDDING_OUTPUTS = (INPUT_IDS, TOKEN_TYPE_IDS), (HIDDEN,)
@@ -59,7 +65,7 @@ BERT_PAD_ID = 0                   # the pad id of bundles written before schema 
 LAYER_OUTPUTS = (HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY)
 BATCH_LAYER_OUTPUTS = LAYER_OUTPUTS + (LENGTHS_OUT,)
 # Which output feeds which input of the next layer.
-CARRY = {HIDDEN_OUT: HIDDEN, SCORES_OUT: SCORES, MEMORY_OUT: MEMORY}
+CARRY = {HIDDEN_OUT: HIDDEN, SCORES_OUT: SCORES, MEMORY_OUT: MEMORY, POSITIONS_OUT: POSITIONS}
 
 
 def layer_file(i: int) -> str:
@@ -70,10 +76,16 @@ def layer_name(i: int) -> str:
     return f"layer_{i:02d}"
 
 
-def layer_inputs(i: int, prunes: bool) -> list[str]:
-    """Layer 0 starts both memories, so it takes only the hidden states (and the keep ratio if it prunes)."""
-    names = [HIDDEN] if i == 0 else [HIDDEN, SCORES, MEMORY]
+def layer_inputs(i: int, prunes: bool, positions: bool = False) -> list[str]:
+    """Layer 0 starts both memories (and the positions), so it takes only the hidden states (and the keep ratio
+    if it prunes); `positions`: the model carries token positions (model.relative_positions)."""
+    names = [HIDDEN] if i == 0 else [HIDDEN, SCORES, MEMORY] + ([POSITIONS] if positions else [])
     return names + [KEEP_RATIO] if prunes else names
+
+
+def layer_outputs(positions: bool = False) -> list[str]:
+    """A batch-1 layer graph's outputs: LAYER_OUTPUTS, then the tokens' positions when the model carries them."""
+    return list(LAYER_OUTPUTS) + ([POSITIONS_OUT] if positions else [])
 
 
 def batch_layer_file(i: int) -> str:
@@ -84,10 +96,15 @@ def batch_layer_name(i: int) -> str:
     return f"batch_layer_{i:02d}"
 
 
-def batch_layer_inputs(i: int, prunes: bool) -> list[str]:
+def batch_layer_inputs(i: int, prunes: bool, positions: bool = False) -> list[str]:
     """A batch layer graph's inputs: those of `layer_inputs` with each row's real length after the hidden states."""
-    names = layer_inputs(i, prunes)
+    names = layer_inputs(i, prunes, positions)
     return names[:1] + [LENGTHS] + names[1:]
+
+
+def batch_layer_outputs(positions: bool = False) -> list[str]:
+    """A batch layer graph's outputs: BATCH_LAYER_OUTPUTS, then the positions when the model carries them."""
+    return list(BATCH_LAYER_OUTPUTS) + ([POSITIONS_OUT] if positions else [])
 
 
 def dynamic_axes(names: list[str], batch: bool = False) -> dict[str, dict[int, str]]:
@@ -95,7 +112,8 @@ def dynamic_axes(names: list[str], batch: bool = False) -> dict[str, dict[int, s
     batch axis of every tensor but the keep ratio too (batch-1 graphs have it fixed at 1, which their
     optimizations rely on)."""
     axes = {INPUT_IDS: {1: "seq"}, TOKEN_TYPE_IDS: {1: "seq"}, HIDDEN: {1: "seq"}, SCORES: {1: "seq_minus_1"},
-            HIDDEN_OUT: {1: "seq_out"}, SCORES_OUT: {1: "seq_out_minus_1"}}
+            HIDDEN_OUT: {1: "seq_out"}, SCORES_OUT: {1: "seq_out_minus_1"}, POSITIONS: {1: "seq"},
+            POSITIONS_OUT: {1: "seq_out"}}
     if batch:
         axes = {n: {0: "batch"} | axes.get(n, {}) for n in (*axes, MEMORY, MEMORY_OUT, PROBS, ENTROPY, LENGTHS,
                                                               LENGTHS_OUT)}

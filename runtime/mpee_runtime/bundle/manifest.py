@@ -22,7 +22,6 @@ from ..core.policy import POLICIES, check_threshold
 from ..errors import MpeeRuntimeError, shown
 from ..files import write_text
 from .contract import (
-    BATCH_LAYER_OUTPUTS,
     BERT_PAD_ID,
     BUNDLE_PRECISIONS,
     EMBEDDING_INPUT_SETS,
@@ -30,7 +29,6 @@ from .contract import (
     EXIT_POOLINGS,
     FORMAT,
     GRAPH_OPS,
-    LAYER_OUTPUTS,
     MANIFEST,
     METRICS,
     OPSET,
@@ -41,10 +39,12 @@ from .contract import (
     TRUNCATIONS,
     batch_layer_inputs,
     batch_layer_name,
+    batch_layer_outputs,
     check_file_name,
     graph_stamp,
     layer_inputs,
     layer_name,
+    layer_outputs,
 )
 from .fields import Fields
 from .integrity import check_integrity, seal, sha256_of
@@ -80,6 +80,8 @@ class ModelSection:
     truncation: str = "head"          # TRUNCATIONS; bundles written before it was recorded cut the head
     family: str = "bert"              # the encoder's model_type (schema 6); informative: the graphs say the rest
     special_tokens: SpecialTokens | None = None   # schema 6; None before (BERT: [PAD] = 0)
+    # schema 7: the layer graphs carry each token's original position (a relative position bias: MPNet)
+    relative_positions: bool = False
 
     @property
     def pad_token_id(self) -> int:
@@ -95,16 +97,18 @@ class ModelSection:
         if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
             raise f.fail("labels", "at least 2 distinct non-empty label strings")
         vocab_size = f.integer("vocab_size", lo=1)
-        family, special = "bert", None
+        family, special, relative = "bert", None, False
         if version >= 6:
             family = f.text("family")
             special = SpecialTokens.parse(f.section("special_tokens"), vocab_size)
+        if version >= 7:
+            relative = f.flag("relative_positions")
         return cls(num_layers=f.integer("num_layers", lo=1), hidden_size=f.integer("hidden_size", lo=1),
                    intermediate_size=f.integer("intermediate_size", lo=1), num_heads=f.integer("num_heads", lo=1),
                    labels=labels, max_length=f.integer("max_length", lo=2), vocab_size=vocab_size,
                    task=f.text("task", optional=True),
                    truncation=f.text("truncation", choices=TRUNCATIONS, optional=True) or "head",
-                   family=family, special_tokens=special)
+                   family=family, special_tokens=special, relative_positions=relative)
 
 
 @dataclass(frozen=True)
@@ -205,15 +209,15 @@ class GraphEntry:
                    precision=f.text("precision", choices=BUNDLE_PRECISIONS),
                    batch=f.flag("batch") if "batch" in f.data else False)
 
-    def expected_io(self) -> tuple[list[str], list[str]]:
+    def expected_io(self, positions: bool = False) -> tuple[list[str], list[str]]:
         """The inputs and outputs the contract requires of this graph (the embeddings graph: the input set it
-        records, when it is one of the contract's)."""
+        records, when it is one of the contract's); `positions`: the model carries token positions."""
         if self.layer is None:
             inputs = next((list(s) for s in EMBEDDING_INPUT_SETS if list(s) == self.inputs), EMBEDDING_INPUT_SETS[0])
             return list(inputs), list(EMBEDDING_OUTPUTS)
         if self.batch:
-            return batch_layer_inputs(self.layer, self.prunes), list(BATCH_LAYER_OUTPUTS)
-        return layer_inputs(self.layer, self.prunes), list(LAYER_OUTPUTS)
+            return batch_layer_inputs(self.layer, self.prunes, positions), batch_layer_outputs(positions)
+        return layer_inputs(self.layer, self.prunes, positions), layer_outputs(positions)
 
 
 @dataclass(frozen=True)
@@ -359,7 +363,7 @@ class Manifest:
                 raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}), expected {want_name!r}")
             if g.layer is not None and g.prunes != (g.layer in prune):
                 raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
-            self._check_io(g, where)
+            self._check_io(g, where, self.model.relative_positions)
             if g.batch:
                 raise MpeeRuntimeError(f"{where} is a batch graph (those are listed in batch_graphs)")
         if self.batch_graphs and len(self.batch_graphs) != n:
@@ -371,11 +375,11 @@ class Manifest:
                                        f"{batch_layer_name(i)!r}")
             if g.prunes != (i in prune):
                 raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
-            self._check_io(g, where)
+            self._check_io(g, where, self.model.relative_positions)
 
     @staticmethod
-    def _check_io(g: GraphEntry, where: str) -> None:
-        inputs, outputs = g.expected_io()
+    def _check_io(g: GraphEntry, where: str, positions: bool) -> None:
+        inputs, outputs = g.expected_io(positions)
         if g.inputs != inputs or g.outputs != outputs:
             raise MpeeRuntimeError(f"{where} has inputs {g.inputs} and outputs {g.outputs}, "
                                    f"expected {inputs} and {outputs}")

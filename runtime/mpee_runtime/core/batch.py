@@ -3,7 +3,7 @@
 Rule (`run_rows`): the rows are right-padded to the longest; after each layer the exit rule decides for every
 running row at once (`policy.BatchExitRule`: one numpy comparison, per-row counts for patience and depth);
 the rows whose exit fires leave with their answer, recorded into per-row arrays, and the rows that go on are
-cut to their own longest row (hidden, scores, memory and lengths sliced). When one row is left it finishes
+cut to their own longest row (hidden, scores, memory, lengths and, where carried, positions sliced). When one row is left it finishes
 on the batch-1 graphs (faster, the same answer). Python work per layer does not grow with the rows: every
 per-row fact (tokens per layer, exit layer, probabilities, the time of its answer) is a numpy assignment.
 """
@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle.contract import HIDDEN, KEEP_RATIO, LENGTHS, MEMORY, SCORES
+from ..bundle.contract import HIDDEN, KEEP_RATIO, LENGTHS, MEMORY, POSITIONS, SCORES
 from ..bundle.manifest import Manifest
 from .padding import pad_rows
 from .policy import BatchExitRule
@@ -73,6 +73,8 @@ def run_rows(engine: Chain, input_ids: Sequence[np.ndarray], token_type_ids: Seq
     (hidden,) = sessions[0].run(outputs[0], engine.embedding_feeds(ids, types))
     embed_us = (perf_counter_ns() - t0) / 1e3
     state = {HIDDEN: hidden, LENGTHS: lengths}
+    carries_positions = engine.manifest.model.relative_positions
+    positions = None
     rows = np.arange(n_rows)                      # the original index of each row still running
     layer_us: list[float] = []
     for i in range(num_layers):
@@ -81,14 +83,16 @@ def run_rows(engine: Chain, input_ids: Sequence[np.ndarray], token_type_ids: Seq
         t = perf_counter_ns()
         if len(rows) == 1:   # one row left: the batch-1 graph, faster and the same answer
             n = int(state[LENGTHS][0])
-            cut = {HIDDEN: n, SCORES: n - 1}
+            cut = {HIDDEN: n, SCORES: n - 1, POSITIONS: n}
             feeds = {k: np.ascontiguousarray(state[k][:, :cut[k]]) if k in cut else state[k] for k in inputs[i + 1]}
             out = sessions[i + 1].run(outputs[i + 1], feeds)
-            out.append(np.asarray([out[0].shape[1]], dtype=np.int64))
+            out.insert(5, np.asarray([out[0].shape[1]], dtype=np.int64))   # the batch graphs' order
         else:
             out = batch_sessions[i].run(entries[i].outputs, {k: state[k] for k in entries[i].inputs})
         layer_us.append((perf_counter_ns() - t) / 1e3)
-        hidden, scores, memory, probs, entropy, new_lengths = out
+        hidden, scores, memory, probs, entropy, new_lengths = out[:6]
+        if carries_positions:
+            positions = out[6]
         attn[rows, i], ffn[rows, i] = state[LENGTHS], new_lengths
         if final is None:
             final = np.zeros((n_rows, probs.shape[1]), dtype=probs.dtype)
@@ -113,5 +117,9 @@ def run_rows(engine: Chain, input_ids: Sequence[np.ndarray], token_type_ids: Seq
             n = int(new_lengths[stay].max())
             hidden, scores = np.ascontiguousarray(hidden[stay, :n]), np.ascontiguousarray(scores[stay, :n - 1])
             memory, new_lengths, rows = memory[stay], new_lengths[stay], rows[stay]
+            if carries_positions:
+                positions = np.ascontiguousarray(positions[stay, :n])
         state.update({HIDDEN: hidden, SCORES: scores, MEMORY: memory, LENGTHS: new_lengths})
+        if carries_positions:
+            state[POSITIONS] = positions
     return BatchRows(exit_layer, attn, ffn, final, done_ns / 1e3, embed_us, layer_us, layer_probs, layer_entropies)

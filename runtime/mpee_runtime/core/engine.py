@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, MEMORY, SCORES, TOKEN_TYPE_IDS
+from ..bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, MEMORY, POSITIONS, SCORES, TOKEN_TYPE_IDS
 from ..bundle.manifest import Manifest
 from ..errors import MpeeRuntimeError, shown
 from ..text.encoder import TextEncoder
@@ -100,6 +100,8 @@ class MpeeEngine:
         self.input_names = [g.inputs for g in manifest.graphs]
         # What the embeddings graph reads: token ids, and token types where the family has them (schema 6).
         self._types_fed = TOKEN_TYPE_IDS in manifest.graphs[0].inputs
+        # Schema 7, relative-position families: each layer's last output is the tokens' positions, the next's input.
+        self.carries_positions = manifest.model.relative_positions
         self.output_names = [g.outputs for g in manifest.graphs]
         # The sessions own the cores: tokenizers' own thread pool, woken by every encode_batch, competes with
         # them (measured on 2 cores: 3-9% fewer texts/s at batch 64, benchmarks/results/restructure_rooms).
@@ -250,16 +252,19 @@ class MpeeEngine:
         embed_ns = perf_counter_ns() - t0
         state = {HIDDEN: hidden}
         attn_lens, ffn_lens, trace_p, trace_h = [], [], [], []
+        positions = self.carries_positions
         for i in range(self.num_layers):
             if i in ratios:
                 state[KEEP_RATIO] = ratios[i]
             attn_lens.append(state[HIDDEN].shape[1])
             t = perf_counter_ns()
-            hidden, scores, memory, probs, entropy = sessions[i + 1].run(
-                outputs[i + 1], {name: state[name] for name in inputs[i + 1]})
+            out = sessions[i + 1].run(outputs[i + 1], {name: state[name] for name in inputs[i + 1]})
             layer_ns.append(perf_counter_ns() - t)
+            hidden, scores, memory, probs, entropy = out[:5]
             ffn_lens.append(hidden.shape[1])
             state[HIDDEN], state[SCORES], state[MEMORY] = hidden, scores, memory
+            if positions:
+                state[POSITIONS] = out[5]
             if record:
                 trace_p.append([float(x) for x in probs[0]])
                 trace_h.append(float(entropy[0]))
