@@ -7,7 +7,9 @@ The folder's file names and record are the runtime's contract (mpee_runtime.bund
     OUT/model.onnx             optimum's plain export (fp32), run by onnxruntime
     OUT/model_fused.onnx       model.onnx after onnxruntime's offline transformer optimizer
                                (`onnxruntime.transformers.optimizer.optimize_model`, model_type bert, opt_level 0):
-                               Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization fused (fp32).
+                               Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization fused (fp32);
+                               an attention it cannot match (MPNet's, with its relative position bias) is fused by
+                               ours (export/optimize.py) into MultiHeadAttention with the bias as attention_bias.
                                onnxruntime's session-level optimizer does not fuse attention, so without this
                                file the fp32 baseline would be slower than what users deploy.
     OUT/model_fused_int8.onnx  model_fused.onnx quantized to dynamic int8 with optimum's recipe for this CPU
@@ -171,11 +173,20 @@ def fused_counts(counts: Counter) -> dict:
 def fuse(plain: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers: int,
          model_type: str = "bert") -> dict:
     """Write `dst` = `plain` after onnxruntime's offline transformer fusions for `model_type` (the family's
-    `ort_model_type`); return the record of what fused."""
+    `ort_model_type`) and, for the attentions those leave, ours (`export.optimize.fuse_attention`); return the
+    record of what fused."""
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from ..export.optimize import fuse_attention
     optimized = optimize_model(str(plain), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
                                opt_level=0, use_gpu=False)
+    # What onnxruntime's optimizer leaves unfused, our attention fusion takes (MPNet: its optimizer does not
+    # match an attention with a relative position bias); a no-op where every attention is already fused.
+    ours = fuse_attention(optimized, num_heads)
+    if ours:
+        optimized.prune_graph()
+        optimized.topological_sort()
     optimized.save_model_to_file(str(dst))   # adds the com.microsoft opset import the fused ops need
     typed = True
     try:   # type every tensor (onnx's own inference stops at the com.microsoft ops) for the quantizer
@@ -188,7 +199,7 @@ def fuse(plain: Path, dst: Path, *, num_heads: int, hidden_size: int, num_layers
     missing = {k: f"{counts[k]}/{n}" for k, n in expected.items() if counts[k] < n}
     record = {"optimizer": "onnxruntime.transformers.optimizer.optimize_model", "model_type": model_type,
               "num_heads": num_heads, "hidden_size": hidden_size, "opt_level": 0,
-              "fused_nodes": counts, "plain_nodes": sum(op_counts(plain).values()),
+              "fused_nodes": counts, "plain_nodes": sum(op_counts(plain).values()), "attention_fused_by_mpee": ours,
               "expected_per_model": expected, "fully_fused": not missing, "typed_value_info": typed}
     if missing:
         record["warning"] = ("the offline optimizer did not fuse every layer (" +

@@ -284,9 +284,10 @@ def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
     and the head merge, or None.
 
     The biases, in the order the model adds them: the family's attention bias (MPNet's relative positions,
-    `Family.attention_bias`: an input of the fused attention), then in a batch graph the padding mask (the
-    fused attention takes the rows' lengths instead). An Add whose other input is QK^T's scaling or another
-    such Add is one of them; at most two."""
+    `Family.attention_bias`), then the padding mask: in a batch layer graph its Add goes (the fused attention
+    takes the rows' lengths instead); any other bias, a full model's extended attention mask included, becomes
+    the fused attention's `attention_bias` (summed, when two). An Add whose other input is QK^T's scaling or
+    another such Add is one of them; at most two."""
     if _attr(softmax, "axis", -1) not in (-1, 3):
         return None
     adds, node = [], producer.get(softmax.input[0])
@@ -303,9 +304,7 @@ def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
     mask_add = None
     if adds and _has_lengths(model):   # the padding mask is added last
         mask_add = adds.pop(0)[0]
-    if len(adds) > 1:
-        return None
-    bias_add, attention_bias = adds[0] if adds else (None, None)
+    adds.reverse()                     # in the order they are added
     scale = model.get_constant_value(scale_node.input[1])
     qk = producer.get(scale_node.input[0])
     if scale is None or scale.size != 1 or qk is None or qk.op_type != "MatMul":
@@ -320,8 +319,8 @@ def _match_core(model, producer: dict, consumers: dict, softmax) -> dict | None:
     if merge_r is None or merge_r.op_type != "Reshape":
         return None
     value = float(scale.reshape(-1)[0])
-    return {"softmax": softmax, "scale_node": scale_node, "mask_add": mask_add, "bias_add": bias_add,
-            "attention_bias": attention_bias, "qk": qk, "pv": pv, "merge_t": merge_t, "merge_r": merge_r,
+    return {"softmax": softmax, "scale_node": scale_node, "mask_add": mask_add, "bias_adds": [a for a, _ in adds],
+            "biases": [b for _, b in adds], "qk": qk, "pv": pv, "merge_t": merge_t, "merge_r": merge_r,
             "scale": 1.0 / value if scale_node.op_type == "Div" else value}
 
 
@@ -356,7 +355,7 @@ def _only_score_readers(consumers: dict, core: dict, branches: dict, proj: dict)
     qk, scale_node, softmax, pv = core["qk"], core["scale_node"], core["softmax"], core["pv"]
     checks = [(q_add, [q_r]), (k_add, [k_r]), (v_add, [v_r]), (q_r, [q_t]), (v_r, [v_t]), (v_t, [pv]), (k_t, [qk]),
               (proj["q"][3], [q_add]), (proj["k"][3], [k_add]), (proj["v"][3], [v_add]), (qk, [scale_node])]
-    chain = [scale_node] + [a for a in (core["bias_add"], core["mask_add"]) if a is not None] + [softmax]
+    chain = [scale_node, *core["bias_adds"]] + ([core["mask_add"]] if core["mask_add"] else []) + [softmax]
     checks += [(a, [b]) for a, b in pairwise(chain)]
     for node, allowed in checks:
         if any(c is not node and all(c is not a for a in allowed) for out in node.output
@@ -385,11 +384,11 @@ def _attention_match(model, consumers: dict, core: dict, branches: dict, proj: d
             "q_shared": q_shared, "q_split": q_t.output[0],
             "k_shared": k_shared, "k_split": k_r.output[0],
             "q_row_users": {r.output[0]: consumers.get(r.output[0], []) for r in q_rows},
-            "masked": core["mask_add"] is not None, "attention_bias": core["attention_bias"],
+            "masked": core["mask_add"] is not None, "biases": core["biases"],
             "remove": [core["qk"], core["scale_node"], core["softmax"], core["pv"], core["merge_t"],
                        core["merge_r"], q_t, q_r, q_add, k_t, k_r, k_add, v_t, v_r, v_add,
                        proj["q"][3], proj["k"][3], proj["v"][3]]
-                      + [a for a in (core["bias_add"], core["mask_add"]) if a is not None]}
+                      + core["bias_adds"] + ([core["mask_add"]] if core["mask_add"] else [])}
 
 
 def _row_axis(model, node) -> str | None:
@@ -410,7 +409,7 @@ def _row_axis(model, node) -> str | None:
 
 def _rewrite(model, m: dict, num_heads: int) -> None:
     # Attention (and QAttention, its int8 form) takes no attention bias: a biased attention is MultiHeadAttention.
-    if m["q_rows"] or m["q_shared"] or m["k_shared"] or m["masked"] or m["attention_bias"]:
+    if m["q_rows"] or m["q_shared"] or m["k_shared"] or m["masked"] or m["biases"]:
         _rewrite_scored(model, m, num_heads)
         return
     name = model.create_node_name("Attention", "Attention_")
@@ -434,10 +433,21 @@ def _key_lengths(model) -> str:
     return KEY_LENGTHS
 
 
+def _attention_bias(model, biases: list[str]) -> str:
+    """The one tensor MultiHeadAttention adds to its scaled logits: the bias, or the sum of two (made once for
+    every attention that adds the same pair: a full model's position bias and extended mask)."""
+    if len(biases) < 2:
+        return biases[0] if biases else ""
+    name = "attention_bias_sum_" + "_".join(b.strip("/").replace("/", "_") for b in biases)
+    if not any(name in n.output for n in model.model.graph.node):
+        model.add_node(helper.make_node("Add", biases, [name], name=name))
+    return name
+
+
 def _optional_inputs(model, m: dict) -> list[str]:
     """MultiHeadAttention's inputs after Q, K, V: bias (none), key_padding_mask (the rows' lengths in a batch
-    graph), attention_bias (the family's: (B or 1, H, N, N), added to the scaled logits)."""
-    inputs = ["", _key_lengths(model) if m["masked"] else "", m["attention_bias"] or ""]
+    graph), attention_bias ((B or 1, H or 1, N, N), added to the scaled logits: `_attention_bias`)."""
+    inputs = ["", _key_lengths(model) if m["masked"] else "", _attention_bias(model, m["biases"])]
     while inputs and not inputs[-1]:
         inputs.pop()
     return inputs
