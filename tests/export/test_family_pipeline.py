@@ -26,7 +26,7 @@ from mpee_export.cli.train import train
 from mpee_export.model.checkpoint import load_checkpoint
 from mpee_export.model.families import FAMILIES as REGISTRY
 from mpee_export.model.modeling import memories_to_probs
-from mpee_runtime.bundle.contract import INPUT_IDS, TOKEN_TYPE_IDS
+from mpee_runtime.bundle.contract import INPUT_IDS, POSITIONS, POSITIONS_OUT, TOKEN_TYPE_IDS
 from mpee_runtime.bundle.manifest import Manifest
 from mpee_runtime.bundle.reference import FUSED, REFERENCE_HF, ReferenceRecord
 from mpee_runtime.cli.run import main as run_cli
@@ -105,6 +105,12 @@ def test_the_manifest_says_what_the_device_feeds(pipeline):
     assert (TOKEN_TYPE_IDS in manifest.graphs[0].inputs) == (pipeline.family in ("bert", "electra"))
     special = manifest.model.special_tokens
     assert (special.cls, special.sep, special.pad) == (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    # MPNet's layers carry the tokens' positions: in after layer 0, out of every layer, batch graphs too
+    relative = pipeline.family == "mpnet"
+    assert manifest.model.relative_positions == relative
+    for entry in manifest.layers + manifest.batch_graphs:
+        assert (POSITIONS in entry.inputs) == (relative and entry.layer > 0), entry
+        assert (entry.outputs[-1] == POSITIONS_OUT) == relative, entry
 
 
 def _ops(path: Path) -> Counter:

@@ -180,7 +180,7 @@ def test_bundle_from_before_families_runs_as_bert(bundle):
     texts = [t for t, _ in TEXTS]
     want = [before.predict(t, threshold=0.6) for t in texts]
     data = json.loads((bundle / MANIFEST).read_text())
-    del data["model"]["family"], data["model"]["special_tokens"]
+    del data["model"]["family"], data["model"]["special_tokens"], data["model"]["relative_positions"]
     data["schema_version"] = 5
     (bundle / MANIFEST).write_text(json.dumps(seal(data)))
     engine = MpeeEngine(bundle, threads=1)
@@ -189,6 +189,28 @@ def test_bundle_from_before_families_runs_as_bert(bundle):
         _same(got, w)
     for t, w in zip(texts, want):
         _same(engine.predict(t, threshold=0.6), w)
+
+
+def test_bundle_from_before_positions_runs_as_before(bundle):
+    """A schema-6 manifest (no model.relative_positions: no graph carried positions then) loads and gives the same
+    answers; a manifest that claims positions for graphs that take none is refused in one line."""
+    before = MpeeEngine(bundle, threads=1)
+    texts = [t for t, _ in TEXTS]
+    want = [before.predict(t, threshold=0.6) for t in texts]
+    data = json.loads((bundle / MANIFEST).read_text())
+    assert data["model"]["relative_positions"] is False
+    claimed = json.loads(json.dumps(data))
+    claimed["model"]["relative_positions"] = True
+    (bundle / MANIFEST).write_text(json.dumps(seal(claimed)))
+    with pytest.raises(MpeeRuntimeError, match=r"graphs\[1\] has .* expected .*'positions_out'\]$"):
+        MpeeEngine(bundle, threads=1)
+    del data["model"]["relative_positions"]
+    data["schema_version"] = 6
+    (bundle / MANIFEST).write_text(json.dumps(seal(data)))
+    engine = MpeeEngine(bundle, threads=1)
+    assert not engine.manifest.model.relative_positions
+    for got, w in zip(engine.predict_batch(texts, threshold=0.6), want):
+        _same(got, w)
 
 
 def test_batch_graph_file_checked_like_the_others(bundle):

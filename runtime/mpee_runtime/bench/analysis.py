@@ -251,8 +251,9 @@ def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: f
     table = [summaries[v.name] for v in infos if v.group == "table"]
     sweep = [summaries[v.name] for v in infos if v.group == "sweep"]
     static = [summaries[v.name] for v in infos if v.group == "static"]
+    companion = [summaries[v.name] for v in infos if v.group == "companion"]
     baselines = choose_baselines(table)
-    add_speedups(table + sweep + static, table, baselines)
+    add_speedups(table + sweep + static + companion, table, baselines)
     by_name = {r.variant: r for r in table}
     aa = aa_control(by_name[AA_NAMES[0]], by_name[AA_NAMES[1]])
     notes = list(run.notes) + (list(m.pytorch.notes) if m.pytorch else []) + m.notes
@@ -261,7 +262,8 @@ def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: f
                        measurement={"passes": passes, "aa_threshold": AA_THRESHOLD},
                        reference_export=run.reference_export, policy=run.policy,
                        tokenize=latency_summary(run.tokenize_us) if run.tokenize_us else None, notes=notes,
-                       variants=table, sweep=sweep, static=static, device_warnings=device)
+                       variants=table, sweep=sweep, static=static, device_warnings=device, companion=companion,
+                       command=list(run.command))
     table_infos = [v for v in infos if v.group == "table"]
     max_length = run.input.get("max_length")
     res.length_buckets = length_breakdown(table_infos, by_variant, run.gold, run.metric_name, fm, length_edges,

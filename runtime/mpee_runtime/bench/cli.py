@@ -2,6 +2,7 @@
 
     mpee-bench BUNDLE --input DEV [--reference REF] [--int8 B] ... --out OUT   measure, then report
     mpee-bench report OUT [--max-drop D | --budget-ms B] [--length-buckets N,M]   report again from OUT's rows
+    mpee-bench map RESULTS[=NAME] ... --out MAP   several results folders of one task on one accuracy/latency map
     mpee-bench --throughput BUNDLE --input DEV --reference REF ... --out OUT   texts/s by batch size
     mpee-bench throughput-report OUT       the throughput report again (`mpee_runtime.bench.throughput`)
 
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="folder from `mpee-export reference`: model.onnx, "
                    "model_fused.onnx, model_fused_int8.onnx (+ hf/ for python -m mpee_export.baselines.bench_pytorch)")
     p.add_argument("--int8", type=Path, help="int8 bundle of the same model")
+    p.add_argument("--companion", type=Path, metavar="BUNDLE2",
+                   help="another model's bundle for the same task (e.g. a smaller model), measured in the same "
+                   "interleaved pass on its own tokenizer: its MPEE at its operating point")
+    p.add_argument("--companion-reference", type=Path, metavar="REF2",
+                   help="the companion's `mpee-export reference` folder: its fused full models, fp32 and int8")
     p.add_argument("--policy", choices=POLICIES, help="exit policy of exits/mpee/sweep [default: the bundle's]")
     p.add_argument("--threshold", type=float, help="threshold for exits/mpee [default: the bundle's]")
     p.add_argument("--keep-ratio", type=float, default=None, help="r for pruning/mpee [default: the bundle's]")
@@ -69,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import report
     if argv[:1] == [REPORT]:
         return report.main(argv[1:])
+    from . import deployment_map
+    if argv[:1] == [deployment_map.COMMAND]:
+        return deployment_map.main(argv[1:])
     from .throughput import cli as throughput
     if argv[:1] == [throughput.REPORT_COMMAND]:
         return throughput.report_main(argv[1:])
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return throughput.main(throughput.strip_command(argv))
     from . import measure
     args = build_parser().parse_intermixed_args(argv)
+    args.argv = argv   # recorded in run.json: each point of a report names the command that measured it
     measure.run(args)
     report.report(args.out, length_edges=args.length_buckets)
     return 0

@@ -9,6 +9,10 @@ Rules (the method and why: docs/benchmarking.md):
   first --warmup examples are run by every variant beforehand and not kept.
 - Only the model is timed; tokenisation is timed once per example and recorded apart.
 - The A/A control: the chain is measured twice (AA_NAMES), each on its own load of the bundle.
+- A companion model (--companion BUNDLE2 [--companion-reference REF2]: another model of the same task, e.g. a
+  smaller one a user might deploy instead) runs in the same pass, on its own tokenizer's ids of the same texts:
+  its full models and its MPEE at its bundle's operating point (group "companion"); its rows record the main
+  model's input length, so their FLOPs rho is against the main full model, as their speed-ups are.
 - PyTorch is never measured here: `python -m mpee_export.baselines.bench_pytorch` times it in a process of its own,
   after this pass, on the same examples (checked by `inputs_sha256`), into OUT/rows_pytorch.jsonl.
 - The CPU's frequency, temperature and throttling flags are read before and after the pass; a run whose
@@ -61,11 +65,13 @@ class Outcome(NamedTuple):
 
 @dataclass
 class Variant:
-    """A variant being measured: `run(ids, types)` answers one request; `rows` collects its timed ones."""
+    """A variant being measured: `run(ids, types)` answers one request; `rows` collects its timed ones. `inputs`:
+    its own token ids of the examples (a companion model's tokenizer), None: the pass's."""
 
     info: VariantInfo
     run: Callable[[np.ndarray, np.ndarray], Outcome]
     rows: list[RequestRow] = field(default_factory=list)
+    inputs: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def name(self) -> str:
@@ -92,21 +98,22 @@ def _timed_pass(variants: list[Variant], inputs: list[tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(ORDER_SEED)
     for i in range(warmup):
         for v in variants:
-            v.run(*inputs[i % len(inputs)])
+            v.run(*(v.inputs or inputs)[i % len(inputs)])
     start, done, timed = time.time(), 0, []
     size = block or len(inputs)
     for b in range(0, len(inputs), size):
         chunk = inputs[b:b + size]
         for k in (rng.permutation(len(variants)) if shuffle else range(len(variants))):
             v = variants[k]
+            own = chunk if v.inputs is None else v.inputs[b:b + size]
             if block and block > 1:
-                v.run(*chunk[0])   # its caches back after the other variants' turns; not timed
-            for j, (ids, types) in enumerate(chunk):
+                v.run(*own[0])   # its caches back after the other variants' turns; not timed
+            for j, (ids, types) in enumerate(own):
                 t = time.perf_counter_ns()
                 out = v.run(ids, types)
                 us = (time.perf_counter_ns() - t) / 1e3
-                row = RequestRow(v.name, b + j, out.exit_layer, int(ids.shape[1]), list(out.tokens_per_layer),
-                                 out.label_index, out.flops, us)
+                row = RequestRow(v.name, b + j, out.exit_layer, int(chunk[j][0].shape[1]),
+                                 list(out.tokens_per_layer), out.label_index, out.flops, us)
                 v.rows.append(row)
                 timed.append(row)
         if progress and (b + len(chunk)) // 50 > done // 50:
@@ -156,6 +163,7 @@ class Setup:
     labels: list[int] | None
     tokenize_us: list[float]
     input: dict                      # how the examples were read (the PyTorch pass reads them the same way)
+    texts: list[tuple[str, str | None]] = field(default_factory=list)   # as read (a companion tokenizes them)
 
 
 def floats(text: str) -> list[float]:
@@ -182,6 +190,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise MpeeRuntimeError("give at most one of --max-drop and --budget-ms")
     if args.block < 1:
         raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
+    if getattr(args, "companion_reference", None) is not None and getattr(args, "companion", None) is None:
+        raise MpeeRuntimeError("--companion-reference needs --companion (the companion's bundle: its tokenizer)")
     check_output_folder(args.out, force=True)
     engine = open_engine(args, args.bundle)
     policy = args.policy or engine.default_policy
@@ -211,7 +221,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
             "max_examples": args.max_examples, "max_length": engine.manifest.model.max_length,
             "truncation": engine.truncation,
             "examples": len(examples), "max_chars": engine.max_chars, "texts_cut": cut}
-    return Setup(engine, policy, threshold, ratio, grid_t, grid_r, inputs, labels, tok_us, read)
+    return Setup(engine, policy, threshold, ratio, grid_t, grid_r, inputs, labels, tok_us, read,
+                 [(ex.text, ex.pair) for ex in examples])
 
 
 @dataclass
@@ -224,10 +235,58 @@ class Plan:
     static: list[Variant]                  # static depth: exit k for every example
     notes: list[str]
     reference_export: dict | None = None   # summary of REF/reference.json
+    companion: list[Variant] = field(default_factory=list)   # another model of the task (--companion)
 
     @property
     def variants(self) -> list[Variant]:
-        return self.table + self.sweep + self.static
+        return self.table + self.sweep + self.static + self.companion
+
+
+COMPANION = "companion"   # the prefix of a companion model's variant names and their group
+
+
+def full_models(ref: Path, notes: list[str], prefix: str = "", group: str = "table", what: str = ""
+                ) -> tuple[list[VariantInfo], dict | None]:
+    """The full models of a reference folder `ref` (FULL_MODELS), as variants named `prefix` + their name, and
+    what REF/reference.json says; a file the folder lacks is a note."""
+    plain = FULL_MODELS[0].file
+    if not (ref / plain).is_file():
+        raise MpeeRuntimeError(f"{ref}: no {plain} (make it with `mpee-export reference`)")
+    ref_export = reference_export(ref, notes)
+    recipe = (ref_export or {}).get("recipe")
+    infos = []
+    for m in FULL_MODELS:
+        if not (ref / m.file).is_file():
+            notes.append(f"{prefix}{m.variant}: skipped, {ref} has no {m.file} (made by an older `mpee-export "
+                         "reference`; re-run it for the fused fp32 and int8 baselines)")
+            continue
+        description = what + m.description + (f" (optimum recipe {recipe})" if m.precision == "int8" and recipe else "")
+        infos.append(VariantInfo(prefix + m.variant, description, m.precision, group=group, path=str(ref / m.file)))
+    return infos, ref_export
+
+
+def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str]) -> list[Variant]:
+    """The companion model's variants (module docstring): its fused full models (fp32, int8) when
+    --companion-reference is given, and its MPEE at its bundle's operating point, on its own token ids."""
+    engine = open_engine(args, args.companion)
+    inputs = [engine.encode(text, pair) for text, pair in setup.texts]
+    m = engine.manifest.model
+    what = f"companion ({m.family}, {m.num_layers} layers x {m.hidden_size}): "
+    if engine.labels != setup.engine.labels:
+        raise MpeeRuntimeError(f"--companion {args.companion}: labels {engine.labels} are not the bundle's "
+                               f"{setup.engine.labels}")
+    variants = []
+    if args.companion_reference is not None:
+        infos, _ = full_models(args.companion_reference, notes, COMPANION + "_", COMPANION, what)
+        variants += [full_model_variant(i, engine.flops_model, args.threads, args.spinning, args.thread_pool)
+                     for i in infos if i.name != COMPANION + "_" + FULL_MODELS[0].variant]   # the fused ones
+    variants.append(chain_variant(VariantInfo(COMPANION + "_mpee", what + "MPEE at its bundle's operating point",
+                                              engine.manifest.precision, group=COMPANION,
+                                              policy=engine.default_policy, threshold=engine.default_threshold,
+                                              keep_ratio=(engine.manifest.pruning.keep_ratios or [1.0])[0]), engine))
+    for v in variants:
+        v.inputs = inputs
+    return variants
 
 
 def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
@@ -237,21 +296,9 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     exit_rule = {"policy": setup.policy, "threshold": setup.threshold}
     ref_export = None
     if args.reference is not None:
-        ref = args.reference
-        plain = FULL_MODELS[0].file
-        if not (ref / plain).is_file():
-            raise MpeeRuntimeError(f"{ref}: no {plain} (make it with `mpee-export reference`)")
-        ref_export = reference_export(ref, notes)
-        recipe = (ref_export or {}).get("recipe")
-        for m in FULL_MODELS:
-            if not (ref / m.file).is_file():
-                notes.append(f"{m.variant}: skipped, {ref} has no {m.file} (made by an older `mpee-export "
-                             "reference`; re-run it for the fused fp32 and int8 baselines)")
-                continue
-            description = m.description + (f" (optimum recipe {recipe})" if m.precision == "int8" and recipe else "")
-            info = VariantInfo(m.variant, description, m.precision, path=str(ref / m.file))
-            table.append(full_model_variant(info, engine.flops_model, args.threads, args.spinning,
-                                            args.thread_pool))
+        infos, ref_export = full_models(args.reference, notes)
+        table += [full_model_variant(info, engine.flops_model, args.threads, args.spinning, args.thread_pool)
+                  for info in infos]
     else:
         notes.append("pytorch, onnx_full, onnx_fused, onnx_fused_int8: skipped (no --reference); every speed-up, "
                      "int8 rows too, is against the chain, not a full model")
@@ -280,7 +327,8 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
         chain_variant(VariantInfo(f"static_k{k}_r{r}", f"static depth: exit {k}", group="static", policy="depth",
                                   threshold=k, keep_ratio=r), engine)
         for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
-    return Plan(table, sweep, static, notes, ref_export)
+    companion = [] if getattr(args, "companion", None) is None else companion_variants(setup, args, notes)
+    return Plan(table, sweep, static, notes, ref_export, companion)
 
 
 def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, list[RequestRow]]:
@@ -316,7 +364,7 @@ def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, 
                  "warmup": args.warmup, "variants": [v.name for v in variants]}],
         tokenize_us=setup.tokenize_us, notes=plan.notes, reference_export=plan.reference_export,
         policy=setup.policy, choice={"max_drop": args.max_drop, "budget_ms": args.budget_ms},
-        device_warning=cpu_warning(before, after))
+        device_warning=cpu_warning(before, after), command=["mpee-bench", *map(str, getattr(args, "argv", []))])
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / ROWS, rows)
     record.dump(args.out / RUN)

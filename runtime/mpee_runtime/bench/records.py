@@ -60,7 +60,7 @@ class VariantInfo:
     name: str
     description: str
     precision: str = "fp32"
-    group: str = "table"             # "table", "sweep" or "static"
+    group: str = "table"             # "table", "sweep", "static" or "companion" (another model: measure.COMPANION)
     runtime: str = "onnxruntime"
     threshold: float | None = None
     keep_ratio: float | None = None
@@ -102,6 +102,7 @@ class RunRecord:
     policy: str | None = None
     choice: dict = field(default_factory=dict)             # max_drop / budget_ms asked for
     device_warning: str | None = None
+    command: list[str] = field(default_factory=list)       # the command line that measured (empty: not recorded)
     schema: int = RUN_SCHEMA
 
     @property

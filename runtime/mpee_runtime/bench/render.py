@@ -183,6 +183,10 @@ def table_text(res: BenchResults) -> str:
     if res.variants[0].metric is None:
         return ""
     text = markdown_table(res.variants, res.task, res.baselines, res.aa_control)
+    if res.companion:
+        text += ("\n## Another model, in the same pass (--companion)\n\nOn its own tokenizer's ids of the same "
+                 "texts; speed-ups against this model's full models as above; FLOPs rho: this model's full-model "
+                 "FLOPs / the row's.\n\n" + markdown_table(res.companion, res.task, res.baselines))
     for w in ([res.warning] if res.warning else []) + res.device_warnings:
         text += f"\n**Warning:** {w}\n"
     return text
@@ -239,6 +243,10 @@ def print_summary(res: BenchResults, out: Path) -> None:
         aa = res.aa_control
         print(f"A/A control ({' vs '.join(aa.variants)}): mean latency {100 * aa.mean_spread:.1f}%, "
               f"p50 {100 * aa.p50_spread:.1f}% apart (limit {100 * aa.threshold:.0f}%)")
+    for r in res.companion:
+        print(f"companion {r.variant}: {r.metric_name or 'metric'} "
+              f"{'-' if r.metric is None else f'{100 * r.metric:.2f}'}, mean {r.mean_us / 1e3:.2f} ms, "
+              f"speed-up {_speedup_cell(r)} vs {r.speedup_baseline}")
     if res.length_buckets is not None:
         print(length_brief(res.length_buckets, res.variants))
     for note in res.notes:

@@ -209,6 +209,9 @@ class BenchResults:
     point_rule: str | None = None    # how it was chosen, in words (with asked_point)
     length_buckets: LengthBreakdown | None = None   # the table by --length-buckets
     length_bins: LengthBreakdown | None = None      # the same in PLOT_BIN_TOKENS bins: the length plot's points
+    # Another model measured in the same pass (mpee-bench --companion): speed-ups and rho against this model's
+    companion: list[VariantSummary] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)   # the mpee-bench command that measured (empty: unknown)
 
     @property
     def reference(self) -> VariantSummary:
@@ -221,7 +224,8 @@ class BenchResults:
                "warning": self.warning, "device_warnings": self.device_warnings, "measurement": self.measurement,
                "reference_export": self.reference_export, "policy": self.policy, "tokenize": self.tokenize,
                "notes": self.notes, "variants": [r.to_dict() for r in self.variants],
-               "sweep": [r.to_dict() for r in self.sweep], "static": [r.to_dict() for r in self.static]}
+               "sweep": [r.to_dict() for r in self.sweep], "static": [r.to_dict() for r in self.static],
+               "companion": [r.to_dict() for r in self.companion], "command": self.command}
         if self.pareto is not None:
             out["pareto"] = self.pareto
         if self.asked_point:
@@ -250,7 +254,9 @@ class BenchResults:
                    [StaticComparison.from_dict(c) for c in data["static_comparison"]],
                    asked_point="operating_point" in data, point_rule=data.get("point_rule"),
                    length_buckets=_breakdown(data.get("length_buckets")),
-                   length_bins=_breakdown(data.get("length_bins")))
+                   length_bins=_breakdown(data.get("length_bins")),
+                   companion=[VariantSummary.from_dict(r, "companion") for r in data.get("companion", [])],
+                   command=list(data.get("command", [])))
 
     def write(self, path: Path) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
