@@ -70,7 +70,9 @@ class MapPoint:
 
     @property
     def label(self) -> str:
-        knobs = " ".join(f"{k}={v:g}" for k, v in (("F", self.threshold), ("r", self.keep_ratio)) if v is not None)
+        exit_knob = "k" if self.policy == "depth" else "F"   # the depth policy's threshold is the exit layer
+        knobs = " ".join(f"{k}={v:g}" for k, v in ((exit_knob, self.threshold), ("r", self.keep_ratio))
+                         if v is not None)
         return f"{self.variant}" + (f" ({knobs})" if knobs else "")
 
 
@@ -277,6 +279,10 @@ def plot(path: Path, dmap: DeploymentMap) -> str | None:
                         ax.scatter([getattr(p, attr) for p in pts], [100 * p.metric for p in pts], marker=marker,
                                    facecolors=fill, edgecolors=colors[m], s=30 if kind != "sweep" else 14,
                                    label=f"{m}: {kind} {precision}" if ax is axes[0] else None)
+        for p in dmap.points:   # name the fused full models, the points a user compares against
+            if p.variant.removeprefix("companion_") in (FULL_FP32, FULL_FP32 + "_int8"):
+                ax.annotate(f"{p.model} full {p.precision}", (getattr(p, attr), 100 * p.metric), fontsize=6,
+                            xytext=(4, -8), textcoords="offset points")
         if attr == "mean_ms":
             front = sorted((p for p in dmap.points if p.on_front), key=lambda p: p.mean_ms)
             ax.step([p.mean_ms for p in front], [100 * p.metric for p in front], "k-", where="post", lw=0.8,
