@@ -75,6 +75,12 @@ KNOWN_HARMLESS_LOGS = {
     # (`fuse` records and checks them).
     "optimum.exporters.onnx.convert":
         r"^Opset \d+ is lower than the recommended minimum opset \(\d+\) to export [\w-]+\.",
+    # optimum's feature-extraction export (a mean-pooled reference) loads the bare encoder with a pooler the saved
+    # classifier never had (MPNet: its pooler.dense); the graph's output is last_hidden_state, so the fresh
+    # pooler is pruned from it. Only when the pooler is all that is missing.
+    "transformers.modeling_utils":
+        r"^Some weights of \w+Model were not initialized from the model checkpoint at .* and are newly "
+        r"initialized: \['pooler\.dense\.bias', 'pooler\.dense\.weight'\]",
 }
 # transformers' attention-mask helper builds torch.tensor(1.0) during tracing: a constant, which it is.
 # Each: (category, message, the module that warns: "" for any).
