@@ -90,7 +90,7 @@ def main() -> None:
         full_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
         full_feeds = {k: v for k, v in full_feeds.items() if k in {i.name for i in full.get_inputs()}}
         for _ in range(a.runs):   # interleaved: one chain pass, one full-model pass
-            (hidden,) = chain[0].run(None, {S.INPUT_IDS: ids, S.TOKEN_TYPE_IDS: types})
+            (hidden,) = chain[0].run(None, engine.embedding_feeds(ids, types))
             state = {S.HIDDEN: hidden}
             for g, sess in zip(manifest.layers, chain[1:]):
                 feeds = {n: state[n] for n in g.inputs if n != S.KEEP_RATIO} | (

@@ -53,7 +53,7 @@ class MapModel:
 @dataclass
 class MapPoint:
     model: str
-    kind: str                         # full, chain, mpee, exits, pruning, sweep, static
+    kind: str                         # full (onnxruntime), pytorch, chain, mpee, exits, pruning, sweep, static
     variant: str
     precision: str
     metric: float
@@ -110,7 +110,9 @@ def _kind(row: VariantSummary) -> str:
     if row.group in ("sweep", "static"):
         return row.group
     name = row.variant.removeprefix("companion_")
-    if name.startswith(("onnx_", "pytorch")):
+    if name.startswith("pytorch"):
+        return "pytorch"
+    if name.startswith("onnx_"):
         return "full"
     return "chain" if name.startswith("chain") else name.removesuffix("_int8")
 
@@ -255,7 +257,8 @@ def markdown(dmap: DeploymentMap) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-MARKERS = {"full": "s", "static": "^", "sweep": ".", "mpee": "o", "chain": "D", "exits": "v", "pruning": "<"}
+MARKERS = {"full": "s", "pytorch": "P", "static": "^", "sweep": ".", "mpee": "o", "chain": "D", "exits": "v",
+           "pruning": "<"}
 
 
 def plot(path: Path, dmap: DeploymentMap) -> str | None:
@@ -265,6 +268,7 @@ def plot(path: Path, dmap: DeploymentMap) -> str | None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "skipped: matplotlib not installed"
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
@@ -280,14 +284,16 @@ def plot(path: Path, dmap: DeploymentMap) -> str | None:
                                    facecolors=fill, edgecolors=colors[m], s=30 if kind != "sweep" else 14,
                                    label=f"{m}: {kind} {precision}" if ax is axes[0] else None)
         for p in dmap.points:   # name the fused full models, the points a user compares against
-            if p.variant.removeprefix("companion_") in (FULL_FP32, FULL_FP32 + "_int8"):
-                ax.annotate(f"{p.model} full {p.precision}", (getattr(p, attr), 100 * p.metric), fontsize=6,
+            if p.variant.removeprefix("companion_") == FULL_FP32:
+                ax.annotate(f"{p.model} full fp32", (getattr(p, attr), 100 * p.metric), fontsize=6,
                             xytext=(4, -8), textcoords="offset points")
         if attr == "mean_ms":
             front = sorted((p for p in dmap.points if p.on_front), key=lambda p: p.mean_ms)
             ax.step([p.mean_ms for p in front], [100 * p.metric for p in front], "k-", where="post", lw=0.8,
                     label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())   # decade labels only: no overlap
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(f"{what} latency per example, ms (batch 1, log scale)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(f"{dmap.task} {dmap.metric_name} (%)")
