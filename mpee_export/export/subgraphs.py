@@ -14,7 +14,7 @@ from torch.onnx.operators import shape_as_tensor
 
 from mpee_runtime.bundle import contract as S
 
-from ..model.modeling import LayerState, MpeeModel, blended_outputs
+from ..model.modeling import LayerState, MpeeModel, blended_outputs, first_positions
 
 
 def exit_head_weights(module: nn.Module, head: nn.Module) -> list[str]:
@@ -42,13 +42,10 @@ class EmbeddingsGraph(nn.Module):
 
 def start_positions(model: MpeeModel, named: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """The tokens' positions a layer graph starts from: its `positions` input, or at layer 0 of a relative-position
-    family 0..N-1 for every row (as `MpeeModel.embed`); None for the other families."""
+    family `first_positions`; None for the other families."""
     if not model.family.relative_positions:
         return None
-    if S.POSITIONS in named:
-        return named[S.POSITIONS]
-    hidden = named[S.HIDDEN]
-    return torch.arange(shape_as_tensor(hidden)[1], device=hidden.device)[None].expand_as(hidden[..., 0])
+    return named[S.POSITIONS] if S.POSITIONS in named else first_positions(named[S.HIDDEN][..., 0])
 
 
 class LayerGraph(nn.Module):

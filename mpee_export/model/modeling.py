@@ -377,9 +377,7 @@ class MpeeModel(nn.Module):
         if token_type_ids is None and TOKEN_TYPE_IDS in self.family.embedding_inputs:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.family.embed(self.backbone, input_ids, token_type_ids, attention_mask)
-        positions = None
-        if self.family.relative_positions:
-            positions = torch.arange(shape_as_tensor(input_ids)[1], device=input_ids.device)[None].expand_as(input_ids)
+        positions = first_positions(input_ids) if self.family.relative_positions else None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return LayerState(hidden, attention_mask.to(hidden.dtype), positions=positions)
@@ -494,6 +492,12 @@ class MpeeModel(nn.Module):
             state = _select_rows(state, torch.from_numpy(stay))
         return [MpeePrediction(int(final[r].argmax()), final[r], int(k), attn[r, :k].tolist(), ffn[r, :k].tolist())
                 for r, k in enumerate(exit_layer)]
+
+
+def first_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """Where the tokens' positions start, before any pruning: 0..N-1 in every row of `tokens` (B, N), the positions
+    transformers' MPNet computes its bias from (docs/design.md 3.1)."""
+    return torch.arange(shape_as_tensor(tokens)[1], device=tokens.device)[None].expand_as(tokens)
 
 
 def _select_rows(state: LayerState, rows: torch.Tensor) -> LayerState:

@@ -116,20 +116,27 @@ def test_sigterm_inside_an_atomic_folder_cleans_up(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is restored
 
 
+def slowed_cli(module: str, function: str, said: str, cli: str, command: str, prog: str) -> str:
+    """A script that runs the real CLI `command` of `cli` (as `prog`), slowed down after the first call of `module`'s
+    `function`: it prints `said` and sleeps, so that the test can signal the process at that point."""
+    return textwrap.dedent(f"""
+        import sys, time
+        import {module} as target
+        real = target.{function}
+        def slow(*args, **kw):
+            real(*args, **kw)
+            print("{said}", flush=True)
+            time.sleep(60)
+        target.{function} = slow
+        from {cli} import {command}
+        sys.argv = ["{prog}", *sys.argv[1:]]
+        {command}()
+    """)
+
+
 # A real `mpee-export` process, slowed down after its first graph so that it can be signalled mid-export.
-SLOW_EXPORT = textwrap.dedent("""
-    import sys, time
-    from mpee_export.export import bundle as export_mod
-    real = export_mod._torch_export
-    def slow(*args, **kw):
-        real(*args, **kw)
-        print("graph written", flush=True)
-        time.sleep(60)
-    export_mod._torch_export = slow
-    from mpee_export.cli.export import export
-    sys.argv = ["mpee-export", *sys.argv[1:]]
-    export()
-""")
+SLOW_EXPORT = slowed_cli("mpee_export.export.bundle", "_torch_export", "graph written", "mpee_export.cli.export",
+                         "export", "mpee-export")
 
 
 def _start_export(ckpt: Path, out: Path) -> subprocess.Popen:
@@ -164,19 +171,8 @@ def test_killed_export_leaves_nothing_mpee_run_accepts(ckpt, tmp_path, capsys):
 
 
 # A real `mpee-train` process, slowed down after it saves its first state so that it can be signalled mid-training.
-SLOW_TRAIN = textwrap.dedent("""
-    import sys, time
-    from mpee_export.training import loop
-    real = loop._save_state
-    def slow(*args, **kw):
-        real(*args, **kw)
-        print("state saved", flush=True)
-        time.sleep(60)
-    loop._save_state = slow
-    from mpee_export.cli.train import train
-    sys.argv = ["mpee-train", *sys.argv[1:]]
-    train()
-""")
+SLOW_TRAIN = slowed_cli("mpee_export.training.loop", "_save_state", "state saved", "mpee_export.cli.train", "train",
+                        "mpee-train")
 
 
 @pytest.mark.integration

@@ -65,6 +65,8 @@ def test_the_companion_runs_in_the_same_pass_on_its_own_inputs(runs):
     run = RunRecord.load(runs["a"] / RUN)
     assert run.passes[0]["variants"][-3:] == list(companion)          # one interleaved pass, with the others
     assert run.command[:2] == ["mpee-bench", str(runs["big"])]
+    assert run.bundles == {"fp32": str(runs["big"]), "companion": str(runs["small"])}
+    assert run.companion_flops_model == RunRecord.load(runs["b"] / RUN).flops_model
     rows = [r for r in read_rows(runs["a"] / ROWS) if r.variant == "companion_onnx_fused"]
     assert sorted(r.example for r in rows) == list(range(len(TEXTS)))
     # its answers are its own model's: the companion's fused full model on the companion's token ids

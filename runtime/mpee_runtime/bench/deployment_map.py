@@ -7,7 +7,7 @@ Rules:
   same pass, `mpee-bench --companion`), the A/A twin left out. Latency is the measured mean (and p99) per example,
   batch 1, as that folder's pass measured it; the accuracy is the task metric on the same examples.
 - A point belongs to the model its folder names (NAME, or "<layers> layers x <hidden>" from run.json); a companion
-  row to the folder whose model it is (same layers and width), else to "companion of NAME".
+  row to the other folder whose model has the companion's layers and width (run.json), else to "companion of NAME".
 - The Pareto front: the points no other point beats in both mean latency (lower or equal) and metric (higher or
   equal), one strictly.
 - "At the latency of X": for every full fp32 model X (onnx_fused), the most accurate point of each other model
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import MpeeRuntimeError
 from ..files import write_text
+from .measure import COMPANION
 from .records import AA_NAMES, RUN, RunRecord
 from .render import RESULTS
 from .results import BenchResults, VariantSummary
@@ -46,6 +46,8 @@ class MapModel:
     folder: str
     identity: str                     # "<layers> layers x <hidden>"
     command: list[str]                # the mpee-bench command that measured it (empty: not recorded)
+    bundles: dict[str, str]           # the bundles it ran, by role (RunRecord.bundles)
+    companion_identity: str | None    # the identity of the model it ran as --companion
     aa_mean_spread: float
     examples: int
 
@@ -117,18 +119,8 @@ def _kind(row: VariantSummary) -> str:
     return "chain" if name.startswith("chain") else name.removesuffix("_int8")
 
 
-def _identity(run: RunRecord) -> str:
-    fm = run.flops_model
-    return f"{fm['num_layers']} layers x {fm['hidden']}"
-
-
-def _bundle_of(command: Sequence[str], precision: str) -> str | None:
-    """The bundle a chain point of this precision ran: the command's first argument, or its --int8 bundle."""
-    if len(command) < 2:
-        return None
-    if precision == "int8" and "--int8" in command[:-1]:
-        return command[command.index("--int8") + 1]
-    return command[1]
+def _identity(flops_model: dict) -> str:
+    return f"{flops_model['num_layers']} layers x {flops_model['hidden']}"
 
 
 def _deploy(row: VariantSummary, bundle: str | None) -> str | None:
@@ -156,18 +148,18 @@ def load_model(folder: Path, name: str | None) -> tuple[MapModel, BenchResults]:
     run = RunRecord.load(folder / RUN)
     if res.variants[0].metric is None:
         raise MpeeRuntimeError(f"{folder}: measured without labels: the map needs each point's accuracy")
-    identity = _identity(run)
-    command = res.command or run.command
-    return MapModel(name or identity, str(folder), identity, list(command), res.aa_control.mean_spread,
-                    res.examples), res
+    identity = _identity(run.flops_model)
+    companion = None if run.companion_flops_model is None else _identity(run.companion_flops_model)
+    return MapModel(name or identity, str(folder), identity, list(res.command or run.command), dict(run.bundles),
+                    companion, res.aa_control.mean_spread, res.examples), res
 
 
 def points_of(model: MapModel, res: BenchResults, companion_name: str) -> list[MapPoint]:
     rows = [r for r in res.variants if r.variant != AA_NAMES[1]] + res.sweep + res.static + res.companion
     out = []
     for r in rows:
-        owner = companion_name if r.group == "companion" else model.name
-        bundle = None if r.group == "companion" else _bundle_of(model.command, r.precision)
+        owner = companion_name if r.group == COMPANION else model.name
+        bundle = model.bundles.get(COMPANION if r.group == COMPANION else r.precision)
         out.append(MapPoint(owner, _kind(r), r.variant, r.precision, r.metric, r.mean_us / 1e3,
                             r.latency["p99_us"] / 1e3, model.folder, r.speedup_mean, r.threshold, r.keep_ratio,
                             r.policy, r.path, _deploy(r, bundle)))
@@ -186,9 +178,7 @@ def build_map(specs: Sequence[str]) -> DeploymentMap:
         raise MpeeRuntimeError(f"two folders have the same model name ({names}): name them, FOLDER=NAME")
     points, notes = [], []
     for model, res in loaded:
-        companion = res.companion[0].description if res.companion else ""
-        found = re.search(r"(\d+ layers x \d+)", companion)
-        owner = next((m.name for m, _ in loaded if found and m is not model and m.identity == found.group(1)), None)
+        owner = next((m.name for m, _ in loaded if m is not model and m.identity == model.companion_identity), None)
         points += points_of(model, res, owner or f"companion of {model.name}")
         notes += [f"{model.name}: {n}" for n in ([res.warning] if res.warning else []) + res.device_warnings]
     for p in _front(points):

@@ -236,6 +236,7 @@ class Plan:
     notes: list[str]
     reference_export: dict | None = None   # summary of REF/reference.json
     companion: list[Variant] = field(default_factory=list)   # another model of the task (--companion)
+    companion_flops_model: dict | None = None                # its FlopsModel fields
 
     @property
     def variants(self) -> list[Variant]:
@@ -265,9 +266,16 @@ def full_models(ref: Path, notes: list[str], prefix: str = "", group: str = "tab
     return infos, ref_export
 
 
-def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str]) -> list[Variant]:
+def flops_fields(engine) -> dict:
+    """An engine's FlopsModel as the run record stores it."""
+    fm = engine.flops_model
+    return {"hidden": fm.hidden, "ffn": fm.ffn, "num_labels": fm.num_labels, "num_layers": fm.num_layers}
+
+
+def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str]) -> tuple[list[Variant], dict]:
     """The companion model's variants (module docstring): its fused full models (fp32, int8) when
-    --companion-reference is given, and its MPEE at its bundle's operating point, on its own token ids."""
+    --companion-reference is given, and its MPEE at its bundle's operating point, on its own token ids; and its
+    FlopsModel fields."""
     engine = open_engine(args, args.companion)
     inputs = [engine.encode(text, pair) for text, pair in setup.texts]
     m = engine.manifest.model
@@ -286,7 +294,7 @@ def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str])
                                               keep_ratio=(engine.manifest.pruning.keep_ratios or [1.0])[0]), engine))
     for v in variants:
         v.inputs = inputs
-    return variants
+    return variants, flops_fields(engine)
 
 
 def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
@@ -327,8 +335,10 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
         chain_variant(VariantInfo(f"static_k{k}_r{r}", f"static depth: exit {k}", group="static", policy="depth",
                                   threshold=k, keep_ratio=r), engine)
         for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
-    companion = [] if getattr(args, "companion", None) is None else companion_variants(setup, args, notes)
-    return Plan(table, sweep, static, notes, ref_export, companion)
+    companion, companion_flops = [], None
+    if getattr(args, "companion", None) is not None:
+        companion, companion_flops = companion_variants(setup, args, notes)
+    return Plan(table, sweep, static, notes, ref_export, companion, companion_flops)
 
 
 def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, list[RequestRow]]:
@@ -352,19 +362,21 @@ def run(args: argparse.Namespace, *, progress: bool = True) -> tuple[RunRecord, 
     env = environment(threads=engine.threads, thread_pool=engine.thread_pool,
                       spinning=args.spinning if engine.thread_pool == "session" else "onnxruntime default",
                       manifest_sha256=sha256_of(args.bundle / MANIFEST))
-    fm = engine.flops_model
+    bundles = {"fp32": args.bundle, "int8": args.int8, COMPANION: getattr(args, "companion", None)}
     record = RunRecord(
         run_id=uuid.uuid4().hex, task=manifest.task.name if manifest.task else "task",
         metric_name=manifest.task.metric if manifest.task else "accuracy", labels=list(engine.labels),
         gold=setup.labels, inputs_sha256=inputs_digest(setup.inputs), input=setup.input,
-        flops_model={"hidden": fm.hidden, "ffn": fm.ffn, "num_labels": fm.num_labels, "num_layers": fm.num_layers},
+        flops_model=flops_fields(engine),
         environment=env | {"cpu_before": before, "cpu_after": after},
         variants=[v.info for v in variants],
         passes=[{"pass": 1, "mode": "interleaved", "block": args.block, "runtime": "onnxruntime",
                  "warmup": args.warmup, "variants": [v.name for v in variants]}],
         tokenize_us=setup.tokenize_us, notes=plan.notes, reference_export=plan.reference_export,
         policy=setup.policy, choice={"max_drop": args.max_drop, "budget_ms": args.budget_ms},
-        device_warning=cpu_warning(before, after), command=["mpee-bench", *map(str, getattr(args, "argv", []))])
+        device_warning=cpu_warning(before, after), command=["mpee-bench", *map(str, getattr(args, "argv", []))],
+        bundles={k: str(v) for k, v in bundles.items() if v is not None},
+        companion_flops_model=plan.companion_flops_model)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / ROWS, rows)
     record.dump(args.out / RUN)

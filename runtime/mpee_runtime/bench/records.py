@@ -103,6 +103,8 @@ class RunRecord:
     choice: dict = field(default_factory=dict)             # max_drop / budget_ms asked for
     device_warning: str | None = None
     command: list[str] = field(default_factory=list)       # the command line that measured (empty: not recorded)
+    bundles: dict[str, str] = field(default_factory=dict)  # the bundle folders run, by role: fp32, int8, companion
+    companion_flops_model: dict | None = None              # the companion's FlopsModel fields (--companion)
     schema: int = RUN_SCHEMA
 
     @property
