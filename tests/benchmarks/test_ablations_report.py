@@ -52,3 +52,51 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
     ab = load_script()
     result = CliRunner().invoke(ab.cli, ["report", "--results", str(tmp_path)])
     assert result.exit_code != 0 and "no run files" in result.output
+
+
+def write_tiny_sst2(root):
+    """A GLUE folder with a tiny SST-2: 16 training and 8 dev sentences."""
+    folder = root / "SST-2"
+    folder.mkdir(parents=True)
+    words = ["a good film", "a bad film", "great acting", "dull and slow", "fine work", "awful plot", "loved it",
+             "hated it"]
+    for name, n in (("train", 16), ("dev", 8)):
+        lines = ["sentence\tlabel"] + [f"{words[i % 8]}\t{1 - i % 2}" for i in range(n)]
+        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_run_on_another_backbone_records_its_schedule_and_refuses_a_changed_one(tmp_path, tiny_backbone):
+    ab = load_script()
+    glue = write_tiny_sst2(tmp_path / "glue")
+    results, artifacts = tmp_path / "results", tmp_path / "artifacts"
+    common = ["--data", str(glue), "--tasks", "sst2", "--backbone", str(tiny_backbone), "--exit-pooling", "mean",
+              "--results", str(results), "--artifacts", str(artifacts), "--threads", "1", "--max-length", "32"]
+    result = CliRunner().invoke(ab.cli, ["run", *common, "--variants", "mpee,no_self_distill", "--epochs", "1",
+                                         "--max-train-samples", "8", "--lr", "1e-4"])
+    assert result.exit_code == 0, result.output
+    for variant in ("mpee", "no_self_distill"):
+        rec = json.loads((results / "runs" / f"sst2-s42-{variant}.json").read_text())
+        assert rec["backbone"] == tiny_backbone.name
+        assert rec["schedule"] | {"epochs": 1, "max_train_samples": 8, "lr": 1e-4} == rec["schedule"]
+        assert len(rec["grid"]) == len(ab.THRESHOLDS) * len(ab.KEEP_RATIOS)
+    # A checkpoint trained on one schedule is not silently evaluated as another.
+    (results / "runs" / "sst2-s42-mpee.json").unlink()
+    result = CliRunner().invoke(ab.cli, ["run", *common, "--variants", "mpee", "--epochs", "1",
+                                         "--max-train-samples", "12", "--lr", "1e-4"])
+    assert result.exit_code != 0 and "another schedule" in result.output
+
+
+def test_report_names_the_backbone_and_the_schedule_the_runs_recorded(tmp_path):
+    ab = load_script()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    schedule = {"epochs": 1, "max_train_samples": 16000, "lr": 2e-5, "batch_size": 32}
+    for variant in ("mpee", "no_self_distill"):
+        rec = fake_run(ab, variant, 0.9, {}, {}) | {"backbone": "all-mpnet-base-v2", "schedule": schedule}
+        (runs / f"sst2-s42-{variant}.json").write_text(json.dumps(rec))
+    result = CliRunner().invoke(ab.cli, ["report", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "ablations.md").read_text()
+    assert md.startswith("# MPEE ablations (paper Table 2, Table 3, Figure 5) on all-mpnet-base-v2,")
+    assert f"sst2: {json.dumps(schedule, sort_keys=True)}" in md
