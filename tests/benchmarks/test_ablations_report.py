@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from scripts import load_script as _load
+from scripts import write_tiny_sst2
 
 
 def load_script():
@@ -52,18 +53,6 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
     ab = load_script()
     result = CliRunner().invoke(ab.cli, ["report", "--results", str(tmp_path)])
     assert result.exit_code != 0 and "no run files" in result.output
-
-
-def write_tiny_sst2(root):
-    """A GLUE folder with a tiny SST-2: 16 training and 8 dev sentences."""
-    folder = root / "SST-2"
-    folder.mkdir(parents=True)
-    words = ["a good film", "a bad film", "great acting", "dull and slow", "fine work", "awful plot", "loved it",
-             "hated it"]
-    for name, n in (("train", 16), ("dev", 8)):
-        lines = ["sentence\tlabel"] + [f"{words[i % 8]}\t{1 - i % 2}" for i in range(n)]
-        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def test_run_on_another_backbone_records_its_schedule_and_refuses_a_changed_one(tmp_path, tiny_backbone):
