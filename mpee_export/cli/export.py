@@ -144,6 +144,9 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--no-batch-graphs", "no_batch_graphs", is_flag=True,
               help="Leave out the batch layer graphs (layer_XX.batch.onnx): a smaller bundle whose "
                    "predict_batch / mpee-run --batch-size run rows one by one.")
+@click.option("--no-single-graph", "no_single_graph", is_flag=True,
+              help="Leave out mpee.onnx, the bundle as one graph with the exit rule inside (for any onnxruntime "
+                   "host, and MpeeEngine(engine='graph')): a bundle about half the size.")
 @click.option("--validation-examples", default=200, show_default=True, type=click.IntRange(min=1),
               help="Dev examples for the chain parity check.")
 @click.option("--keep-failed", is_flag=True,
@@ -154,7 +157,7 @@ def _texts(examples) -> list[tuple[str, str | None]]:
                    "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
 def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, prune_layers, calibrate,
                max_drop, opset, force, allow_untrained_exits, standard_ops, no_batch_graphs, validation_examples, keep_failed,
-               sign_key) -> None:
+               sign_key, no_single_graph) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from ..export.bundle import ExportOptions, check_opset, export_bundle
     if calibrate and ((data is None and dev_file is None) or max_drop is None):
@@ -176,7 +179,7 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task,
         model.mpee.keep_ratios = _schedule(keep_ratio, model.mpee.prune_layers)
     opts = ExportOptions(opset=opset, quantize=quantize, force=force, untrained_exits=allow_untrained_exits,
                          keep_failed=keep_failed, int8_embeddings=not fp32_embeddings, sign_key=sign_key,
-                         batch_graphs=not no_batch_graphs,
+                         batch_graphs=not no_batch_graphs, single_graph=not no_single_graph,
                          **({"graph_ops": "standard"} if standard_ops else {}))
     texts = labels = calibration = None
     if data is not None or dev_file is not None:

@@ -1,6 +1,7 @@
 """Export a checkpoint to a bundle (docs/design.md, "Export"), as a pipeline of stages:
 
-    write graphs -> validate (validate.py) -> [quantize, validate int8] -> [calibrate (calibrate.py)] -> publish
+    write graphs -> validate (validate.py) -> [quantize, validate int8] -> [single graph (single_graph.py),
+    checked against the chain] -> [calibrate (calibrate.py)] -> publish
 
 Everything happens in a hidden temporary folder beside `out/`. The manifest is built in memory, handed to
 the runtime engine that validation and calibration run, and written once, last, sealed with its integrity
@@ -30,6 +31,9 @@ from mpee_runtime.bundle.contract import (
     EMBEDDINGS,
     GRAPH_OPS,
     OPSET,
+    SINGLE_GRAPH,
+    SINGLE_GRAPH_NAME,
+    SINGLE_GRAPH_OUTPUTS,
     TOKENIZER,
     batch_layer_file,
     batch_layer_name,
@@ -37,6 +41,7 @@ from mpee_runtime.bundle.contract import (
     graph_stamp,
     layer_file,
     layer_name,
+    single_graph_inputs,
 )
 from mpee_runtime.bundle.integrity import digest_of, sha256_of
 from mpee_runtime.bundle.manifest import (
@@ -60,6 +65,7 @@ from ..version import __version__
 from .calibrate import Calibration
 from .dummies import batch_dummy_feeds, dummy_feeds
 from .quantize import quantize_layers, record_exit_head
+from .single_graph import SingleGraphCheck, check_single_graph, compose_single_graph
 from .subgraphs import BatchLayerGraph, ChainGraph, EmbeddingsGraph, LayerGraph
 from .validate import Validation, exporter_engine, validate_bundle, validation_examples
 
@@ -77,6 +83,7 @@ class ExportOptions:
     int8_embeddings: bool = True         # with quantize "int8": the embedding tables too (the recipe's Gather)
     sign_key: Path | None = None         # Ed25519 private key: sign the bundle (mpee_runtime.bundle.signing)
     batch_graphs: bool = True            # also write the batch layer graphs (MpeeEngine.predict_batch)
+    single_graph: bool = True            # also write mpee.onnx, the bundle as one graph (single_graph.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class ExportRecord:
     fp32: Validation
     int8: Validation | None = None
     calibration: Calibration | None = None
+    single_graph: SingleGraphCheck | None = None
 
     @property
     def validations(self) -> list[Validation]:
@@ -109,11 +117,13 @@ class ExportRecord:
     @classmethod
     def from_dict(cls, d: dict) -> ExportRecord:
         return cls(Validation.from_dict(d["fp32"]), Validation.from_dict(d["int8"]) if "int8" in d else None,
-                   Calibration.from_dict(d["calibration"]) if "calibration" in d else None)
+                   Calibration.from_dict(d["calibration"]) if "calibration" in d else None,
+                   SingleGraphCheck.from_dict(d["single_graph"]) if "single_graph" in d else None)
 
     def describe(self) -> str:
         """The lines mpee-export prints: one per precision, and the calibrated point."""
         lines = [v.describe() for v in self.validations]
+        lines += [self.single_graph.describe()] if self.single_graph else []
         return "\n".join(lines + ([self.calibration.describe()] if self.calibration else []))
 
 
@@ -243,6 +253,15 @@ def export_chain_graph(model: MpeeModel, path: Path, opset: int = OPSET) -> None
     _torch_export(graph, dummy_inputs(model, names), path, names, list(graph.output_names), opset)
 
 
+def write_single_graph(folder: Path, manifest: Manifest) -> GraphEntry:
+    """Compose mpee.onnx from the bundle's (final) graphs in `folder`; return its sealed manifest entry."""
+    onnx.save(compose_single_graph(folder, manifest), str(folder / SINGLE_GRAPH))
+    entry = GraphEntry(SINGLE_GRAPH_NAME, SINGLE_GRAPH, "",
+                       single_graph_inputs(manifest.graphs[0].inputs, bool(manifest.pruning.prune_layers)),
+                       list(SINGLE_GRAPH_OUTPUTS), precision=manifest.precision)
+    return seal_graphs(folder, [entry], manifest.export.bundle_id, manifest.tokenizer.sha256)[0]
+
+
 def task_section(mpee) -> TaskSection | None:
     """What the runtime needs to read the task's files and score them: the checkpoint's task (its GLUE
     task's columns, or the columns of the user's files it was trained on)."""
@@ -324,6 +343,12 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
             manifest = replace(manifest, graphs=seal_graphs(tmp, graphs, identity, tokenizer_sha),   # re-stamped int8
                                batch_graphs=seal_graphs(tmp, batch, identity, tokenizer_sha))
             int8 = validate_bundle(model, tmp, manifest, examples, labels, precision="int8")
+        single = None
+        if opts.single_graph:   # from the final graphs (int8 in an int8 bundle), checked against their chain
+            manifest = replace(manifest, single_graph=write_single_graph(tmp, manifest))
+            single = check_single_graph(tmp, manifest, examples)
+            if not single.passed and not opts.keep_failed:
+                raise ParityError(f"{single.describe()}; export with --no-single-graph to leave it out")
         # 3. calibration: returns values; the model is left as it was
         cal = None
         if calibration is not None:
@@ -332,10 +357,13 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
                                       full_metric=calibration.full_metric, max_drop=calibration.max_drop,
                                       metric=calibration.metric)
             manifest = apply_calibration(manifest, cal)
-        record = ExportRecord(fp32, int8, cal)
+        record = ExportRecord(fp32, int8, cal, single)
         # 4. publish: validation.json, then the manifest, written once and last and sealed (its integrity
         # record covers every section, validation and calibration included); then the rename
         checks = {v.precision: v.summary() for v in record.validations}
+        if single is not None:
+            checks["single_graph"] = {"passed": single.passed, "runs": sum(single.exit_layers.values()),
+                                      "same_exit_layer": single.same_exit_layer, "max_prob_diff": single.max_prob_diff}
         manifest = replace(manifest, validation=ValidationSection(bool(fp32.passed), checks))
         write_text(tmp / VALIDATION_RECORD, json.dumps(record.to_dict(), indent=1) + "\n")
         manifest.dump(tmp)

@@ -102,7 +102,8 @@ def test_measuring_leaves_pytorch_to_its_own_pass(bench):
 
 def test_report_joins_the_passes(bench):
     assert list(bench.rows) == ["pytorch", "onnx_full", "onnx_fused", "onnx_fused_int8", "chain", "chain_aa",
-                                "exits", "pruning", "mpee", "chain_int8", "mpee_int8"]
+                                "exits", "pruning", "mpee", "chain_int8", "mpee_int8", "graph", "mpee_graph",
+                                "mpee_int8_graph"]
     assert [p["variants"] for p in bench.result["measurement"]["passes"]] == [bench.interleaved, ["pytorch"]]
     assert not any("not measured yet" in n for n in bench.result["notes"])
 

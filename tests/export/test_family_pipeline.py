@@ -176,6 +176,49 @@ def test_the_chain_answers_as_pytorch_on_every_example(pipeline, keep_ratio):
         (o.exit_layer, o.label_index, o.tokens_per_layer) for o in ones]
 
 
+def _branch_ops(graph: onnx.GraphProto, inside: bool = False) -> Counter:
+    """Op types of the nodes inside the single graph's If branches (where layers 2..L run)."""
+    ops = Counter()
+    for node in graph.node:
+        if inside:
+            ops[node.op_type] += 1
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops += _branch_ops(attr.g, True)
+    return ops
+
+
+@pytest.mark.parametrize("keep_ratio", [0.5, 1.0])
+def test_the_single_graph_answers_as_the_chain_fp32_and_int8(pipeline, keep_ratio):
+    """mpee.onnx in one call against the chain of the same bundle, texts and pairs, every policy at rules whose
+    exits spread over the layers: the same exit layer, label and tokens per layer, probabilities within 1e-5;
+    its attention fused (and quantized in int8) inside the If branches; the export's own check passed."""
+    model, tok = load_checkpoint(pipeline.ckpt)
+    texts = _texts(pipeline)
+    spread = _spread_threshold(model, tok, texts)
+    rules = [("entropy", spread), ("entropy", 0.0), ("normalized_entropy", spread / np.log(2)),
+             ("max_prob", 0.55), ("patience", 0), ("patience", 1), ("depth", 1), ("depth", 2)]
+    pairs = [None] * len(texts) + texts[1:] + texts[:1]
+    for bundle, int8 in ((pipeline.bundle, False), (pipeline.int8, True)):
+        record = json.loads((bundle / "validation.json").read_text())["single_graph"]
+        assert record["passed"] and len(record["exit_layers"]) >= 2, record
+        chain, graph = MpeeEngine(bundle, threads=1), MpeeEngine(bundle, threads=1, engine="graph")
+        exits = set()
+        for policy, threshold in rules:
+            for text, pair in zip(texts * 2, pairs):
+                want = chain.predict(text, pair, policy=policy, threshold=threshold, keep_ratio=keep_ratio)
+                got = graph.predict(text, pair, policy=policy, threshold=threshold, keep_ratio=keep_ratio)
+                assert (got.exit_layer, got.label, got.tokens_per_layer, got.ffn_tokens_per_layer) == (
+                    want.exit_layer, want.label, want.tokens_per_layer, want.ffn_tokens_per_layer), (policy, text)
+                np.testing.assert_allclose(got.probs, want.probs, atol=1e-5)
+                exits.add(got.exit_layer)
+        assert len(exits) >= 2, exits
+        manifest = Manifest.load(bundle)
+        ops = _branch_ops(onnx.load(str(bundle / manifest.single_graph.file)).graph)
+        assert sum(ops[op] for op in FUSED_ATTENTION) == manifest.model.num_layers - 1, ops
+        assert not int8 or ops.keys() & QUANTIZED, ops
+
+
 def test_mpee_run_classifies_a_file(pipeline, tmp_path, capsys):
     out = tmp_path / "predictions.jsonl"
     assert run_cli([str(pipeline.int8), "--input", str(pipeline.dev), "--output", str(out), "--batch-size", "4"]) == 0

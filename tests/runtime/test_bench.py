@@ -193,7 +193,13 @@ def smoke(built, tmp_path_factory):
 def test_bench_smoke(smoke):
     out, stdout, stderr = smoke
     result = json.loads((out / "results.json").read_text())
-    assert [v["variant"] for v in result["variants"]] == ["chain", "chain_aa", "exits", "pruning", "mpee"]
+    assert [v["variant"] for v in result["variants"]] == ["chain", "chain_aa", "exits", "pruning", "mpee", "graph",
+                                                          "mpee_graph"]
+    # the single graph's rows do the chain's work: the same answers, exits and FLOPs, in one call each
+    rows = {v["variant"]: v for v in result["variants"]}
+    for chain_row, graph_row in (("chain", "graph"), ("mpee", "mpee_graph")):
+        for key in ("accuracy", "rho", "mean_exit_layer"):
+            assert rows[graph_row][key] == rows[chain_row][key], (graph_row, key)
     assert len(result["sweep"]) == 4 and result["examples"] == 12
     assert result["environment"]["threads"] == 1 and len(result["environment"]["manifest_sha256"]) == 64
     assert result["operating_point"] is not None and result["pareto"]
@@ -249,7 +255,7 @@ def test_rows_one_line_per_timed_request(smoke):
     run = RunRecord.load(out / RUN)
     lines = (out / ROWS).read_text().splitlines()
     names = run.passes[0]["variants"]
-    assert len(names) == 5 + 4 + 6 and [v.name for v in run.variants] == names
+    assert len(names) == 7 + 4 + 6 and [v.name for v in run.variants] == names   # table (2 of the single graph)
     assert len(lines) == 12 * len(names)                      # every variant on every example, once
     first = json.loads(lines[0])
     assert set(first) == {"variant", "example", "exit_layer", "input_tokens", "tokens_per_layer", "label_index",

@@ -204,7 +204,8 @@ def test_bench_on_the_tiny_bundle_reports_by_length(built, tmp_path, capsys):
     got = [(b["label"], b["examples"]) for b in result["length_buckets"]["buckets"]]
     assert got == want and len(got) >= 2                          # the bucket past 100 tokens: empty, left out
     for b in result["length_buckets"]["buckets"]:
-        assert [v["variant"] for v in b["variants"]] == ["chain", "chain_aa", "exits", "pruning", "mpee"]
+        assert [v["variant"] for v in b["variants"]] == ["chain", "chain_aa", "exits", "pruning", "mpee", "graph",
+                                                         "mpee_graph"]
         chain = b["variants"][0]
         for v in b["variants"]:
             assert v["speedup_baseline"] == "chain"

@@ -68,7 +68,7 @@ def test_pytorch_pass_rows_join_the_report(built, tmp_path, capsys):
     assert "| pytorch: PyTorch eager full model" in capsys.readouterr().out
     result = json.loads((out / "results.json").read_text())
     names = [v["variant"] for v in result["variants"]]
-    assert names == ["pytorch", "chain", "chain_aa", "exits", "pruning", "mpee"]
+    assert names == ["pytorch", "chain", "chain_aa", "exits", "pruning", "mpee", "graph", "mpee_graph"]
     row = result["variants"][0]
     assert row["torch_threads"] == 1 and row["latency"]["n"] == 7 and row["speedup_baseline"] == "chain"
     assert [p["runtime"] for p in result["measurement"]["passes"]] == ["onnxruntime", "pytorch"]

@@ -111,7 +111,7 @@ def test_path_outside_bundle_refused(bundle, monkeypatch):
     _refused(bundle, monkeypatch, "outside")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 8, "3", None, True])
+@pytest.mark.parametrize("version", [0, 1, 2, 9, "3", None, True])
 def test_unknown_schema_refused(bundle, monkeypatch, version):
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["schema_version"] = version

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli.common import add_bundle_options, add_column_options, add_pool_options
+from ..cli.common import add_bundle_options, add_column_options, add_engine_option, add_pool_options
 from ..core.policy import POLICIES
 from ..errors import exit_2_on_error
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples each variant runs back to back in its turn (1: interleave example by example)")
     p.add_argument("--threads", type=int, default=2)
     add_pool_options(p)
+    add_engine_option(p)
     add_bundle_options(p)
     p.add_argument("--max-drop", type=float, help="name the fastest point within D points of the full model")
     p.add_argument("--budget-ms", type=float, help="name the most accurate point with p50 within B ms")

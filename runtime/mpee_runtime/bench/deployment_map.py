@@ -111,12 +111,12 @@ class DeploymentMap:
 def _kind(row: VariantSummary) -> str:
     if row.group in ("sweep", "static"):
         return row.group
-    name = row.variant.removeprefix("companion_")
+    name = row.variant.removeprefix("companion_").removesuffix("_graph")   # the single graph's rows: same kinds
     if name.startswith("pytorch"):
         return "pytorch"
     if name.startswith("onnx_"):
         return "full"
-    return "chain" if name.startswith("chain") else name.removesuffix("_int8")
+    return "chain" if name.startswith("chain") or name == "graph" else name.removesuffix("_int8")
 
 
 def _identity(flops_model: dict) -> str:
@@ -127,7 +127,8 @@ def _deploy(row: VariantSummary, bundle: str | None) -> str | None:
     if bundle is None or row.path is not None or row.policy is None:
         return None
     return (f"mpee-run {bundle} --policy {row.policy} --threshold {row.threshold:g}"
-            + (f" --keep-ratio {row.keep_ratio:g}" if row.keep_ratio is not None else "") + " --input TEXTS")
+            + (f" --keep-ratio {row.keep_ratio:g}" if row.keep_ratio is not None else "")
+            + (" --engine graph" if row.variant.endswith("graph") else "") + " --input TEXTS")
 
 
 def parse_folder(spec: str) -> tuple[Path, str | None]:

@@ -173,13 +173,14 @@ def floats(text: str) -> list[float]:
         raise MpeeRuntimeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def open_engine(args: argparse.Namespace, bundle: Path):
+def open_engine(args: argparse.Namespace, bundle: Path, engine: str | None = None):
     """A bundle's engine with the run's thread, spinning, validation and --trust options (every chain
-    variant's: the bundle, its A/A twin and the --int8 bundle are each verified when they are opened)."""
+    variant's: the bundle, its A/A twin and the --int8 bundle are each verified when they are opened), running
+    batch-1 rows the --engine way unless `engine` says otherwise."""
     from ..core.engine import MpeeEngine
     return MpeeEngine(bundle, threads=args.threads, spinning=args.spinning,
                       allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool,
-                      trust=args.trust)
+                      trust=args.trust, engine=engine or getattr(args, "engine", "chain"))
 
 
 def load_setup(args: argparse.Namespace) -> Setup:
@@ -297,6 +298,30 @@ def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str])
     return variants, flops_fields(engine)
 
 
+def single_graph_variants(setup: Setup, args: argparse.Namespace, exit_rule: dict, notes: list[str]) -> list[Variant]:
+    """With the chain engine and bundles that have a single graph (mpee.onnx), the same rows in one call each:
+    `graph` (every layer, no pruning: against `chain`), `mpee_graph` and `mpee_int8_graph` (against `mpee` and
+    `mpee_int8`), so that one pass says which engine is faster."""
+    if getattr(args, "engine", "chain") != "chain":
+        return []
+    if setup.engine.manifest.single_graph is None:
+        notes.append("graph, mpee_graph: skipped (the bundle has no single graph, mpee.onnx)")
+        return []
+    graph = open_engine(args, args.bundle, engine="graph")
+    rows = [chain_variant(VariantInfo("graph", "the single graph (mpee.onnx), no exit, no pruning", **NO_EXIT,
+                                      keep_ratio=1.0), graph),
+            chain_variant(VariantInfo("mpee_graph", "MPEE in the single graph", **exit_rule,
+                                      keep_ratio=setup.keep_ratio), graph)]
+    if args.int8 is not None:
+        from ..bundle.manifest import load_manifest
+        if load_manifest(args.int8, verify=False).single_graph is not None:   # the engine verifies it
+            int8 = open_engine(args, args.int8, engine="graph")
+            rows.append(chain_variant(VariantInfo("mpee_int8_graph", "MPEE int8 in the single graph", "int8",
+                                                  policy=int8.default_policy, threshold=int8.default_threshold,
+                                                  keep_ratio=setup.keep_ratio), int8))
+    return rows
+
+
 def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     """The table's variants (full models, chain and its A/A twin, exits, pruning, MPEE, MPEE int8), the
     sweep's and the static-depth points, and notes."""
@@ -327,6 +352,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
                                             threshold=int8.default_threshold, keep_ratio=setup.keep_ratio), int8)]
     else:
         notes.append("mpee_int8: skipped (no --int8 bundle)")
+    table += single_graph_variants(setup, args, exit_rule, notes)
     sweep = [] if args.no_sweep else [
         chain_variant(VariantInfo(f"sweep_F{t}_r{r}", "sweep point", group="sweep", policy=setup.policy,
                                   threshold=t, keep_ratio=r), engine)

@@ -3,7 +3,7 @@ tensor names and dynamic axes, the graph stamps, and the choice lists of the mod
 selection, exit pooling, metric, precision, truncation) and the ONNX opset, defined here once. The exporter
 writes bundles with these names and the runtime reads them; nothing else spells them. A bundle folder holds
 manifest.json (`manifest.Manifest`), tokenizer.json, embeddings.onnx and layer_XX.onnx per layer (and
-layer_XX.batch.onnx from schema 5 on).
+layer_XX.batch.onnx from schema 5 on, mpee.onnx from schema 8 on).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from ..errors import MpeeRuntimeError, shown
 # 7: model.relative_positions: the layer graphs of a family with a relative position bias (MPNet) carry each
 #    token's original position (`positions`, after layer 0) from layer to layer; the other families' graphs
 #    are those of schema 6.
-SCHEMA_VERSION = 7
-SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6, 7)
+# 8: single_graph (optional): mpee.onnx, the whole bundle as one graph with the exit rule inside (below).
+SCHEMA_VERSION = 8
+SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6, 7, 8)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -66,6 +67,21 @@ LAYER_OUTPUTS = (HIDDEN_OUT, SCORES_OUT, MEMORY_OUT, PROBS, ENTROPY)
 BATCH_LAYER_OUTPUTS = LAYER_OUTPUTS + (LENGTHS_OUT,)
 # Which output feeds which input of the next layer.
 CARRY = {HIDDEN_OUT: HIDDEN, SCORES_OUT: SCORES, MEMORY_OUT: MEMORY, POSITIONS_OUT: POSITIONS}
+
+# The single graph (optional): the whole bundle as one ONNX model with the exit rule inside, nested `If` nodes
+# so that a text leaving at layer k runs k layers. Inputs: the embeddings graph's, the threshold (float64
+# scalar), the policy (int64 scalar: its index in core.policy.POLICIES) and, where the bundle prunes, the keep
+# ratio of each pruning layer in layer order (float32 (P,)). Outputs: the exit layer's probabilities (1, C), the
+# exit layer (int64 scalar, 1-based), the tokens entering each layer run and leaving its pruning step (int64 (k,)).
+SINGLE_GRAPH, SINGLE_GRAPH_NAME = "mpee.onnx", "mpee"
+THRESHOLD, POLICY, KEEP_RATIOS = "threshold", "policy", "keep_ratios"
+EXIT_LAYER, TOKENS_PER_LAYER, FFN_TOKENS_PER_LAYER = "exit_layer", "tokens_per_layer", "ffn_tokens_per_layer"
+SINGLE_GRAPH_OUTPUTS = (PROBS, EXIT_LAYER, TOKENS_PER_LAYER, FFN_TOKENS_PER_LAYER)
+
+
+def single_graph_inputs(embedding_inputs, prunes: bool) -> list[str]:
+    """The single graph's inputs: the embeddings graph's, the exit rule's, and the keep ratios if it prunes."""
+    return list(embedding_inputs) + [THRESHOLD, POLICY] + ([KEEP_RATIOS] if prunes else [])
 
 
 def layer_file(i: int) -> str:

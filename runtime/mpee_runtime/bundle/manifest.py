@@ -35,6 +35,8 @@ from .contract import (
     SCHEMA_VERSION,
     SCORINGS,
     SELECTIONS,
+    SINGLE_GRAPH_NAME,
+    SINGLE_GRAPH_OUTPUTS,
     SUPPORTED_SCHEMA_VERSIONS,
     TRUNCATIONS,
     batch_layer_inputs,
@@ -45,6 +47,7 @@ from .contract import (
     layer_inputs,
     layer_name,
     layer_outputs,
+    single_graph_inputs,
 )
 from .fields import Fields
 from .integrity import check_integrity, seal, sha256_of
@@ -262,6 +265,7 @@ class Manifest:
     flops_convention: str = ""        # what the FLOPs figures count (flops.FLOPS_CONVENTION)
     batch_graphs: list[GraphEntry] = field(default_factory=list)   # one per layer, or none (schema 5)
     versions: dict = field(default_factory=dict)
+    single_graph: GraphEntry | None = None    # mpee.onnx, when the export wrote it (schema 8)
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
 
@@ -273,6 +277,11 @@ class Manifest:
     @property
     def layers(self) -> list[GraphEntry]:
         return self.graphs[1:]
+
+    @property
+    def all_graphs(self) -> list[GraphEntry]:
+        """Every graph file of the bundle: the chain's, the batch graphs and the single graph."""
+        return self.graphs + self.batch_graphs + ([self.single_graph] if self.single_graph else [])
 
     @property
     def supports_batches(self) -> bool:
@@ -335,6 +344,7 @@ class Manifest:
         if not isinstance(batch_list, list):
             raise top.fail("batch_graphs", "a list")
         batch_graphs = [GraphEntry.parse(Fields(g, f"manifest.batch_graphs[{i}]")) for i, g in enumerate(batch_list)]
+        single = top.section("single_graph", optional=True) if version >= 8 else None
         pruning = PruningSection.parse(top.section("pruning"), model.num_layers)
         task = top.section("task", optional=True)
         manifest = cls(model=model, pruning=pruning, exit=ExitSection.parse(top.section("exit")),
@@ -343,7 +353,8 @@ class Manifest:
                        validation=ValidationSection.parse(top.section("validation")),
                        task=None if task is None else TaskSection.parse(task),
                        flops_convention=top.text("flops_convention"), versions=top.section("versions").data,
-                       schema_version=version, batch_graphs=batch_graphs)
+                       schema_version=version, batch_graphs=batch_graphs,
+                       single_graph=None if single is None else GraphEntry.parse(single))
         manifest._check_graphs()
         return manifest
 
@@ -352,7 +363,7 @@ class Manifest:
         n = self.model.num_layers
         if len(self.graphs) != n + 1:
             raise MpeeRuntimeError(f"{MANIFEST}: {len(self.graphs)} graphs for {n} layers (expected {n + 1})")
-        files = [g.file for g in self.graphs + self.batch_graphs] + [self.tokenizer.file]
+        files = [g.file for g in self.all_graphs] + [self.tokenizer.file]
         if len(set(files)) != len(files):
             raise MpeeRuntimeError(f"{MANIFEST}: a file is listed twice ({files})")
         prune = set(self.pruning.prune_layers)
@@ -376,6 +387,16 @@ class Manifest:
             if g.prunes != (i in prune):
                 raise MpeeRuntimeError(f"{where}.prunes is {g.prunes} but pruning.prune_layers is {sorted(prune)}")
             self._check_io(g, where, self.model.relative_positions)
+        g = self.single_graph
+        if g is not None:
+            where = f"{MANIFEST}: single_graph"
+            if g.name != SINGLE_GRAPH_NAME or g.layer is not None or g.batch or g.prunes:
+                raise MpeeRuntimeError(f"{where} is {g.name!r} (layer {g.layer}, batch {g.batch}, prunes {g.prunes}), "
+                                       f"expected {SINGLE_GRAPH_NAME!r} with no layer")
+            inputs = single_graph_inputs(self.graphs[0].inputs, bool(self.pruning.prune_layers))
+            if g.inputs != inputs or g.outputs != list(SINGLE_GRAPH_OUTPUTS):
+                raise MpeeRuntimeError(f"{where} has inputs {g.inputs} and outputs {g.outputs}, "
+                                       f"expected {inputs} and {list(SINGLE_GRAPH_OUTPUTS)}")
 
     @staticmethod
     def _check_io(g: GraphEntry, where: str, positions: bool) -> None:
@@ -408,7 +429,7 @@ class Manifest:
     def verify_files(self, folder: Path) -> None:
         """Every file named by the manifest is inside `folder`, present, and matches its sha256."""
         refs = [(self.tokenizer.file, self.tokenizer.sha256, "tokenizer")]
-        refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.graphs + self.batch_graphs]
+        refs += [(g.file, g.sha256, f"graph {g.name}") for g in self.all_graphs]
         for name, digest, what in refs:
             target = self.path_of(folder, name, what)
             try:

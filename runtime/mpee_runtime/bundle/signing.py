@@ -166,7 +166,8 @@ def _listed_by_manifest(folder: Path) -> set[str]:
     the manifest's digest. Read as plain JSON; anything unexpected covers every file directly instead."""
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        graphs = data["graphs"] + data.get("batch_graphs", [])
+        graphs = data["graphs"] + data.get("batch_graphs", []) + ([data["single_graph"]] if data.get("single_graph")
+                                                                  else [])
         return {g["file"] for g in graphs} | {data["tokenizer"]["file"]}
     except Exception:  # noqa: BLE001 -- only an optimisation: the statement then lists every file
         return set()

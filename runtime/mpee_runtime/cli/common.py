@@ -84,6 +84,14 @@ def add_pool_options(p: argparse.ArgumentParser, thread_pool: bool = True) -> No
                    help="idle pool threads sleep instead of spinning during a run")
 
 
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    """--engine: how a batch-1 row runs (core.engine.ENGINES); batches run the batch graphs either way."""
+    from ..core.engine import ENGINES
+    p.add_argument("--engine", choices=ENGINES, default="chain",
+                   help="chain: the layer graphs one by one from Python; graph: the bundle's single graph (mpee.onnx) "
+                   "in one onnxruntime call, the exit rule inside; the same answers [default: chain]")
+
+
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
     """--allow-unvalidated and --trust: which bundles the command accepts."""
     p.add_argument("--allow-unvalidated", action="store_true",

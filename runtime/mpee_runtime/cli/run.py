@@ -31,7 +31,14 @@ from ..text.readers import (
     check_input_file,
     read_examples,
 )
-from .common import ErrorLineParser, add_bundle_options, add_column_options, add_pool_options, input_columns
+from .common import (
+    ErrorLineParser,
+    add_bundle_options,
+    add_column_options,
+    add_engine_option,
+    add_pool_options,
+    input_columns,
+)
 
 
 def _progress(items, total: int):
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=POLICIES, help="exit policy [default: the bundle's]")
     p.add_argument("--threads", type=int, help="intra-op threads [default: cores, at most 4]")
     add_pool_options(p)
+    add_engine_option(p)
     add_bundle_options(p)
     return p
 
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     from ..core.engine import MpeeEngine
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool, trust=args.trust)
+                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool, trust=args.trust,
+                        engine=args.engine)
     knobs = {"threshold": args.threshold, "keep_ratio": args.keep_ratio, "policy": args.policy}
     check_threshold(args.policy or engine.default_policy,
                     engine.default_threshold if args.threshold is None else args.threshold)

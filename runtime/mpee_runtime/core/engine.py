@@ -12,18 +12,32 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..bundle.contract import HIDDEN, INPUT_IDS, KEEP_RATIO, MEMORY, POSITIONS, SCORES, TOKEN_TYPE_IDS
+from ..bundle.contract import (
+    HIDDEN,
+    INPUT_IDS,
+    KEEP_RATIO,
+    KEEP_RATIOS,
+    MEMORY,
+    POLICY,
+    POSITIONS,
+    SCORES,
+    THRESHOLD,
+    TOKEN_TYPE_IDS,
+)
 from ..bundle.manifest import Manifest
 from ..errors import MpeeRuntimeError, shown
 from ..text.encoder import TextEncoder
 from .batch import run_rows
 from .graphs import open_graph
 from .padding import length_groups
-from .policy import NO_EXIT, STATEFUL, BatchExitRule, ExitPolicy
+from .policy import NO_EXIT, POLICIES, STATEFUL, BatchExitRule, ExitPolicy
 from .prediction import Prediction
 from .session import global_pool_width, session_options
 
 _CACHE_SIZE = 64   # exit rules and keep-ratio feeds kept per engine (a sweep uses a few dozen)
+# How a batch-1 row runs: "chain", one onnxruntime call per graph from Python, stopping after the exit layer;
+# "graph", one call of the bundle's single graph (mpee.onnx), whose `If` nodes stop there.
+ENGINES = ("chain", "graph")
 
 
 def check_batch(texts: Sequence[str], pairs: Sequence[str | None] | None) -> tuple[list[str], list[str | None]]:
@@ -59,12 +73,19 @@ class MpeeEngine:
     say what was used); `shared_arena` places all sessions' intermediate tensors in one process-wide
     onnxruntime arena. `trust` (a public key file) refuses a bundle not signed with its key, or changed since
     (`bundle.signing.verify_bundle`, needs `pip install 'mpee-runtime[sign]'`).
+
+    `engine` (ENGINES) says how a batch-1 row runs: "chain" (the layer graphs one by one) or "graph" (the
+    bundle's single graph, mpee.onnx, in one call; the answers are the chain's). With "graph", the chain's
+    sessions open on first use only: `run_ids(record=True)` (every layer's prediction, which the single graph
+    does not return) and batches run on them.
     """
 
     def __init__(self, bundle: str | Path, *, threads: int | None = None, spinning: bool = True,
                  warmup: int = 2, providers: list[str] | None = None, shared_arena: bool = True,
                  allow_unvalidated: bool = False, manifest: Manifest | None = None,
-                 thread_pool: str = "session", trust: str | Path | None = None) -> None:
+                 thread_pool: str = "session", trust: str | Path | None = None, engine: str = "chain") -> None:
+        if engine not in ENGINES:
+            raise MpeeRuntimeError(f"engine must be one of {', '.join(ENGINES)}, got {shown(engine)}")
         self.bundle = Path(bundle)
         if trust is not None:   # signed by the key in `trust` and unchanged since, before the manifest is read
             from ..bundle.signing import verify_bundle
@@ -77,6 +98,10 @@ class MpeeEngine:
         if not manifest.validation.passed and not allow_unvalidated:
             raise MpeeRuntimeError(f"{self.bundle}: the bundle did not pass the export's parity check against "
                                    "PyTorch; pass --allow-unvalidated (allow_unvalidated=True) to run it anyway")
+        if engine == "graph" and manifest.single_graph is None:
+            raise MpeeRuntimeError(f"{self.bundle}: this bundle has no single graph (mpee.onnx: exported before "
+                                   "schema 8, or with --no-single-graph); run it with the chain engine")
+        self.engine = engine
         self.manifest = manifest
         self.labels: list[str] = list(manifest.labels)
         self.num_layers: int = manifest.model.num_layers
@@ -94,7 +119,14 @@ class MpeeEngine:
         self.threads = self.threads if opts.use_per_session_threads else global_pool_width()
         providers = providers or ["CPUExecutionProvider"]
         self._session_args = (opts, providers)
-        self.sessions = [open_graph(self.bundle, g, opts, providers, manifest) for g in manifest.graphs]
+        self._sessions: list[ort.InferenceSession] | None = None
+        self._sessions_lock = threading.Lock()
+        self._single: ort.InferenceSession | None = None
+        if engine == "graph":
+            self._single = open_graph(self.bundle, manifest.single_graph, opts, providers, manifest)
+            self._single_outputs = list(manifest.single_graph.outputs)
+        else:
+            self._open_chain()   # now: a graph onnxruntime refuses is refused before any request
         self._batch_sessions: list[ort.InferenceSession] | None = None   # opened by the first batch
         self._batch_lock = threading.Lock()
         self.input_names = [g.inputs for g in manifest.graphs]
@@ -178,6 +210,19 @@ class MpeeEngine:
                 preds[j] = pred
         return preds
 
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The chain's sessions (embeddings, then each layer), opened on first use with the single graph."""
+        return self._sessions if self._sessions is not None else self._open_chain()
+
+    def _open_chain(self) -> list[ort.InferenceSession]:
+        with self._sessions_lock:
+            if self._sessions is None:
+                opts, providers = self._session_args
+                self._sessions = [open_graph(self.bundle, g, opts, providers, self.manifest)
+                                  for g in self.manifest.graphs]
+        return self._sessions
+
     def batch_sessions(self) -> list[ort.InferenceSession]:
         """The batch layer graphs' sessions, opened (and checked, as the batch-1 graphs are) on first use, so an
         engine that never runs a batch pays nothing for them."""
@@ -243,6 +288,9 @@ class MpeeEngine:
         tokenizing time), `chars_cut`, and `offset_us`, the time spent before this row ran (added to the total:
         its own tokenizing, or in a batch the tokenizing and the groups before it)."""
         rule = self.exit_rule(policy, threshold)   # stateful rules come fresh per request
+        if self._single is not None and not record:
+            return self._run_single(input_ids, token_type_ids, rule, self.keep_ratio_feeds(keep_ratio), tokenize_us,
+                                    chars_cut, offset_us)
         should_exit = rule.should_exit if self.layer_exit else None
         ratios = self.keep_ratio_feeds(keep_ratio)
         sessions, inputs, outputs = self.sessions, self.input_names, self.output_names
@@ -277,6 +325,24 @@ class MpeeEngine:
             timings["tokenize"] = tokenize_us
         return Prediction.of_row(self.labels, self.flops_model, int(input_ids.shape[1]), attn_lens, ffn_lens,
                                  probs[0], timings, chars_cut=chars_cut, trace=(trace_p, trace_h) if record else None)
+
+    def _run_single(self, input_ids: np.ndarray, token_type_ids: np.ndarray, rule: ExitPolicy,
+                    ratios: dict[int, np.ndarray], tokenize_us: float | None, chars_cut: bool,
+                    offset_us: float) -> Prediction:
+        """`run_ids` on the single graph: one call, the exit rule inside it (contract: single_graph_inputs)."""
+        feeds = self.embedding_feeds(input_ids, token_type_ids)
+        feeds[THRESHOLD] = np.asarray(rule.threshold, dtype=np.float64)
+        feeds[POLICY] = np.asarray(POLICIES.index(rule.policy), dtype=np.int64)
+        if ratios:
+            feeds[KEEP_RATIOS] = np.array([ratios[i] for i in sorted(ratios)], dtype=np.float32)
+        t0 = perf_counter_ns()
+        probs, _, tokens, ffn_tokens = self._single.run(self._single_outputs, feeds)
+        run_us = (perf_counter_ns() - t0) / 1e3
+        timings = {"graph": run_us, "total": run_us + offset_us}
+        if tokenize_us is not None:
+            timings["tokenize"] = tokenize_us
+        return Prediction.of_row(self.labels, self.flops_model, int(input_ids.shape[1]), tokens.tolist(),
+                                 ffn_tokens.tolist(), probs[0], timings, chars_cut=chars_cut)
 
     def run_batch(self, input_ids: Sequence[np.ndarray], token_type_ids: Sequence[np.ndarray], *,
                   threshold: float | None = None, keep_ratio: float | Sequence[float] | None = None,

@@ -21,7 +21,7 @@ class Prediction:
     flops: int
     rho: float
     rho_pad128: float
-    timings_us: dict                     # embeddings, layers (list), total, tokenize
+    timings_us: dict                     # embeddings, layers (list), total, tokenize (single graph: graph, total, tokenize)
     layer_probs: list[list[float]] | None = None    # with record=True: every executed layer's probs
     layer_entropies: list[float] | None = None
     chars_cut: bool = False                         # the text or pair was cut to max_chars (readers.cut_text)

@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..cli.common import add_bundle_options, add_pool_options
+from ..cli.common import add_bundle_options, add_engine_option, add_pool_options
 from ..errors import MpeeRuntimeError, exit_2_on_error
 from .app import make_app
 from .server import (
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="server processes on the port, each with its own engine "
                    "(one Python process parses and answers on one core at a time) [default: 1]")
     add_pool_options(p)
+    add_engine_option(p)
     p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"rows per model call [default: {d.max_batch}]")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help=f"how long a row waits for its batch to fill [default: {d.max_wait_ms:g}]")

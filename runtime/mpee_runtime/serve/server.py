@@ -49,7 +49,8 @@ def load_backend(args: argparse.Namespace):
     listens) and the backend that serves it."""
     from ..core.engine import MpeeEngine
     engine = MpeeEngine(args.bundle, threads=args.threads, spinning=args.spinning,
-                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool, trust=args.trust)
+                        allow_unvalidated=args.allow_unvalidated, thread_pool=args.thread_pool, trust=args.trust,
+                        engine=args.engine)
     if args.full_model is None:
         return engine, MpeeBackend(engine)
     return engine, FullModelBackend(engine, args.full_model, threads=engine.threads, spinning=args.spinning)
