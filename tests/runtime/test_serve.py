@@ -26,6 +26,7 @@ from mpee_runtime.bundle.contract import MANIFEST
 from mpee_runtime.bundle.reference import FUSED
 from mpee_runtime.cli import run as cli
 from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.core.policy import POLICIES
 from mpee_runtime.errors import MpeeRuntimeError
 from mpee_runtime.serve.app import STATUS_CLIENT_GONE, make_app
 from mpee_runtime.serve.backends import FullModelBackend, MpeeBackend
@@ -305,6 +306,47 @@ def test_bad_requests_are_400_naming_the_field(client, body, field, message):
     assert r.status_code == 400
     assert "\n" not in r.text and r.json()["field"] == field
     assert r.json()["error"].startswith(f"{field}: ") and message in r.json()["error"]
+
+
+def _json_values():
+    """Any JSON value: null, booleans, integers of any size, floats (1e308 and beyond read as infinity), strings
+    (lone surrogates included), and arrays and objects of those, nested."""
+    from hypothesis import strategies as st
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10 ** 300, max_value=10 ** 400),
+                       st.floats(allow_nan=False), st.floats(min_value=1e300), st.text(max_size=40),
+                       st.sampled_from(list(POLICIES) + ["", "entropy ", "\ud800"]))
+    return st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                        max_leaves=12)
+
+
+def _request_bodies():
+    """Bodies shaped like requests (text or inputs, knobs) with any JSON in any field, and any JSON at all."""
+    from hypothesis import strategies as st
+    value = _json_values()
+    fields = st.fixed_dictionaries({}, optional={"text": st.one_of(st.text(max_size=60), value),
+                                                 "text_pair": value, "inputs": st.one_of(
+                                                     st.lists(st.fixed_dictionaries(
+                                                         {"text": st.one_of(st.text(max_size=30), value)},
+                                                         optional={"text_pair": value}), max_size=5), value),
+                                                 "threshold": value, "keep_ratio": value, "policy": value})
+    return st.one_of(fields, st.dictionaries(st.text(max_size=12), value, max_size=4), value)
+
+
+def test_any_json_in_any_field_is_answered_or_refused_never_a_500(client):
+    """A property over the request schema (hypothesis): whatever JSON a client sends, in whatever field, the
+    answer is 200 or a 4xx with one JSON error line naming a field; never a 500."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=_request_bodies())
+    def check(body):
+        r = client.post("/v1/classify", content=json.dumps(body).encode(),
+                        headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400, 413), (body, r.status_code, r.text)
+        if r.status_code != 200:
+            assert "\n" not in r.text and set(r.json()) == {"error", "field"}, r.text
+    check()
 
 
 def test_knob_messages_are_the_engines(client, engine):
