@@ -475,7 +475,7 @@ async def concurrent_answers(url: str, bodies: list[bytes], timeout_s: float) ->
     async def client_loop(c: int) -> None:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             for i in range(c, len(bodies), CLIENTS):
-                r = await client.post(url + "/v1/classify", content=bodies[i])
+                r = await client.post(url + "/v1/classify", content=bodies[i], headers={"content-type": "application/json"})
                 r.raise_for_status()
                 answers[i] = r.json()
     await asyncio.gather(*(client_loop(c) for c in range(CLIENTS)))

@@ -31,6 +31,7 @@ from mpee_runtime.errors import MpeeRuntimeError
 from mpee_runtime.serve.app import STATUS_CLIENT_GONE, make_app
 from mpee_runtime.serve.backends import FullModelBackend, MpeeBackend
 from mpee_runtime.serve.cli import main
+from mpee_runtime.serve.guards import Guards
 from mpee_runtime.serve.settings import ServeSettings
 
 _NO_EXTRA = "the serve extra is not installed: pip install './runtime[serve]'"
@@ -55,7 +56,7 @@ async def serving(app, wait_ready: bool = True):
     """The app's lifespan (its batcher running) and an async client on it, for concurrent requests."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=30) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=30) as c:
             while wait_ready and not app.state.batcher.ready:
                 await asyncio.sleep(0.005)
             yield c
@@ -349,6 +350,63 @@ def test_any_json_in_any_field_is_answered_or_refused_never_a_500(client):
     check()
 
 
+KEY = "k3y-of-sixteen-chars"
+
+
+def test_hosts_other_than_the_served_ones_are_421(engine):
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends Host: evil.example; refused, counted."""
+    cases = {Guards(): {"localhost:8000": 200, "127.0.0.1": 200, "[::1]:8000": 200, "127.0.0.2": 200,
+                        "evil.example": 421, "10.0.0.5": 421, "": 421},
+             Guards.of("0.0.0.0", ["api.internal"]): {"10.0.0.5:8000": 200, "api.internal": 200,
+                                                       "evil.example": 421},
+             Guards.of("192.168.1.4"): {"192.168.1.4:80": 200, "192.168.1.5": 421},
+             Guards.of("127.0.0.1", ["*"]): {"evil.example": 200}}
+    for guards, hosts in cases.items():
+        app = make_app(MpeeBackend(engine), ServeSettings(max_wait_ms=1), guards=guards)
+        with SyncClient(app) as c:
+            for host, status in hosts.items():
+                r = c.post("/v1/classify", json={"text": "a"}, headers={"host": host})
+                assert r.status_code == status, (guards, host, r.text)
+                if status == 421:
+                    assert "\n" not in r.text and "is not served here" in r.json()["error"]
+            refused = sum(s == 421 for s in hosts.values())
+            assert _metric(app, "mpee_refusals_total", reason="host") == refused
+            assert _metric(app, "mpee_requests_total", route="/v1/classify", status="421") == refused
+
+
+def test_api_key_is_required_where_set(engine):
+    for protect in (False, True):
+        app = make_app(MpeeBackend(engine), ServeSettings(max_wait_ms=1),
+                       guards=Guards.of("127.0.0.1", api_key=KEY, protect_healthz=protect))
+        with SyncClient(app) as c:
+            for headers in ({}, {"authorization": "Bearer wrong-key-of-16-chars"}, {"authorization": KEY},
+                            {"authorization": f"Basic {KEY}"}, {"authorization": f"Bearer {KEY}x"}):
+                r = c.post("/v1/classify", json={"text": "a"}, headers=headers)
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+                assert "\n" not in r.text and "API key" in r.json()["error"]
+            ok = {"authorization": f"Bearer {KEY}"}
+            assert c.post("/v1/classify", json={"text": "a"}, headers=ok).status_code == 200
+            assert c.post("/v1/classify", json={"text": "a"}, headers={"authorization": f"bearer  {KEY} "}
+                          ).status_code == 200
+            for route in ("/metrics", "/v1/model"):
+                assert c.get(route).status_code == 401 and c.get(route, headers=ok).status_code == 200
+            assert c.get("/healthz").status_code == (401 if protect else 200)
+            model = c.get("/v1/model", headers=ok)
+            assert KEY not in model.text and model.json()["serving"]["auth"] == "bearer"
+            assert _metric(app, "mpee_refusals_total", reason="auth") == 5 + 2 + protect
+
+
+def test_a_post_must_say_it_is_json(client):
+    """415 for a body that does not say it is JSON (a form or a no-cors fetch from a web page cannot say so)."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        r = client.post("/v1/classify", content=b'{"text": "a"}', headers=headers)
+        assert r.status_code == 415 and "application/json" in r.json()["error"], content_type
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/problem+json"):
+        assert client.post("/v1/classify", content=b'{"text": "a"}',
+                           headers={"content-type": content_type}).status_code == 200
+
+
 def test_knob_messages_are_the_engines(client, engine):
     """Range errors are the engine's own words (what mpee-run prints after `Error:`)."""
     for body, call in [({"keep_ratio": 1.5}, lambda: engine.keep_ratio_feeds(1.5)),
@@ -362,7 +420,8 @@ def test_size_limits_are_413(engine):
     settings = ServeSettings(max_body_bytes=300, max_text_chars=50, max_inputs=3)
     app = make_app(MpeeBackend(engine), settings)
     with SyncClient(app) as c:
-        r = c.post("/v1/classify", content=b'{"text": "' + b"a " * 200 + b'"}')
+        r = c.post("/v1/classify", content=b'{"text": "' + b"a " * 200 + b'"}',
+                   headers={"content-type": "application/json"})
         assert (r.status_code, r.json()["field"]) == (413, "body") and "at most 300" in r.json()["error"]
         r = c.post("/v1/classify", json={"text": "a", "text_pair": "b" * 51})
         assert (r.status_code, r.json()["field"]) == (413, "text_pair")
@@ -547,6 +606,12 @@ def test_full_model_mode(engine, tmp_path, slack):
     (["--workers", "0"], "--workers must be in 1..64, got 0"),
     (["--pad-slack", "-1"], "--pad-slack must be a finite number >= 0"),
     (["--max-batch", "many"], "argument --max-batch: invalid int value"),
+    (["--api-key", "short"], "--api-key must be at least 16 printable ASCII characters"),
+    (["--api-key", "sixteen chars with spaces"], "without spaces"),
+    (["--protect-healthz"], "--protect-healthz needs an API key"),
+    (["--api-key", KEY, "--api-key-file", "/nonexistent/key"], "give the API key once"),
+    (["--api-key-file", "/nonexistent/key"], "--api-key-file /nonexistent/key: cannot be read"),
+    (["--allowed-host", " "], "--allowed-host must not be empty"),
 ])
 def test_bad_flags_are_one_error_line(built, capsys, flags, message):
     assert main([str(built / "bundle"), *flags]) == 2

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import MpeeRuntimeError
 from .backends import FieldError, RowAnswer
 from .batcher import BatcherClosed, Job, MpeeBatcher, QueueFull
+from .guards import GuardRequests, Guards
 from .metrics import MeasureRequests, ServeMetrics
 from .requests import ClassifyRequest, TooLarge, parse_classify
 from .settings import DEFAULT_SETTINGS, ServeSettings
@@ -96,11 +97,12 @@ def _body(req: ClassifyRequest, answers: list[RowAnswer], start_ns: int) -> dict
 
 
 def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: int | None = None,
-             workers: int = 1) -> Starlette:
+             workers: int = 1, guards: Guards | None = None) -> Starlette:
     """The ASGI app over `backend` (backends.MpeeBackend or FullModelBackend). Its lifespan starts the
     batcher's worker (which warms up; /healthz says 503 until it has) and, at shutdown, lets it run what is
     queued. `app.state` holds `batcher`, `metrics` and `settings`. With `workers` > 1 (one app per server process,
-    workers.py), /metrics reports the sum over every process's multiprocess files."""
+    workers.py), /metrics reports the sum over every process's multiprocess files. `guards` (default: localhost
+    only, no key) refuse other hosts, a missing key and non-JSON bodies before the routes (guards.py)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
@@ -110,8 +112,9 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
     batcher = MpeeBatcher(backend, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1e3,
                           max_queue=settings.max_queue, shed_after_s=settings.timeout_s,
                           pad_slack=settings.pad_slack, observer=metrics)
+    guards = guards or Guards()
     summary = {**backend.summary().to_dict(),
-               "serving": {**settings.__dict__, "threads": threads, "workers": workers}}
+               "serving": {**settings.__dict__, "threads": threads, "workers": workers, **guards.describe()}}
 
     async def classify(request: Request) -> Response:
         start = perf_counter_ns()
@@ -120,18 +123,24 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
             job = batcher.submit(req.rows, req.knobs, asyncio.get_running_loop())
             return JSONResponse(_body(req, await _answers(batcher, job, request.receive, settings.timeout_s), start))
         except TooLarge as e:
+            metrics.refused("too_large")
             return _error(413, str(e), e.field)
         except FieldError as e:
+            metrics.refused("bad_request")
             return _error(400, str(e), e.field)
         except QueueFull as e:
+            metrics.refused("queue_full")
             return _error(503, str(e), headers={"Retry-After": str(e.retry_after_s)})
         except BatcherClosed as e:
+            metrics.refused("shutting_down")
             return _error(503, str(e), headers={"Retry-After": "1", "Connection": "close"})
         except TimeoutError:
+            metrics.refused("timeout")
             return _error(504, f"no answer within {settings.timeout_s:g} s (--timeout-s)")
         except _ClientGone:
             return Response(status_code=STATUS_CLIENT_GONE)   # nobody reads it; the metrics count it
         except MpeeRuntimeError as e:   # the engine refused a row that passed the checks above
+            metrics.refused("bad_request")
             return _error(400, str(e), "inputs")
         except _RowsFailed as e:
             return _error(500, f"internal error: {e}")
@@ -167,6 +176,8 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
 
     routes = [Route("/v1/classify", classify, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
               Route("/v1/model", model, methods=["GET"]), Route("/metrics", metrics_text, methods=["GET"])]
-    app = Starlette(routes=routes, middleware=[Middleware(MeasureRequests, metrics=metrics)], lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(MeasureRequests, metrics=metrics),
+                                              Middleware(GuardRequests, guards=guards, on_refusal=metrics.refused)],
+                    lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
     return app

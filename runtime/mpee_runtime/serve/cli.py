@@ -26,6 +26,7 @@ from .server import (
     SWITCH_INTERVAL_S,
     bind,
     clean_exit_on_sigterm,
+    guards_of,
     load_backend,
     require_stack,
     uvicorn_server,
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this full-model graph of `mpee-export reference` (REF/model_fused.onnx) instead of "
                    "the bundle's chain, with the same batching and API (the bundle still tokenizes)")
     add_bundle_options(p)
+    p.add_argument("--api-key", metavar="KEY", help="answer only requests sent with Authorization: Bearer KEY (at least "
+                   "16 characters; /healthz stays open unless --protect-healthz); the environment variable "
+                   "MPEE_SERVE_API_KEY or --api-key-file keep it out of the process list")
+    p.add_argument("--api-key-file", type=Path, metavar="FILE", help="read the API key from FILE (its first line)")
+    p.add_argument("--protect-healthz", action="store_true", help="with a key, /healthz needs it too")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer besides localhost and the --host name (repeatable; '*': any); "
+                   "requests naming another host get 421 (DNS rebinding). Addresses: loopback, the bound one, "
+                   "any when bound to 0.0.0.0 or ::")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
                    help="uvicorn's and the server's log level [default: warning]")
     p.add_argument("--access-log", action="store_true", help="log every request (costs time on a slow core)")
@@ -105,6 +115,7 @@ def settings_of(args: argparse.Namespace) -> ServeSettings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     settings = settings_of(args)
+    args.guards = guards_of(args)
     require_stack()
     logging.basicConfig(level=args.log_level.upper(), format="mpee-serve: %(levelname)s %(message)s")
     sock = bind(args.host, args.port)
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_workers(args, settings, sock, f"mpee-serve: {what} on {url} ({args.workers} workers, threads "
                            f"{args.threads} each, max batch {settings.max_batch}); every worker is warmed up")
     engine, backend = load_backend(args)
-    app = make_app(backend, settings, threads=engine.threads)
+    app = make_app(backend, settings, threads=engine.threads, guards=args.guards)
     server = uvicorn_server(app, args, settings)
     signal.signal(signal.SIGTERM, clean_exit_on_sigterm)
     # The event loop and the batching worker share the GIL; Python's default 5 ms switch interval delays each

@@ -33,6 +33,8 @@ class ServeMetrics(BatchObserver):
                            multiprocess_mode="livesum")   # with --workers: the sum over the live workers
         self.dropped_rows = Counter("mpee_rows_dropped", "Rows of timed-out or abandoned requests that never ran",
                                     registry=r)
+        self.refusals = Counter("mpee_refusals", "Requests refused, by reason (host, auth, content_type, bad_request, "
+                                "too_large, queue_full, shutting_down, timeout)", ["reason"], registry=r)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -49,6 +51,9 @@ class ServeMetrics(BatchObserver):
 
     def dropped(self, rows: int) -> None:
         self.dropped_rows.inc(rows)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
 
 
 class MeasureRequests:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..errors import MpeeRuntimeError
 from .backends import FullModelBackend, MpeeBackend
 from .batcher import MpeeBatcher
+from .guards import Guards
 from .settings import ServeSettings
 
 if TYPE_CHECKING:   # the server stack is optional: only its types are named here
@@ -42,6 +43,27 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         raise MpeeRuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     return sock
+
+
+API_KEY_ENV = "MPEE_SERVE_API_KEY"
+
+
+def guards_of(args: argparse.Namespace) -> Guards:
+    """The guards the flags ask for; the key from --api-key, --api-key-file or MPEE_SERVE_API_KEY (one of them)."""
+    import os
+    given = [k for k, v in (("--api-key", args.api_key), ("--api-key-file", args.api_key_file),
+                            (API_KEY_ENV, os.environ.get(API_KEY_ENV))) if v]
+    if len(given) > 1:
+        raise MpeeRuntimeError(f"give the API key once: {' and '.join(given)} are both set")
+    key = args.api_key or os.environ.get(API_KEY_ENV)
+    if args.api_key_file is not None:
+        try:
+            key = (args.api_key_file.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MpeeRuntimeError(f"--api-key-file {args.api_key_file}: cannot be read ({e})"[:300]) from None
+    if args.protect_healthz and not key:
+        raise MpeeRuntimeError("--protect-healthz needs an API key (--api-key, --api-key-file or MPEE_SERVE_API_KEY)")
+    return Guards.of(args.host, args.allowed_host, key, args.protect_healthz)
 
 
 def load_backend(args: argparse.Namespace):

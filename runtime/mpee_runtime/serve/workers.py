@@ -73,7 +73,7 @@ def _worker(index: int, args, settings, sock: socket.socket, conn: Connection) -
     logging.basicConfig(level=args.log_level.upper(), format=f"mpee-serve[{index}]: %(levelname)s %(message)s")
     try:
         engine, backend = load_backend(args)
-        app = make_app(backend, settings, threads=engine.threads, workers=args.workers)
+        app = make_app(backend, settings, threads=engine.threads, workers=args.workers, guards=args.guards)
     except MpeeRuntimeError as e:
         conn.send(("error", str(e)))
         sys.exit(2)
