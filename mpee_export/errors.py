@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import click
 
-from mpee_runtime.errors import MpeeRuntimeError
+from mpee_runtime.errors import MpeeRuntimeError, io_error_line
 
 
 class MpeeExportError(Exception):
@@ -74,7 +74,9 @@ def sigterm_unwinds():
 class UserErrors:
     """Mixin for click commands and groups: MpeeExportError / MpeeRuntimeError become one `Error:` line
     and exit code 2; Ctrl-C becomes `Error: interrupted` and exit code 130, SIGTERM `Error: terminated` and 143
-    (outputs are written atomically: none is left half-written). Anything else is a bug and keeps its traceback."""
+    (outputs are written atomically: none is left half-written); an I/O failure of the machine (a full disk,
+    `mpee_runtime.errors.io_error_line`) is one line and exit code 2. Anything else is a bug and keeps its
+    traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -90,6 +92,11 @@ class UserErrors:
             if e.code == 128 + signal.SIGTERM:
                 raise Terminated("terminated") from None
             raise
+        except Exception as e:   # a full disk, a read-only file system: one line (the outputs are atomic)
+            line = io_error_line(e)
+            if line is None:
+                raise
+            raise UserError(line) from None
 
 
 class MpeeCommand(UserErrors, click.Command):

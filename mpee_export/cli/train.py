@@ -162,7 +162,10 @@ def train(task: str | None, data: str | None, files: FileData, metric: str, back
     Data-parallel: `torchrun --nproc_per_node N -m mpee_export.cli train ...`; --batch-size is the
     global batch, shared by the N processes.
     """
+    from mpee_runtime.files import check_output_place
+
     from ..model.checkpoint import default_backbone
+    check_output_place(out)   # before any work: a file there, a missing parent, a read-only place
     source = files.source(task, data, metric)
     if from_classifier is not None:
         if backbone is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpee_runtime.errors import MpeeRuntimeError
-from mpee_runtime.files import write_text
+from mpee_runtime.files import AtomicFolder, check_output_place, write_text
 from mpee_runtime.text.readers import Columns, check_input_file, read_examples
 
 from ..errors import MpeeExportError
@@ -65,6 +65,7 @@ def split_file(path: Path, out: Path, *, dev_size: int, label_column: str, text_
                seed: int = 0, force: bool = False) -> SplitCounts:
     """Write OUT/train.<ext> and OUT/dev.<ext>; returns the rows per label in each."""
     path = check_input_file(path)
+    check_output_place(out)
     try:   # the strict reader's checks first: a bad file is one error and nothing is written
         read_examples(path, Columns(text_column, None, label_column), require_label=True)
     except MpeeRuntimeError as e:
@@ -92,8 +93,13 @@ def split_file(path: Path, out: Path, *, dev_size: int, label_column: str, text_
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise MpeeExportError(f"{', '.join(existing)} exist; pass --force to replace them")
-    out.mkdir(parents=True, exist_ok=True)
-    for target, lines in zip(targets, (train, dev)):
-        write_text(target, "".join(f"{line}\n" for line in ([header] if header is not None else []) + lines))
+    # Both files in a temporary folder, then moved in (dev last): a failed write (a full disk) leaves neither.
+    try:
+        with AtomicFolder(out, merge=True, last=targets[1].name) as tmp:
+            for target, lines in zip(targets, (train, dev)):
+                write_text(tmp / target.name, "".join(f"{line}\n" for line in
+                                                      ([header] if header is not None else []) + lines))
+    except OSError as e:   # named by the output folder, not the temporary one
+        raise OSError(e.errno, e.strerror, str(out)) from None
     count = {k: len(v) for k, v in by_label.items()}
     return SplitCounts({k: count[k] - want[k] for k in sorted(count)}, {k: want[k] for k in sorted(want)})

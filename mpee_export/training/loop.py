@@ -278,6 +278,18 @@ def train(args: TrainArgs, log=print, notes: tuple[str, ...] = ()) -> EpochResul
 
 
 def _train(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tuple[str, ...]) -> EpochResult | Stopped:
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        return _train_into(args, env, device, log, notes)
+    except BaseException:   # a run that stops before it saved anything leaves no empty folder behind
+        if created and env.is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _train_into(args: TrainArgs, env: DistEnv, device: torch.device, log, notes: tuple[str, ...]
+                ) -> EpochResult | Stopped:
     resuming = _check_out(Path(args.out))
     run = _setup(args, env, device, log)
     progress = _start(run, resuming)

@@ -57,9 +57,26 @@ def write_text(path: Path, text: str) -> None:
             f.write(text)
             os.fchmod(f.fileno(), 0o666 & ~umask())
         os.replace(tmp, path)
+    except OSError as e:   # a full disk names no file by itself: name the output
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_place(out: Path) -> Path:
+    """Refuse an output folder that cannot be made or written: a file in its place, a missing parent folder, no
+    write permission (a read-only file system included). Checked before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MpeeRuntimeError(f"{out} exists and is not a folder")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise MpeeRuntimeError(f"parent folder of {out} does not exist")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise MpeeRuntimeError(f"{out} is not writable")
+    return out
 
 
 def check_output_folder(out: Path, *, force: bool = False) -> Path:
@@ -69,12 +86,7 @@ def check_output_folder(out: Path, *, force: bool = False) -> Path:
         raise MpeeRuntimeError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MpeeRuntimeError(f"{out} is not empty (pass --force to replace it)")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise MpeeRuntimeError(f"parent folder of {out} does not exist")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise MpeeRuntimeError(f"{out} is not writable")
-    return out
+    return check_output_place(out)
 
 
 def _pid_alive(pid: int) -> bool:
