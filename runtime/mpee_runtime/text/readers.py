@@ -159,7 +159,16 @@ def _checked_text(value: object, where: str, column: str, max_chars: int | None,
 
 
 def _checked_label(value: object, where: str, labels: Sequence[str] | None) -> str:
+    """A label as its string: a string (stripped, not empty) or, in JSONL, an integer (1 and "1" are the same class);
+    a float, a boolean, null, an array or an object is refused, since its string would be a class of its own
+    ("1.0", "True")."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        kind = {float: "a number with a fraction or exponent", bool: "a boolean", list: "an array",
+                dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+        raise MpeeRuntimeError(f"{where}: label {_short(repr(value))} is {kind}; give labels as strings or integers")
     label = str(value).strip()
+    if not label:
+        raise MpeeRuntimeError(f"{where}: the label is empty")
     if labels is not None and label not in labels:
         raise MpeeRuntimeError(f"{where}: label {_short(label)!r} is not one of {list(labels)}")
     return label
@@ -348,21 +357,30 @@ def _read_table(path: Path, columns: Columns, labels, limit, require_label: bool
         for column in wanted:
             if column not in header:
                 raise MpeeRuntimeError(f"{path}:1: header has no column {column!r} (header: {header})")
+        for column in {c for c in (columns.text, columns.pair, columns.label) if c}:
+            if header.count(column) > 1:
+                raise MpeeRuntimeError(f"{path}:1: header names column {column!r} {header.count(column)} times "
+                                       f"(header: {header}); rename all but one")
         ia = header.index(columns.text)
         ib = header.index(columns.pair) if columns.pair else None
         il = header.index(columns.label) if columns.label in header else None
-        for row in rows:
-            if limit is not None and len(out) >= limit:
-                break
-            if not row:   # a blank line, e.g. a second newline at the end of the file
-                continue
-            where = f"{path}:{rows.line_num}"
-            if len(row) != len(header):
-                raise MpeeRuntimeError(f"{where}: {len(row)} {kind}-separated fields, the header has {len(header)}")
-            text, cut_a = _kept(row[ia], where, columns.text, max_chars, tail)
-            pair, cut_b = _kept(row[ib], where, columns.pair, max_chars, tail) if ib is not None else (None, False)
-            out.append(Example(text, pair, _checked_label(row[il], where, labels) if il is not None else None,
-                               cut_a or cut_b))
+        try:
+            for row in rows:
+                if limit is not None and len(out) >= limit:
+                    break
+                if not row:   # a blank line, e.g. a second newline at the end of the file
+                    continue
+                where = f"{path}:{rows.line_num}"
+                if len(row) != len(header):
+                    raise MpeeRuntimeError(f"{where}: {len(row)} {kind}-separated fields, the header has "
+                                           f"{len(header)}")
+                text, cut_a = _kept(row[ia], where, columns.text, max_chars, tail)
+                pair, cut_b = _kept(row[ib], where, columns.pair, max_chars, tail) if ib is not None else (None, False)
+                out.append(Example(text, pair, _checked_label(row[il], where, labels) if il is not None else None,
+                                   cut_a or cut_b))
+        except csv.Error as e:   # the reader's line: where the bad field ends
+            what = "CSV" if comma else "TSV"
+            raise MpeeRuntimeError(f"{path}:{rows.line_num}: unreadable {what} ({e})") from None
     return out
 
 
