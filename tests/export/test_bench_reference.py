@@ -112,7 +112,7 @@ def test_baselines_are_the_best_full_model_of_each_precision(bench):
     b = bench.result["baselines"]
     assert (b["fp32"], b["int8"], b["plain_fp32"]) == (bench.best_fp32, "onnx_fused_int8", "onnx_full")
     assert {r["variant"] for r in bench.result["variants"] if r["precision"] == "int8"} == {
-        "onnx_fused_int8", "chain_int8", "mpee_int8"}
+        "onnx_fused_int8", "chain_int8", "mpee_int8", "mpee_int8_graph"}
 
 
 def test_speedups_recomputed_from_the_rows(bench):
