@@ -131,12 +131,19 @@ def test_map_bad_input_is_one_line(runs, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("Error:") and "no results.json" in err[0]
     assert bench_main(["map", f"{runs['a']}=x", f"{runs['b']}=x", "--out", str(tmp_path / "m")]) == 2
     assert "same model name" in capsys.readouterr().err
+    # A task named otherwise (a task on the user's files is named after its training folder) is the same data set
+    # when the examples are: one map. Other examples (their gold labels differ) are refused.
     other = shutil.copytree(runs["b"], tmp_path / "other")
     data = json.loads((other / "results.json").read_text())
-    data["task"] = "imdb"
+    data["task"] = "imdb_elsewhere"
     (other / "results.json").write_text(json.dumps(data))
+    assert bench_main(["map", f"{runs['a']}=A", f"{other}=B", "--out", str(tmp_path / "same")]) == 0
+    capsys.readouterr()
+    run = json.loads((other / "run.json").read_text())
+    run["gold"] = [1 - g for g in run["gold"]]
+    (other / "run.json").write_text(json.dumps(run))
     assert bench_main(["map", str(runs["a"]), str(other), "--out", str(tmp_path / "m")]) == 2
-    assert "different tasks" in capsys.readouterr().err
+    assert "measured different examples" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 

@@ -168,12 +168,19 @@ def points_of(model: MapModel, res: BenchResults, companion_name: str) -> list[M
 
 
 def build_map(specs: Sequence[str]) -> DeploymentMap:
-    loaded = [load_model(*parse_folder(s)) for s in specs]
+    folders = [parse_folder(s) for s in specs]
+    loaded = [load_model(*f) for f in folders]
     if not loaded:
         raise MpeeRuntimeError("give at least one results folder")
-    tasks = {res.task for _, res in loaded}
-    if len(tasks) > 1:
-        raise MpeeRuntimeError(f"the folders measured different tasks ({', '.join(sorted(tasks))}): one map per task")
+    # One map per data set: the same examples in the same order (their gold labels), whatever each checkpoint
+    # called its task (a task on the user's files is named after its training folder).
+    runs = [RunRecord.load(folder / RUN) for folder, _ in folders]
+    golds = {(tuple(run.gold or ()), tuple(run.labels)) for run in runs}
+    if len(golds) > 1:
+        tasks = ", ".join(sorted({res.task for _, res in loaded}))
+        raise MpeeRuntimeError(f"the folders measured different examples ({tasks}: their gold labels differ): one "
+                               "map per data set, measured on the same examples")
+    tasks = [loaded[0][1].task]
     names = [m.name for m, _ in loaded]
     if len(set(names)) != len(names):
         raise MpeeRuntimeError(f"two folders have the same model name ({names}): name them, FOLDER=NAME")
@@ -185,7 +192,7 @@ def build_map(specs: Sequence[str]) -> DeploymentMap:
     for p in _front(points):
         p.on_front = True
     metric = next((r.metric_name for _, res in loaded for r in res.variants if r.metric_name), None) or "metric"
-    dmap = DeploymentMap(tasks.pop(), metric, [m for m, _ in loaded], points, notes=notes)
+    dmap = DeploymentMap(tasks[0], metric, [m for m, _ in loaded], points, notes=notes)
     dmap.answers = latency_answers(dmap)
     return dmap
 
