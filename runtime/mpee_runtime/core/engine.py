@@ -218,10 +218,13 @@ class MpeeEngine:
     def _open_chain(self) -> list[ort.InferenceSession]:
         with self._sessions_lock:
             if self._sessions is None:
-                opts, providers = self._session_args
-                self._sessions = [open_graph(self.bundle, g, opts, providers, self.manifest)
-                                  for g in self.manifest.graphs]
+                self._sessions = self._open_graphs(self.manifest.graphs)
         return self._sessions
+
+    def _open_graphs(self, entries) -> list[ort.InferenceSession]:
+        """One checked session per manifest entry, with the engine's session options."""
+        opts, providers = self._session_args
+        return [open_graph(self.bundle, g, opts, providers, self.manifest) for g in entries]
 
     def batch_sessions(self) -> list[ort.InferenceSession]:
         """The batch layer graphs' sessions, opened (and checked, as the batch-1 graphs are) on first use, so an
@@ -231,9 +234,7 @@ class MpeeEngine:
                                    "or with --no-batch-graphs): re-export it to run rows together")
         with self._batch_lock:
             if self._batch_sessions is None:
-                opts, providers = self._session_args
-                self._batch_sessions = [open_graph(self.bundle, g, opts, providers, self.manifest)
-                                        for g in self.manifest.batch_graphs]
+                self._batch_sessions = self._open_graphs(self.manifest.batch_graphs)
         return self._batch_sessions
 
     def exit_rule(self, policy: str | None, threshold: float | None) -> ExitPolicy:
