@@ -38,9 +38,32 @@ def _error(status: int, message: str, field: str | None = None, headers: dict | 
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class HeldBytes:
+    """The bytes of request bodies the server holds at once (being read, queued or running), at most `limit`:
+    admission in bytes beside the batcher's in rows, so that many large or slow bodies cannot fill the memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, n: int) -> None:
+        """Hold `n` more bytes, or raise _Busy (the server's loop is one thread: no lock)."""
+        if self.held + n > self.limit:
+            raise _Busy(f"server busy: {self.held} bytes of requests held, at most {self.limit} (--max-held-bytes)")
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+class _Busy(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, held: HeldBytes) -> bytes:
     """The body, refused (TooLarge) as soon as it is longer than `limit` bytes, by its Content-Length or while
-    it streams in (chunked bodies have none); raises _ClientGone when the client leaves while sending it."""
+    it streams in (chunked bodies have none), each chunk taken from `held` as it arrives (the caller gives back
+    len(body) when the request is done; this gives back what it took when it raises); raises _ClientGone when
+    the client leaves while sending it."""
     from starlette.requests import ClientDisconnect
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -51,9 +74,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise TooLarge("body", f"more than {limit} bytes")
+            held.take(len(chunk))
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise _ClientGone() from None
+    except BaseException as e:
+        held.give(sum(map(len, chunks)))
+        if isinstance(e, ClientDisconnect):
+            raise _ClientGone() from None
+        raise
     return b"".join(chunks)
 
 
@@ -113,15 +140,20 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
                           max_queue=settings.max_queue, shed_after_s=settings.timeout_s,
                           pad_slack=settings.pad_slack, observer=metrics)
     guards = guards or Guards()
+    held = HeldBytes(settings.max_held_bytes)
     summary = {**backend.summary().to_dict(),
-               "serving": {**settings.__dict__, "threads": threads, "workers": workers, **guards.describe()}}
+               "serving": {**settings.to_dict(), "threads": threads, "workers": workers, **guards.describe()}}
 
     async def classify(request: Request) -> Response:
-        start = perf_counter_ns()
+        start, body = perf_counter_ns(), b""
         try:
-            req = parse_classify(await _read_body(request, settings.max_body_bytes), settings, backend)
+            body = await _read_body(request, settings.max_body_bytes, held)
+            req = parse_classify(body, settings, backend)
             job = batcher.submit(req.rows, req.knobs, asyncio.get_running_loop())
             return JSONResponse(_body(req, await _answers(batcher, job, request.receive, settings.timeout_s), start))
+        except _Busy as e:
+            metrics.refused("held_bytes")
+            return _error(503, str(e), headers={"Retry-After": "1"})
         except TooLarge as e:
             metrics.refused("too_large")
             return _error(413, str(e), e.field)
@@ -144,6 +176,8 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
             return _error(400, str(e), "inputs")
         except _RowsFailed as e:
             return _error(500, f"internal error: {e}")
+        finally:
+            held.give(len(body))
 
     async def healthz(request: Request) -> Response:
         if batcher.closing:
@@ -179,5 +213,5 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
     app = Starlette(routes=routes, middleware=[Middleware(MeasureRequests, metrics=metrics),
                                               Middleware(GuardRequests, guards=guards, on_refusal=metrics.refused)],
                     lifespan=lifespan)
-    app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
+    app.state.batcher, app.state.metrics, app.state.settings, app.state.held = batcher, metrics, settings, held
     return app

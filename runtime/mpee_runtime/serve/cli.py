@@ -17,11 +17,13 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..cli.common import add_bundle_options, add_engine_option, add_pool_options
 from ..errors import MpeeRuntimeError, exit_2_on_error
 from .app import make_app
+from .connections import ConnectionLimits, raise_fd_limit
 from .server import (
     SWITCH_INTERVAL_S,
     bind,
@@ -78,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-slack", type=float, default=d.pad_slack,
                    help="a batch runs in groups of similar length, each padded by at most this share of its real "
                    f"tokens (0: equal lengths only) [default: {d.pad_slack:g}]")
+    p.add_argument("--max-held-bytes", type=int, default=d.max_held_bytes,
+                   help="request bodies held at once (being read, queued or running); beyond, 503 with Retry-After "
+                   f"[default: {d.max_held_bytes}]")
+    c = d.connections
+    p.add_argument("--header-timeout-s", type=float, default=c.header_timeout_s,
+                   help=f"seconds for a request's head to arrive; beyond, 408 and closed [default: {c.header_timeout_s:g}]")
+    p.add_argument("--body-timeout-s", type=float, default=c.body_timeout_s,
+                   help=f"seconds for a body to arrive after its head; beyond, 408 [default: {c.body_timeout_s:g}]")
+    p.add_argument("--keep-alive-s", type=float, default=c.keep_alive_s,
+                   help=f"an idle kept-alive connection is closed after this [default: {c.keep_alive_s:g}]")
+    p.add_argument("--max-header-bytes", type=int, default=c.max_header_bytes,
+                   help=f"request line and headers at most; beyond, 431 [default: {c.max_header_bytes}]")
+    p.add_argument("--max-headers", type=int, default=c.max_headers,
+                   help=f"header lines at most; beyond, 431 [default: {c.max_headers}]")
+    p.add_argument("--max-connections", type=int, default=c.max_connections,
+                   help="open connections per server process; beyond, the one waiting longest for a request is "
+                   "closed, or 503 when all have one in flight (the open-file limit is raised to fit) "
+                   f"[default: {c.max_connections}]")
     p.add_argument("--full-model", type=Path, metavar="ONNX",
                    help="serve this full-model graph of `mpee-export reference` (REF/model_fused.onnx) instead of "
                    "the bundle's chain, with the same batching and API (the bundle still tokenizes)")
@@ -98,9 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_of(args: argparse.Namespace) -> ServeSettings:
+    limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                              keep_alive_s=args.keep_alive_s, max_header_bytes=args.max_header_bytes,
+                              max_headers=args.max_headers, max_connections=args.max_connections)
     s = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                       max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes,
-                      max_text_chars=args.max_text_chars, timeout_s=args.timeout_s, pad_slack=args.pad_slack)
+                      max_text_chars=args.max_text_chars, timeout_s=args.timeout_s, pad_slack=args.pad_slack,
+                      max_held_bytes=args.max_held_bytes, connections=limits)
     s.check()
     if args.threads is not None and args.threads < 1:
         raise MpeeRuntimeError(f"--threads must be >= 1, got {args.threads}")
@@ -118,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     args.guards = guards_of(args)
     require_stack()
     logging.basicConfig(level=args.log_level.upper(), format="mpee-serve: %(levelname)s %(message)s")
+    fit = raise_fd_limit(settings.connections.max_connections)   # before the workers start: they inherit it
+    if fit < settings.connections.max_connections:
+        print(f"mpee-serve: the open-file limit (ulimit -n) fits {fit} connections per process, not "
+              f"{settings.connections.max_connections}: --max-connections lowered to {fit}", file=sys.stderr)
+        settings = replace(settings, connections=replace(settings.connections, max_connections=fit))
     sock = bind(args.host, args.port)
     what = f"full model {args.full_model.name}" if args.full_model else f"bundle {args.bundle}"
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -11,6 +11,12 @@ from .batcher import BatchObserver
 ROUTES = ("/v1/classify", "/healthz", "/v1/model", "/metrics")   # metric label values; anything else is "other"
 
 
+# Every reason a request or connection is refused for (docs/serving.md "Protection"): the app's, the guards',
+# the connections' (connections.REASONS) and an idle connection closed to make room ("evicted").
+REFUSAL_REASONS = ("bad_request", "too_large", "queue_full", "held_bytes", "shutting_down", "timeout", "host", "auth",
+                   "content_type", "malformed_http", "header_too_large", "too_many_headers", "timeout_headers",
+                   "timeout_body", "connections", "evicted")
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -33,8 +39,8 @@ class ServeMetrics(BatchObserver):
                            multiprocess_mode="livesum")   # with --workers: the sum over the live workers
         self.dropped_rows = Counter("mpee_rows_dropped", "Rows of timed-out or abandoned requests that never ran",
                                     registry=r)
-        self.refusals = Counter("mpee_refusals", "Requests refused, by reason (host, auth, content_type, bad_request, "
-                                "too_large, queue_full, shutting_down, timeout)", ["reason"], registry=r)
+        self.refusals = Counter("mpee_refusals", "Requests and connections refused, by reason: "
+                                + ", ".join(REFUSAL_REASONS), ["reason"], registry=r)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -97,10 +97,16 @@ def clean_exit_on_sigterm(sig, frame) -> None:
 
 
 def uvicorn_server(app: Starlette, args: argparse.Namespace, settings: ServeSettings):
-    """uvicorn's server on the app, with the flags' logging and the limits that go with the queue's."""
+    """uvicorn's server on the app, with the flags' logging and the connections' limits (connections.py).
+    uvicorn's own concurrency limit is off: it refused every request (plain 503, uncounted) once more
+    connections were open than it allowed, before the queue could take any; admission is the queue's."""
     import uvicorn
+
+    from .connections import connection_protocol
+    limits = settings.connections
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
-                            # uvicorn's own 503 (no Retry-After) only past what the queue would refuse anyway
-                            limit_concurrency=settings.max_queue + settings.max_batch + 64,
+                            http=connection_protocol(limits, app.state.metrics.refused), ws="none",
+                            limit_concurrency=None, timeout_keep_alive=limits.keep_alive_s,
+                            backlog=max(2048, min(limits.max_connections, 65535)),
                             timeout_graceful_shutdown=settings.timeout_s + 5)
     return _server(config, app.state.batcher)
