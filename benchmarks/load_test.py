@@ -5,7 +5,8 @@ mpee-run's answers (docs/serving.md, "Load-test results"). Localhost only, bound
 
     python benchmarks/load_test.py --bundle B [--bundle B_INT8] [--full-model REF/model_fused.onnx ...]
         --data dev.tsv --out DIR [--rates auto|5,10,20] [--step-s 15] [--soak N] [--workers 1,2] [--threads T]
-        [--client raw|httpx] [--serve-args "--max-batch 16 --max-wait-ms 5"]
+        [--client raw|httpx] [--serve-args "--max-batch 16 --max-wait-ms 5"] [--overload 2,4]
+        [--server-cpus 0 --client-cpus 1]
 
 Rules:
 - Targets run one after another, each in its own `mpee-serve` process (never two at once: they would share
@@ -32,6 +33,11 @@ Rules:
 - Soak (`--soak N`, the best MPEE configuration of each precision, in a server run of its own): N requests at
   `--soak-rate` (default: 80% of its saturation), resident memory of the server (the sum over its processes)
   sampled every 5 s; no error other than 503 is expected.
+- Overload (`--overload 2,4`): after a target's sweep, one step at each multiple of its saturation throughput;
+  goodput, the p99 of the 200s, the statuses and the server's resident memory before and after; met when the
+  goodput is at least 90% of the saturation and every answer is 200 or 503 (issue 36). `--server-cpus 0
+  --client-cpus 1` pin the server and the load generator apart, so that the load's own CPU, which grows with
+  the offered rate, is not taken from the server.
 - Check (MPEE targets): the first `--check` examples, sent by 8 concurrent clients, against `mpee-run --threads
   1` on the same examples: labels and exit layers equal, probabilities within 1e-5.
 Writes DIR/load_test.json (every step), DIR/load_test.md (tables) and DIR/load_test.png (needs matplotlib).
@@ -75,6 +81,7 @@ RSS_EVERY_S = 5.0
 READY_TIMEOUT_S = 180.0
 AUTO_START, AUTO_MAX = 2.0, 4096.0
 REFINE = 2 ** 0.25         # `auto`'s step between the last unsaturated and the first saturated rate
+OVERLOAD_GOODPUT = 0.9     # past saturation, goodput at least this share of the saturation throughput
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class StepResult:
     mean_exit_layer: float | None
     server_cpu_ms: float | None     # CPU time per request sent: the server process (all its threads), the client
     client_cpu_ms: float | None
+    rss_before_mb: float | None = None   # the server's resident memory around an overload step
+    rss_after_mb: float | None = None
 
     @property
     def ok(self) -> int:
@@ -149,6 +158,23 @@ class TargetResult:
     soak: SoakResult | None = None
     exit_code: int | None = None     # of mpee-serve after SIGTERM (0 expected)
     log: str = ""
+
+
+@dataclass
+class OverloadVerdict:
+    """Past saturation the server keeps answering (issue 36): goodput at `multiple` x the target's saturation
+    rate at least OVERLOAD_GOODPUT of that saturation, and nothing but 200s and 503s."""
+
+    target: str
+    multiple: float
+    saturation_per_s: float
+    goodput_per_s: float
+    share: float
+    p99_ms: float | None
+    rss_before_mb: float | None
+    rss_after_mb: float | None
+    only_200_and_503: bool
+    met: bool
 
 
 @dataclass
@@ -234,7 +260,10 @@ class Server:
         cmd += shlex.split(args.serve_args)
         self.log_path = args.out / f"server_{target.name}.log"
         self._log = open(self.log_path, "a")   # noqa: SIM115 -- open for the process's lifetime, closed in stop()
+        cpus = cpu_list(args.server_cpus)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        if cpus:   # before it loads the bundle: its threads and workers inherit the affinity
+            os.sched_setaffinity(self.proc.pid, cpus)
 
     async def wait_ready(self, client) -> None:
         import httpx
@@ -396,6 +425,32 @@ async def open_loop(client, post, server: Server, bodies: list[bytes], *, rate: 
                       _mean_between(before, after, "mpee_exit_layer"), *per_request)
 
 
+def cpu_list(spec: str | None) -> set[int] | None:
+    """`--server-cpus`/`--client-cpus`: CPU numbers separated by commas (None: any)."""
+    if not spec:
+        return None
+    try:
+        cpus = {int(x) for x in spec.split(",")}
+    except ValueError:
+        raise MpeeRuntimeError(f"CPUs: numbers separated by commas, got {spec!r}") from None
+    if not cpus <= os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)) or min(cpus) < 0:
+        raise MpeeRuntimeError(f"CPUs {spec!r}: not all on this machine")
+    return cpus
+
+
+def multiples(spec: str) -> list[float]:
+    """`--overload`: multiples of the saturation rate, each > 1."""
+    if not spec:
+        return []
+    try:
+        out = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise MpeeRuntimeError(f"--overload: numbers separated by commas, got {spec!r}") from None
+    if any(not math.isfinite(m) or m <= 1 for m in out):
+        raise MpeeRuntimeError(f"--overload: multiples of the saturation above 1, got {spec!r}")
+    return out
+
+
 def sweep_rates(spec: str) -> list[float] | None:
     """`auto` (None: doubling from 2 req/s) or a comma list of increasing positive rates."""
     if spec == "auto":
@@ -545,6 +600,16 @@ async def run_target(target: Target, bodies: list[bytes], args: argparse.Namespa
                 sweep_steps = [s for s in result.steps if s.phase == "sweep"]
                 result.saturation_per_s = max((s.goodput_per_s for s in sweep_steps), default=None)
                 result.saturation_reached = any(s.saturated for s in sweep_steps)
+            for k in multiples(args.overload) if sweep_rates_up and result.saturation_per_s else []:
+                rss = server.rss_mb()
+                step = await open_loop(client, post, server, bodies, rate=k * result.saturation_per_s,
+                                       duration_s=args.step_s, max_requests=args.max_requests * 4,
+                                       phase=f"overload_{k:g}x", seed=500 + len(result.steps))
+                step.rss_before_mb, step.rss_after_mb = rss, server.rss_mb()
+                result.steps.append(step)
+                print(f"  overload {k:g}x ({step.offered_per_s:.1f} req/s): goodput {step.goodput_per_s:.1f}/s "
+                      f"({step.goodput_per_s / result.saturation_per_s:.0%} of saturation), p99 {_ms(step.p99_ms)}, "
+                      f"statuses {step.statuses}, RSS {rss} -> {step.rss_after_mb} MB", file=sys.stderr)
             if half_rate:   # one step more, past the deadline too: the p99 target needs it
                 step = await open_loop(client, post, server, bodies, rate=half_rate, duration_s=args.step_s,
                                        max_requests=args.max_requests, phase="half_full_saturation", seed=999)
@@ -621,6 +686,18 @@ def worker_counts(spec: str) -> list[int]:
     return counts
 
 
+def overload_verdicts(results: list[TargetResult]) -> list[OverloadVerdict]:
+    out = []
+    for r in results:
+        for s in (s for s in r.steps if s.phase.startswith("overload_")):
+            share = s.goodput_per_s / r.saturation_per_s
+            only = set(s.statuses) <= {"200", "503"}
+            out.append(OverloadVerdict(r.target["name"], s.offered_per_s / r.saturation_per_s, r.saturation_per_s,
+                                       s.goodput_per_s, share, s.p99_ms, s.rss_before_mb, s.rss_after_mb, only,
+                                       share >= OVERLOAD_GOODPUT and only))
+    return out
+
+
 def verdicts(results: list[TargetResult]) -> list[Verdict]:
     out = []
     for precision in dict.fromkeys(r.target["precision"] for r in results):
@@ -677,6 +754,15 @@ def markdown(record: dict) -> str:
                          f"{v['ratio']:.2f}x | {'yes' if v['throughput_target_met'] else 'no'} | "
                          f"{f(v['mpee_p99_ms'])} / {f(v['full_p99_ms'])} ms at {f(v['half_rate_per_s'])}/s | "
                          f"{'yes' if v['p99_target_met'] else 'no'} | {'none' if v['no_5xx_but_503'] else 'SOME'} |")
+    if record.get("overload"):
+        header = ("| target | load (x saturation) | saturation/s | goodput/s | share | p99 of the 200s | RSS before "
+                  "-> after MB | only 200 and 503 | >= 90% |")
+        lines += ["", header, "|---|---|---|---|---|---|---|---|---|"]
+        for v in record["overload"]:
+            lines.append(f"| {v['target']} | {v['multiple']:.2f}x | {f(v['saturation_per_s'])} | "
+                         f"{f(v['goodput_per_s'])} | {v['share']:.0%} | {f(v['p99_ms'])} ms | "
+                         f"{f(v['rss_before_mb'])} -> {f(v['rss_after_mb'])} | {'yes' if v['only_200_and_503'] else 'NO'}"
+                         f" | {'yes' if v['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -734,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="the load's HTTP client: raw (asyncio streams, little CPU) or httpx [default: raw]")
     p.add_argument("--max-connections", type=int, default=512, help="client connections at most [default: 512]")
+    p.add_argument("--overload", default="", help="after each sweep, steps at these multiples of the target's "
+                   "saturation, e.g. 2,4 (goodput, p99 of the 200s, memory) [default: none]")
+    p.add_argument("--server-cpus", help="run the server on these CPUs, e.g. 0 (the client elsewhere: "
+                   "--client-cpus), so that the load's CPU is not the server's [default: any]")
+    p.add_argument("--client-cpus", help="run the load generator on these CPUs, e.g. 1 [default: any]")
     p.add_argument("--client-timeout-s", type=float, default=60.0, help="client timeout [default: 60]")
     return p
 
@@ -773,7 +864,8 @@ async def run(args: argparse.Namespace) -> dict:
             "settings": {k: str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v
                          for k, v in vars(args).items()},
             "examples": len(examples), "targets": [asdict(r) for r in results],
-            "verdicts": [asdict(v) for v in verdicts(results)]}
+            "verdicts": [asdict(v) for v in verdicts(results)],
+            "overload": [asdict(v) for v in overload_verdicts(results)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -781,6 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep_rates(args.rates)
         worker_counts(args.workers)
+        multiples(args.overload)
+        cpu_list(args.server_cpus)
+        client_cpus = cpu_list(args.client_cpus)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
         args.out.mkdir(parents=True, exist_ok=True)
         record = asyncio.run(run(args))
     except MpeeRuntimeError as e:

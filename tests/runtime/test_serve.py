@@ -722,7 +722,7 @@ def test_load_test_smoke(built, tmp_path, monkeypatch):
                                                               for t, p in TEXTS))
     argv = ["--bundle", str(built / "bundle"), "--data", str(data), "--out", str(tmp_path / "out"), "--rates",
             "10,20", "--step-s", "0.5", "--soak", "20", "--soak-rate", "40", "--check", "5", "--threads", "1",
-            "--workers", "1,2"]
+            "--workers", "1,2", "--overload", "2", "--server-cpus", "0"]
     with_full = importlib.util.find_spec("onnx") is not None
     if with_full:
         _bag_model(tmp_path / FUSED, json.loads((built / "bundle" / MANIFEST).read_text())["model"]["vocab_size"])
@@ -742,6 +742,14 @@ def test_load_test_smoke(built, tmp_path, monkeypatch):
     assert all(r["exit_code"] == 0 for r in record["targets"])
     assert all(code in ("200", "503") for r in record["targets"] for s in r["steps"] for code in s["statuses"])
     assert "| mpee_fp32_w2 | sweep |" in (tmp_path / "out" / "load_test.md").read_text()
+    # past saturation: one step at twice each target's saturation, its memory before and after, judged
+    overloads = {v["target"]: v for v in record["overload"]}
+    assert set(overloads) == set(by)
+    for name, v in overloads.items():
+        step = next(s for s in by[name]["steps"] if s["phase"] == "overload_2x")
+        assert v["saturation_per_s"] == by[name]["saturation_per_s"] and v["goodput_per_s"] == step["goodput_per_s"]
+        assert v["rss_before_mb"] > 0 and v["rss_after_mb"] > 0 and v["only_200_and_503"]
+    assert "| load (x saturation) |" in (tmp_path / "out" / "load_test.md").read_text()
     if with_full:
         (verdict,) = record["verdicts"]
         assert verdict["precision"] == "fp32" and verdict["full_target"] in ("full_fp32_w1", "full_fp32_w2")

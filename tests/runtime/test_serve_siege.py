@@ -54,17 +54,20 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+SIEGE_FLAGS = ("--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S),
+               "--max-connections", str(MAX_CONNECTIONS), "--max-queue", str(MAX_QUEUE), "--max-inputs", "8",
+               "--max-wait-ms", "2")
+
+
 class Siege:
     """The server under test and raw-socket clients of it."""
 
-    def __init__(self, bundle: Path, log: Path) -> None:
+    def __init__(self, bundle: Path, log: Path, flags: tuple[str, ...] = SIEGE_FLAGS) -> None:
         self.port, self.log = _free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mpee_runtime.serve.cli", str(bundle), "--port", str(self.port), "--threads", "1",
-             "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S),
-             "--max-connections", str(MAX_CONNECTIONS), "--max-queue", str(MAX_QUEUE), "--max-inputs", "8",
-             "--max-wait-ms", "2"], stdout=subprocess.DEVNULL, stderr=log.open("w"))   # a pipe could fill up
+             *flags], stdout=subprocess.DEVNULL, stderr=log.open("w"))   # a pipe could fill up
         deadline = time.monotonic() + 120
         while True:
             assert self.proc.poll() is None, self.log.read_text()
@@ -248,6 +251,43 @@ def test_malformed_hostile_and_foreign_requests_are_one_json_line(siege):
         status, _, _ = await siege.classify({"text": "still serving"})
         assert status == 200
     asyncio.run(run())
+
+
+def test_a_full_queue_sheds_at_the_door_and_keeps_the_connection(built, tmp_path):
+    """While the queue is full (one row, held by a 3 s batching wait), a classify request is answered 503 with
+    Retry-After as soon as its head is in, and its connection stays usable: a request for another host on it still
+    gets the guards' 421, a bad body still gets 503 (the door does not read bodies), and once the queue has room
+    the same connection gets its answer."""
+    server = Siege(built / "bundle", tmp_path / "server.log",
+                   ("--max-queue", "1", "--max-inputs", "1", "--max-batch", "64", "--max-wait-ms", "3000"))
+
+    async def run():
+        before = server.refusals()
+        waiting = asyncio.ensure_future(server.classify({"text": "the first one waits"}))
+        await asyncio.sleep(0.5)
+        reader, writer = await server.connect()
+        answers = []
+        for raw in (post(b'{"text": "a good film"}'), post(b'{"text": "a"}', host="evil.example"), post(b"{nonsense")):
+            writer.write(raw)
+            answers.append(await read_answer(reader, 5))
+        (s1, h1, b1), (s2, h2, b2), (s3, h3, b3) = answers
+        assert s1 == 503 and int(h1["retry-after"]) >= 1 and "connection" not in h1
+        assert "overloaded" in one_json_error(s1, h1, b1)
+        assert s2 == 421 and one_json_error(s2, h2, b2)
+        assert s3 == 503
+        assert (await waiting)[0] == 200
+        writer.write(post(b'{"text": "now there is room"}'))
+        status, _, body = await read_answer(reader, 10)
+        assert status == 200 and json.loads(body)["label"]
+        writer.close()
+        counted = server.refusals() - before
+        assert counted == Counter(queue_full=2, host=1), counted
+    try:
+        asyncio.run(run())
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_every_refusal_reason_is_documented():

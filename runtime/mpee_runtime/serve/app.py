@@ -59,6 +59,26 @@ class _Busy(Exception):
     pass
 
 
+class ShedAtTheDoor:
+    """The connections' quick refusal under overload (connections.Door): a POST /v1/classify that the guards let
+    through, when the queue would refuse even a one-row request, is shed (503, counted as `queue_full` and in the
+    request counter) before the app reads it. Its other refusals are unchanged; only a malformed or oversized body
+    that arrives while the queue is full gets this 503 instead of its 400 or 413."""
+
+    def __init__(self, batcher: MpeeBatcher, guards: Guards, metrics: ServeMetrics) -> None:
+        self.batcher, self.guards, self.metrics = batcher, guards, metrics
+
+    def __call__(self, method: str, path: str, headers: list) -> int | None:
+        if path != "/v1/classify" or method != "POST":
+            return None
+        retry_after = self.batcher.refuses_one()
+        if retry_after is None or self.guards.refusal(method, path, headers) is not None:
+            return None
+        self.metrics.refused("queue_full")
+        self.metrics.request("/v1/classify", 503, 0.0)
+        return retry_after
+
+
 async def _read_body(request: Request, limit: int, held: HeldBytes) -> bytes:
     """The body, refused (TooLarge) as soon as it is longer than `limit` bytes, by its Content-Length or while
     it streams in (chunked bodies have none), each chunk taken from `held` as it arrives (the caller gives back
@@ -214,4 +234,5 @@ def make_app(backend, settings: ServeSettings = DEFAULT_SETTINGS, *, threads: in
                                               Middleware(GuardRequests, guards=guards, on_refusal=metrics.refused)],
                     lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.settings, app.state.held = batcher, metrics, settings, held
+    app.state.door = ShedAtTheDoor(batcher, guards, metrics)
     return app

@@ -158,6 +158,15 @@ class MpeeBatcher:
         self.observer.queue_depth(self._queued)
         return job
 
+    def refuses_one(self) -> int | None:
+        """Retry-After seconds when even a one-row request would be refused now (QueueFull), else None. Read
+        without the lock: the connections' quick check under overload (connections.py); `submit` decides."""
+        try:
+            self._check_room(1)
+        except QueueFull as e:
+            return e.retry_after_s
+        return None
+
     def _check_room(self, rows: int) -> None:
         """Raise QueueFull when `rows` more rows do not fit (the rule in the module docstring; under the lock)."""
         wait_s = (self._queued + rows) * self._row_s   # 0 until a call has been timed

@@ -19,7 +19,9 @@ Rules (`ConnectionLimits`):
   sends is read and dropped (a lingering close, as nginx's): a close with unread data would reset the connection
   and the client's system would drop the answer.
 Admission of the requests themselves is the batcher's (rows, expected wait) and the app's (bytes held): no
-connection count refuses a request that the queue would take.
+connection count refuses a request that the queue would take. When the queue would refuse even one row, a
+classify request that passes the guards is shed by the connection as soon as its head is in (`door`): 503 with
+Retry-After, the body dropped, the connection kept alive.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ REASONS = {   # refusal reason -> (status, message); the reason labels mpee_refu
 }
 
 
-def error_response(status: int, message: str, retry_after: int | None = None) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection: the app's one-line JSON error."""
+def error_response(status: int, message: str, retry_after: int | None = None, close: bool = True) -> bytes:
+    """A whole HTTP/1.1 response (closing the connection unless `close` is False): the app's one-line JSON error."""
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE
     body = json.dumps({"error": message, "field": None}).encode()
-    headers = [b"content-type: application/json", b"content-length: " + str(len(body)).encode(), b"connection: close"]
+    headers = [b"content-type: application/json", b"content-length: " + str(len(body)).encode()]
+    if close:
+        headers.append(b"connection: close")
     if retry_after is not None:
         headers.append(b"retry-after: " + str(retry_after).encode())
     return STATUS_LINE[status] + b"\r\n".join(headers) + b"\r\n\r\n" + body
@@ -71,15 +75,30 @@ class _TooManyHeaders(Exception):
     """Raised in the parser's header callback: stops the parser (which reports it as its own error)."""
 
 
-def connection_protocol(limits: ConnectionLimits, on_refusal: Callable[[str], None]) -> type:
+Door = Callable[[str, str, list], "int | None"]   # (method, path, headers) -> Retry-After seconds to shed it now
+
+
+def connection_protocol(limits: ConnectionLimits, on_refusal: Callable[[str], None], door: Door | None = None
+                        ) -> type:
     """uvicorn's HttpToolsProtocol with `limits` (module docstring); a class per server, which holds the server's
-    connections that wait for a request head, oldest first (the ones a new connection may close)."""
+    connections that wait for a request head, oldest first (the ones a new connection may close). `door` (the
+    app's `ShedAtTheDoor`): a request it sheds is answered 503 by the connection as soon as its head is in, its body
+    dropped unread, the connection kept alive: under overload a refusal costs a few microseconds of the one
+    Python thread that also feeds the model, not the app's parsing."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     waiting: OrderedDict = OrderedDict()       # protocol -> None: connections with no request in flight
     answers = {reason: error_response(status, message.format(**limits.__dict__), 1 if status == 503 else None)
                for reason, (status, message) in REASONS.items()}
+    shed_answers: dict[tuple[int, bool], bytes] = {}
+
+    def shed_answer(retry_after: int, keep_alive: bool) -> bytes:
+        key = (retry_after, keep_alive)
+        if key not in shed_answers:
+            shed_answers[key] = error_response(503, f"overloaded: the queue takes no more rows now; retry in "
+                                               f"{retry_after} s", retry_after, close=not keep_alive)
+        return shed_answers[key]
 
     class LimitedHttpProtocol(HttpToolsProtocol):
         def __init__(self, config, server_state, app_state, _loop=None) -> None:
@@ -92,6 +111,7 @@ def connection_protocol(limits: ConnectionLimits, on_refusal: Callable[[str], No
             self._timer = None                 # the head's or the body's deadline
             self._refusal: str | None = None   # set in a parser callback, answered by data_received
             self._lingering = False            # refused and answered: reading until the close
+            self._shed = False                 # answered at the door: the body that follows is dropped
 
         # ------------------------------------------------------------ the connection
         def connection_made(self, transport) -> None:
@@ -127,7 +147,7 @@ def connection_protocol(limits: ConnectionLimits, on_refusal: Callable[[str], No
             self._disarm()
             if self.transport.is_closing():
                 return
-            if self.cycle is not None and self.cycle.response_started:
+            if self._shed or (self.cycle is not None and self.cycle.response_started):
                 self.transport.close()
                 return
             self.transport.write(answers[reason])
@@ -213,14 +233,32 @@ def connection_protocol(limits: ConnectionLimits, on_refusal: Callable[[str], No
                 self._refusal = "header_too_large"
                 return
             self._body_pending = True
+            if door is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+                retry_after = door(self.parser.get_method().decode("ascii"),
+                                   self.url.split(b"?", 1)[0].decode("latin-1"), self.headers)
+                if retry_after is not None:
+                    keep_alive = self.parser.should_keep_alive()
+                    self.transport.write(shed_answer(retry_after, keep_alive))
+                    self._shed = True
+                    if not keep_alive:
+                        self.linger()
+                    return
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
-            if self._refusal is None:
+            if self._refusal is None and not self._shed:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
             if self._refusal is not None:
+                return
+            if self._shed:   # its answer is out: wait for the next request, as uvicorn does after an answer
+                self._shed, self._body_pending, self._awaiting_head = False, False, True
+                self._disarm()
+                if not self.transport.is_closing():
+                    waiting[self] = None
+                    self.timeout_keep_alive_task = self.loop.call_later(limits.keep_alive_s,
+                                                                        self.timeout_keep_alive_handler)
                 return
             self._body_pending = False
             self._disarm()

@@ -80,11 +80,25 @@ class Guards:
         bound = None if self.bound_address is None else ipaddress.ip_address(self.bound_address)
         return address.is_loopback or address == bound or (bound is not None and bound.is_unspecified)
 
+    def refusal(self, method: str, path: str, raw_headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+        """The guards in order Host (421), key (401), content type of a POST (415): the first refusal, or None."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        if not self.host_ok(headers.get("host")):
+            return 421, "host", f"host {headers.get('host', '')[:80]!r} is not served here (--allowed-host)", {}
+        if (path not in OPEN_ROUTES or self.protect_healthz) and not self.key_ok(headers.get("authorization")):
+            return 401, "auth", "missing or wrong API key: send Authorization: Bearer KEY", {"www-authenticate": "Bearer"}
+        if method == "POST" and not _json_type(headers.get("content-type")):
+            return 415, "content_type", "Content-Type must be application/json", {}
+        return None
+
     def key_ok(self, header: str | None) -> bool:
         if self.api_key is None:
             return True
         scheme, _, token = (header or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+
+Refusal = tuple[int, str, str, dict]   # status, reason (the metric's label), message, extra headers
 
 
 def _json_type(header: str | None) -> bool:
@@ -103,16 +117,7 @@ class GuardRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = None
-        if not self.guards.host_ok(headers.get("host")):
-            refusal = (421, "host", f"host {headers.get('host', '')[:80]!r} is not served here (--allowed-host)", {})
-        elif (scope["path"] not in OPEN_ROUTES or self.guards.protect_healthz) and not self.guards.key_ok(
-                headers.get("authorization")):
-            refusal = (401, "auth", "missing or wrong API key: send Authorization: Bearer KEY",
-                       {"www-authenticate": "Bearer"})
-        elif scope["method"] == "POST" and not _json_type(headers.get("content-type")):
-            refusal = (415, "content_type", "Content-Type must be application/json", {})
+        refusal = self.guards.refusal(scope["method"], scope["path"], scope["headers"])
         if refusal is None:
             await self.app(scope, receive, send)
             return

@@ -105,7 +105,7 @@ def uvicorn_server(app: Starlette, args: argparse.Namespace, settings: ServeSett
     from .connections import connection_protocol
     limits = settings.connections
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
-                            http=connection_protocol(limits, app.state.metrics.refused), ws="none",
+                            http=connection_protocol(limits, app.state.metrics.refused, app.state.door), ws="none",
                             limit_concurrency=None, timeout_keep_alive=limits.keep_alive_s,
                             backlog=max(2048, min(limits.max_connections, 65535)),
                             timeout_graceful_shutdown=settings.timeout_s + 5)
