@@ -6,6 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The JavaScript examples' packages (examples/node, examples/web: onnxruntime and tokenizers.js, pinned by their
+# lock files); their tests skip, saying why, where npm is missing.
+if command -v npm >/dev/null; then
+  for example in examples/node examples/web; do
+    if [ -f "$example/package-lock.json" ]; then
+      npm ci --prefix "$example" --no-audit --no-fund --loglevel=error
+    fi
+  done
+else
+  echo "npm not found: the Node.js and web examples' tests will be skipped" >&2
+fi
 export GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 .venv/bin/ruff check .
 declare -A MARK=([unit]="not integration and not slow" [integration]="integration" [slow]="slow")

@@ -87,6 +87,26 @@ def test_head_tail_rule(tokenizer):
         T.check_truncation("tail")
 
 
+@pytest.mark.parametrize("rule", ["head", "head+tail"])
+def test_a_cut_pair_keeps_no_overflowing_pieces(tokenizer, rule):
+    """A cut side keeps none of the pieces `Encoding.truncate` leaves as overflowing: post-processing a pair pairs
+    every piece of one side with every piece of the other (two sides of 2,000 words held all memory)."""
+    vocab = [w for w in tokenizer.get_vocab() if w.isalpha()]
+    a = " ".join(vocab[i % len(vocab)] for i in range(2000))
+    b = " ".join(vocab[(7 * i) % len(vocab)] for i in range(1500))
+    got = T.encode(tokenizer, a, b, 24, rule)
+    assert len(got.ids) == 24 and got.overflowing == []
+    whole_a = tokenizer.encode(a, add_special_tokens=False).ids
+    whole_b = tokenizer.encode(b, add_special_tokens=False).ids
+    ka, kb = T.pair_budgets(len(whole_a), len(whole_b), 21)
+    if rule == "head":
+        assert got.ids[1:1 + ka] == whole_a[:ka] and got.ids[2 + ka:-1] == whole_b[:kb]
+    else:
+        ha, hb = T.head_tokens(ka), T.head_tokens(kb)
+        assert got.ids[1:1 + ka] == whole_a[:ha] + whole_a[len(whole_a) - (ka - ha):]
+        assert got.ids[2 + ka:-1] == whole_b[:hb] + whole_b[len(whole_b) - (kb - hb):]
+
+
 def test_head_tail_character_cut():
     text = "start " + "word " * 3000 + "finish"
     cut, was_cut = cut_text(text, 1000, tail=True)

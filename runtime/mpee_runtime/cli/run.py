@@ -123,7 +123,8 @@ def run_examples(engine, examples: list[Example], *, metric: str = "accuracy", b
     wall_s = max(perf_counter_ns() - start, 1) / 1e9
     for index, (ex, pred) in enumerate(zip(examples, predictions)):
         line = {"index": index, "label": pred.label, "exit_layer": pred.exit_layer,
-                "probs": [round(p, 6) for p in pred.probs]}
+                "probs": [round(p, 6) for p in pred.probs], "tokens_per_layer": pred.tokens_per_layer,
+                "ffn_tokens_per_layer": pred.ffn_tokens_per_layer}
         if ex.cut or pred.chars_cut:   # cut by the reader (or by the engine, for examples not read by it)
             line["chars_cut"] = True
             cut += 1

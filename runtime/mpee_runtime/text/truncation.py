@@ -13,6 +13,7 @@ bundle's tokenizer.json: the same function on the same tokenizer gives the same 
 
 from __future__ import annotations
 
+import json
 import pickle
 
 from tokenizers import Encoding, Tokenizer
@@ -48,18 +49,31 @@ def pair_budgets(na: int, nb: int, budget: int, a_longer: bool | None = None) ->
     return (long, short) if a_longer else (short, long)
 
 
+def _without_overflow(enc: Encoding) -> Encoding:
+    """`enc` without the pieces `truncate` keeps as `overflowing`: merging and post-processing pair every piece
+    of one side with every piece of the other (a pair of about 100 characters each took 1.2 s and 3,499 pieces,
+    and two long sides all memory). Through the Encoding's own pickling state: it has no setter."""
+    state = json.loads(enc.__getstate__())
+    if not state["overflowing"]:
+        return enc
+    state["overflowing"] = []
+    out = Encoding()
+    out.__setstate__(json.dumps(state).encode())
+    return out
+
+
 def _cut(enc: Encoding, keep: int, truncation: str) -> Encoding:
     """`enc` cut to `keep` tokens: its first `keep` (head), or its first head_tokens(keep) and its last rest."""
     if len(enc.ids) <= keep:
         return enc
     if truncation == "head" or keep < 2:
         enc.truncate(keep, direction="right")
-        return enc
+        return _without_overflow(enc)
     head = head_tokens(keep)
     tail = pickle.loads(pickle.dumps(enc))   # Encoding has no copy(); truncate works in place
     enc.truncate(head, direction="right")
     tail.truncate(keep - head, direction="left")
-    return Encoding.merge([enc, tail], growing_offsets=False)
+    return Encoding.merge([_without_overflow(enc), _without_overflow(tail)], growing_offsets=False)
 
 
 def encode(tokenizer: Tokenizer, text: str, pair: str | None, max_length: int, truncation: str, *,

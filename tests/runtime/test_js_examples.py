@@ -1,0 +1,144 @@
+"""The single graph from Node.js (examples/node, onnxruntime-node and tokenizers.js, no Python): the answers of
+mpee-run on 200 texts, at the bundle's point and at one with deep exits and pruning, texts and pairs; the text
+rules (input limit, both truncation rules, pairs) ported to JavaScript give the runtime's ids; bad input is one
+`Error:` line. Needs node and `npm ci --prefix examples/node` (scripts/test.sh runs it where npm exists)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from make_bundle import WORDS
+
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.text.encoder import TextEncoder, open_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_DIR = ROOT / "examples" / "node"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None or not (NODE_DIR / "node_modules" / "onnxruntime-node").is_dir(),
+                                reason="needs node and `npm ci --prefix examples/node`")
+PROB_TOL = 1e-4
+N_TEXTS = 200
+
+
+def _texts(seed: int, n: int) -> list[str]:
+    """Texts of the tiny vocabulary's words, unknown words, punctuation and non-ASCII, 1 to 40 words, and one in
+    ten longer than the bundle's input limit (cut before tokenizing)."""
+    rng = random.Random(seed)
+    words = [w for w in WORDS if not w.startswith("[") and not w.startswith("##")] + ["zebra", "naïve", "🙂", "x"]
+    out = []
+    for i in range(n):
+        k = rng.randint(3000, 3400) if i % 10 == 9 else rng.randint(1, 40)   # the limit: 101 * 25 = 2,525 characters
+        out.append(" ".join(rng.choice(words) for _ in range(k)))
+    return out
+
+
+def _node(*args: str, stdin: str = "", cwd: Path = NODE_DIR) -> subprocess.CompletedProcess:
+    return subprocess.run([NODE, *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _mpee_run(bundle: Path, rows: list[dict], tmp_path: Path, *flags: str) -> list[dict]:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mpee_runtime", str(bundle), "--input", str(src), "--output",
+                           str(out), "--threads", "1", *flags], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("flags", [(), ("--threshold", "0", "--keep-ratio", "0.5"), ("--policy", "patience",
+                                                                                      "--threshold", "1")],
+                         ids=["bundle_point", "full_depth_pruned", "patience"])
+@pytest.mark.parametrize("pairs", [False, True], ids=["texts", "pairs"])
+def test_node_example_gives_mpee_runs_answers(built, tmp_path, flags, pairs):
+    bundle = built / "bundle"
+    texts = _texts(1, N_TEXTS)
+    rows = [{"text": t} for t in texts]
+    lines = texts
+    if pairs:
+        seconds = _texts(2, N_TEXTS)
+        rows = [{"text": t, "text_pair": p} for t, p in zip(texts, seconds)]
+        lines = [f"{t}\t{p}" for t, p in zip(texts, seconds)]
+    want = _mpee_run(bundle, rows, tmp_path, *flags)
+    done = _node("classify.mjs", str(bundle), *flags, *(["--pairs"] if pairs else []), stdin="\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(got) == len(want) == N_TEXTS
+    assert any(g["chars_cut"] for g in got)
+    for g, w in zip(got, want):
+        assert (g["label"], g["exit_layer"]) == (w["label"], w["exit_layer"]), (g, w)
+        assert g["tokens_per_layer"] == w["tokens_per_layer"] and g["ffn_tokens_per_layer"] == w["ffn_tokens_per_layer"]
+        assert max(abs(a - b) for a, b in zip(g["probs"], w["probs"])) <= PROB_TOL
+        assert g["chars_cut"] == w.get("chars_cut", False)
+    if flags:   # the point that runs every layer and prunes: the graph's whole path was taken
+        assert {g["exit_layer"] for g in got} == {max(g["exit_layer"] for g in got)} or "patience" in flags
+        assert any(len(set(g["tokens_per_layer"])) > 1 for g in got)
+
+
+ENCODE_JS = """
+import { readFileSync } from "node:fs";
+import { Tokenizer } from "@huggingface/tokenizers";
+import { BundleText } from "../js/mpee.mjs";
+const [tokenizerPath, model, rowsPath] = process.argv.slice(1);
+const json = JSON.parse(readFileSync(tokenizerPath, "utf8"));
+const text = new BundleText(new Tokenizer(json, {}), JSON.parse(model), json.model.max_input_chars_per_word);
+for (const [a, b] of JSON.parse(readFileSync(rowsPath, "utf8"))) {
+  const e = text.encode(a, b);
+  process.stdout.write(JSON.stringify([e.ids, e.types, e.cut]) + "\\n");
+}
+"""
+
+
+@pytest.mark.parametrize("truncation", ["head", "head+tail"])
+def test_text_rules_in_javascript_give_the_runtimes_ids(built, tmp_path, truncation):
+    """Both truncation rules, single texts and pairs (either side or both past the input limit): the JavaScript
+    port (examples/js/mpee.mjs) gives mpee_runtime's ids, token types and cut flags."""
+    bundle = built / "bundle"
+    manifest = Manifest.load(bundle, verify=False)
+    encoder = TextEncoder(open_tokenizer(bundle, manifest) if truncation == "head" else _whole(bundle, manifest),
+                          manifest.model.max_length, truncation)
+    a, b = _texts(3, 120), _texts(4, 120)
+    rows = [(t, None) for t in a[:60]] + list(zip(a[60:], b[60:])) + [(a[9], b[19]), (a[1], b[9])]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    model = json.dumps({"max_length": manifest.model.max_length, "truncation": truncation})
+    done = _node("--input-type=module", "-e", ENCODE_JS, str(bundle / manifest.tokenizer.file), model,
+                 str(tmp_path / "rows.json"))
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(got) == len(rows)
+    for (text, pair), (ids, types, cut) in zip(rows, got):
+        want = encoder.encode(text, pair)
+        assert ids == want.ids[0].tolist() and types == want.types[0].tolist() and cut == want.cut, (text[:80], pair)
+    assert sum(cut for _, _, cut in got) >= 10
+
+
+def _whole(bundle: Path, manifest: Manifest):
+    """The bundle's tokenizer without its own truncation (the head+tail rule truncates itself)."""
+    tokenizer = open_tokenizer(bundle, manifest)
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/no/such/bundle"], "manifest.json: cannot be read"),
+    (["BUNDLE", "--policy", "max_prob", "--threshold", "2"], "must be in [0, 1]"),
+    (["BUNDLE", "--keep-ratio", "0"], "keep ratio must be in (0, 1]"),
+    (["BUNDLE", "--threshold", "x"], "--threshold must be a number"),
+    (["BUNDLE", "--bogus"], "Unknown option"),
+    (["BUNDLE", "BUNDLE"], "give one bundle folder"),
+    (["TAMPERED"], "sha256"),
+])
+def test_node_example_bad_input_is_one_error_line(built, tmp_path, args, message):
+    tampered = Path(shutil.copytree(built / "bundle", tmp_path / "tampered"))
+    graph = tampered / Manifest.load(tampered, verify=False).single_graph.file
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    args = [str(built / "bundle") if a == "BUNDLE" else str(tampered) if a == "TAMPERED" else a for a in args]
+    done = _node("classify.mjs", *args, stdin="a good film\n")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
