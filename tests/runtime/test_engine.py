@@ -111,7 +111,7 @@ def test_path_outside_bundle_refused(bundle, monkeypatch):
     _refused(bundle, monkeypatch, "outside")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 9, "3", None, True])
+@pytest.mark.parametrize("version", [0, 1, 2, 10, "3", None, True])
 def test_unknown_schema_refused(bundle, monkeypatch, version):
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["schema_version"] = version
@@ -134,7 +134,8 @@ def test_cli_text_and_files(built, tmp_path, capsys):
     assert run_cli([str(bundle), "--input", str(jsonl), "--output", str(preds), "--threads", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
-    assert [x["index"] for x in lines] == [0, 1] and set(lines[0]) == {"index", "label", "exit_layer", "probs"}
+    assert [x["index"] for x in lines] == [0, 1]
+    assert set(lines[0]) == {"index", "label", "exit_layer", "probs", "tokens_per_layer", "ffn_tokens_per_layer"}
     # the summary scores the written predictions against the gold labels
     right = [lines[0]["label"] == "entailment", lines[1]["label"] == "not_entailment"]
     assert summary["examples"] == 2 and summary["latency"]["p99_us"] > 0

@@ -21,8 +21,10 @@ from ..errors import MpeeRuntimeError, shown
 #    token's original position (`positions`, after layer 0) from layer to layer; the other families' graphs
 #    are those of schema 6.
 # 8: single_graph (optional): mpee.onnx, the whole bundle as one graph with the exit rule inside (below).
-SCHEMA_VERSION = 8
-SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6, 7, 8)
+# 9: exit.length_points (optional): an operating point per input-length bucket, which a runtime that does not
+#    know it would ignore, running every text at the default point.
+SCHEMA_VERSION = 9
+SUPPORTED_SCHEMA_VERSIONS = (3, 4, 5, 6, 7, 8, 9)
 FORMAT = "mpee-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"

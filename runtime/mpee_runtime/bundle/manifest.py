@@ -157,6 +157,33 @@ class PruningSection:
                    lam=f.number("lam", lo=0, hi=1, lo_open=True))
 
 
+MAX_LENGTH_POINTS = 16
+
+
+@dataclass(frozen=True)
+class LengthPoint:
+    """The operating point of the texts of at most `max_tokens` tokens (special tokens included; None: every
+    longer text): the default policy's threshold and the keep ratio of every pruning layer (None: the bundle's
+    `pruning.keep_ratios`)."""
+
+    max_tokens: int | None
+    threshold: float
+    keep_ratio: float | None = None
+
+    @classmethod
+    def parse(cls, f: Fields, policy: str) -> LengthPoint:
+        max_tokens = f.integer("max_tokens", lo=1, optional=True)
+        threshold = f.number("threshold", lo=0, hi=math.inf)
+        try:
+            check_threshold(policy, threshold)
+        except MpeeRuntimeError as e:
+            raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.threshold: {e}") from None
+        ratio = f.get("keep_ratio", optional=True)
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
+            raise f.fail("keep_ratio", "null or a number in (0, 1]")
+        return cls(max_tokens, float(threshold), None if ratio is None else float(ratio))
+
+
 @dataclass(frozen=True)
 class ExitSection:
     default_policy: str
@@ -164,9 +191,13 @@ class ExitSection:
     layer_exit: bool                  # False: the model has one exit, at the last layer
     pooling: str = "cls"              # exit head input, computed inside the layer graphs: [CLS] or token mean
     calibration: dict | None = None   # how the default threshold was chosen, when it was
+    # Schema 9: length-aware operating points (`mpee-export --calibrate --length-buckets`), by increasing
+    # max_tokens, the last for every longer text. A run that sets no knob (or only the default policy) applies
+    # the row of each text's token count instead of the default threshold and keep ratios.
+    length_points: list[LengthPoint] | None = None
 
     @classmethod
-    def parse(cls, f: Fields) -> ExitSection:
+    def parse(cls, f: Fields, version: int = SCHEMA_VERSION) -> ExitSection:
         pooling = f.text("pooling", choices=EXIT_POOLINGS)
         policy = f.text("default_policy", choices=POLICIES)
         threshold = f.number("default_threshold", lo=0, hi=math.inf)
@@ -175,8 +206,23 @@ class ExitSection:
         except MpeeRuntimeError as e:
             raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.default_threshold: {e}") from None
         calibration = f.section("calibration", optional=True)
+        points = f.get("length_points", optional=True) if version >= 9 else None
+        if points is not None:
+            if not isinstance(points, list) or not 1 <= len(points) <= MAX_LENGTH_POINTS:
+                raise f.fail("length_points", f"null or a list of 1 to {MAX_LENGTH_POINTS} points")
+            points = [LengthPoint.parse(Fields(p, f"{f.where}.length_points[{i}]"), policy)
+                      for i, p in enumerate(points)]
+            edges = [p.max_tokens for p in points]
+            if edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(set(edges[:-1])):
+                raise f.fail("length_points", "points by increasing max_tokens, the last with max_tokens null")
         return cls(policy, threshold, f.flag("layer_exit"), pooling,
-                   None if calibration is None else calibration.data)
+                   None if calibration is None else calibration.data, points)
+
+    def point_for(self, tokens: int) -> LengthPoint | None:
+        """The length point of a text of `tokens` tokens, or None when the bundle has none."""
+        if not self.length_points:
+            return None
+        return next(p for p in self.length_points if p.max_tokens is None or tokens <= p.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -347,7 +393,7 @@ class Manifest:
         single = top.section("single_graph", optional=True) if version >= 8 else None
         pruning = PruningSection.parse(top.section("pruning"), model.num_layers)
         task = top.section("task", optional=True)
-        manifest = cls(model=model, pruning=pruning, exit=ExitSection.parse(top.section("exit")),
+        manifest = cls(model=model, pruning=pruning, exit=ExitSection.parse(top.section("exit"), version),
                        tokenizer=FileRef.parse(top.section("tokenizer")), graphs=graphs,
                        export=ExportSection.parse(top.section("export")),
                        validation=ValidationSection.parse(top.section("validation")),

@@ -24,7 +24,7 @@ from ..bundle.contract import (
     THRESHOLD,
     TOKEN_TYPE_IDS,
 )
-from ..bundle.manifest import Manifest
+from ..bundle.manifest import LengthPoint, Manifest
 from ..errors import MpeeRuntimeError, shown
 from ..text.encoder import TextEncoder
 from .batch import run_rows
@@ -253,6 +253,15 @@ class MpeeEngine:
             self._rules[key] = rule
         return rule
 
+    def length_point(self, tokens: int, threshold: float | None, keep_ratio, policy: str | None
+                     ) -> LengthPoint | None:
+        """The bundle's length point for a row of `tokens` tokens when the call sets no knob but (at most) the
+        default policy; None otherwise, or when the bundle has no length points (manifest.exit.length_points)."""
+        return self.manifest.exit.point_for(tokens) if self._knobs_unset(threshold, keep_ratio, policy) else None
+
+    def _knobs_unset(self, threshold: float | None, keep_ratio, policy: str | None) -> bool:
+        return threshold is None and keep_ratio is None and policy in (None, self.default_policy)
+
     def keep_ratio_feeds(self, keep_ratio: float | Sequence[float] | None) -> dict[int, np.ndarray]:
         """Keep-ratio input of each pruning layer (built once each): the bundle's defaults (None), one ratio for
         every pruning layer, or a schedule of one ratio per pruning layer in layer order (1.0: that layer keeps
@@ -287,7 +296,11 @@ class MpeeEngine:
         """Run the chain on token ids (1, T) int64; `record` keeps every executed layer's prediction. What
         the caller measured before goes into the Prediction, built once: `tokenize_us` (recorded as the
         tokenizing time), `chars_cut`, and `offset_us`, the time spent before this row ran (added to the total:
-        its own tokenizing, or in a batch the tokenizing and the groups before it)."""
+        its own tokenizing, or in a batch the tokenizing and the groups before it). Without knobs, a bundle with
+        length points runs the point of the row's length (`length_point`)."""
+        point = self.length_point(int(input_ids.shape[1]), threshold, keep_ratio, policy)
+        if point is not None:
+            threshold, keep_ratio = point.threshold, point.keep_ratio
         rule = self.exit_rule(policy, threshold)   # stateful rules come fresh per request
         if self._single is not None and not record:
             return self._run_single(input_ids, token_type_ids, rule, self.keep_ratio_feeds(keep_ratio), tokenize_us,
@@ -350,11 +363,30 @@ class MpeeEngine:
                   policy: str | None = None, record: bool = False, tokenize_us: float | None = None,
                   chars_cut: Sequence[bool] | None = None, offset_us: float = 0.0) -> list[Prediction]:
         """Run rows of token ids (each (T_i,) int64) together; one `Prediction` per row, in order (the rule:
-        batch.run_rows). `tokenize_us`, `chars_cut` (per row) and `offset_us` as in `run_ids`."""
+        batch.run_rows). `tokenize_us`, `chars_cut` (per row) and `offset_us` as in `run_ids`. Without knobs,
+        a bundle with length points runs the rows of each point together, at that point."""
+        cut = list(chars_cut or [False] * len(input_ids))
+        if self.manifest.exit.length_points and self._knobs_unset(threshold, keep_ratio, policy):
+            by_point: dict[LengthPoint, list[int]] = {}
+            for r, ids in enumerate(input_ids):
+                by_point.setdefault(self.manifest.exit.point_for(len(ids)), []).append(r)
+            preds: list[Prediction | None] = [None] * len(input_ids)
+            for point, rows in by_point.items():
+                knobs = {"threshold": point.threshold, "keep_ratio": point.keep_ratio, "policy": policy}
+                if len(rows) == 1:
+                    r = rows[0]
+                    got = [self.run_ids(input_ids[r][None, :], token_type_ids[r][None, :], **knobs, record=record,
+                                        tokenize_us=tokenize_us, chars_cut=cut[r], offset_us=offset_us)]
+                else:
+                    got = self.run_batch([input_ids[r] for r in rows], [token_type_ids[r] for r in rows], **knobs,
+                                         record=record, tokenize_us=tokenize_us, chars_cut=[cut[r] for r in rows],
+                                         offset_us=offset_us)
+                for r, pred in zip(rows, got):
+                    preds[r] = pred
+            return preds
         one = self.exit_rule(policy, threshold)   # the bundle's defaults filled in, checked
         rule = BatchExitRule(one.policy, one.threshold, len(self.labels), len(input_ids)) if self.layer_exit else None
         rows = run_rows(self, input_ids, token_type_ids, rule, self.keep_ratio_feeds(keep_ratio), record)
-        cut = chars_cut or [False] * len(input_ids)
         preds = []
         for r, ids in enumerate(input_ids):
             exit_layer = int(rows.exit_layer[r])
