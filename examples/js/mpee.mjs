@@ -142,8 +142,13 @@ export function checkThreshold(policy, threshold) {
 }
 
 // The operating point: the bundle's defaults (its calibrated threshold and policy, its trained keep ratios),
-// each overridable, checked as mpee-run checks them (one clear error).
+// each overridable, checked as mpee-run checks them (one clear error). With no knob given (or only the default
+// policy), a bundle with length points (schema 9) runs each text at its length's point, as the runtime does
+// (MpeeEngine.length_point): `byLength` holds them.
 export function operatingPoint(manifest, { threshold = null, keepRatio = null, policy = null } = {}) {
+  const points = manifest.exit.length_points;
+  const byLength = points?.length && threshold == null && keepRatio == null
+    && (policy == null || policy === manifest.exit.default_policy) ? points : null;
   policy = policy ?? manifest.exit.default_policy;
   if (!POLICIES.includes(policy)) {
     throw new MpeeError(`unknown exit policy ${policy} (choose from ${POLICIES.join(", ")})`);
@@ -156,7 +161,15 @@ export function operatingPoint(manifest, { threshold = null, keepRatio = null, p
     if (!(keepRatio > 0 && keepRatio <= 1)) throw new MpeeError(`keep ratio must be in (0, 1], got ${keepRatio}`);
     ratios = ratios.map(() => keepRatio);
   }
-  return { threshold, policy, ratios };
+  return { threshold, policy, ratios, byLength };
+}
+
+// The point a text of `tokens` tokens runs at (`point.byLength`: its length's row).
+export function pointFor(point, tokens) {
+  if (!point.byLength) return point;
+  const row = point.byLength.find((p) => p.max_tokens == null || tokens <= p.max_tokens);
+  const ratios = row.keep_ratio == null ? point.ratios : point.ratios.map(() => row.keep_ratio);
+  return { ...point, threshold: row.threshold, ratios };
 }
 
 // One text (and pair) through the single graph: the fields of mpee-run's output lines.
@@ -180,8 +193,9 @@ export class MpeeGraph {
     return new MpeeGraph(ort, session, manifest, new BundleText(tokenizer, manifest.model, wordChars));
   }
 
-  async classify(text, pair = null, point = operatingPoint(this.manifest)) {
+  async classify(text, pair = null, knobs = operatingPoint(this.manifest)) {
     const { ids, types, cut } = this.text.encode(text, pair);
+    const point = pointFor(knobs, ids.length);
     const T = this.ort.Tensor;
     const shape = [1, ids.length];
     const inputs = {

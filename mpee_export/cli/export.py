@@ -134,6 +134,10 @@ def _texts(examples) -> list[tuple[str, str | None]]:
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="With --calibrate: points of the task's metric (accuracy; F1 for MRPC and QQP) allowed "
                    "below the fp32 full model.")
+@click.option("--length-buckets", "length_buckets", default=None, metavar="N,N,...",
+              help="With --calibrate: also store a point (threshold, keep ratio) per input length: texts of at "
+                   "most each N tokens, and longer ones; chosen together within --max-drop over all of dev "
+                   "(accuracy tasks). The runtime applies each text's row when no knob is given.")
 @click.option("--opset", default=OPSET, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--allow-untrained-exits", is_flag=True,
@@ -156,14 +160,17 @@ def _texts(examples) -> list[tuple[str, str | None]]:
               help="Sign the bundle with this Ed25519 private key (from `mpee-export keygen KEY`): "
                    "OUT/manifest.json.sig, checked by mpee-run/mpee-bench --trust KEY.pub.")
 def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task, keep_ratio, prune_layers, calibrate,
-               max_drop, opset, force, allow_untrained_exits, standard_ops, no_batch_graphs, validation_examples, keep_failed,
-               sign_key, no_single_graph) -> None:
+               max_drop, length_buckets, opset, force, allow_untrained_exits, standard_ops, no_batch_graphs,
+               validation_examples, keep_failed, sign_key, no_single_graph) -> None:
     """Export CHECKPOINT to the bundle folder OUT, validate it against PyTorch, optionally quantize."""
     from ..export.bundle import ExportOptions, check_opset, export_bundle
     if calibrate and ((data is None and dev_file is None) or max_drop is None):
         raise MpeeExportError("--calibrate needs --data (or --dev) and --max-drop")
     if max_drop is not None and not calibrate:
         raise MpeeExportError("--max-drop needs --calibrate")
+    buckets = None if length_buckets is None else _length_buckets(length_buckets)
+    if buckets is not None and not calibrate:
+        raise MpeeExportError("--length-buckets needs --calibrate")
     if fp32_embeddings and quantize != "int8":
         raise MpeeExportError("--fp32-embeddings needs --quantize int8")
     check_output_folder(out, force=force)
@@ -186,7 +193,10 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task,
         examples, glue_task = _dev_examples(data, dev_file, model, task, None)
         texts, labels = _texts(examples[:validation_examples]), [e.label for e in examples[:validation_examples]]
     if calibrate:
-        calibration = _calibration_request(model, tokenizer, examples, glue_task, max_drop)
+        if buckets is not None and glue_task.metric != "accuracy":
+            raise MpeeExportError(f"--length-buckets needs an accuracy task ({glue_task.name} is judged by "
+                                  f"{glue_task.metric})")
+        calibration = _calibration_request(model, tokenizer, examples, glue_task, max_drop, buckets)
     try:
         record = export_bundle(model, tokenizer, out, opts, texts=texts, labels=labels, calibration=calibration,
                                log=lambda m: click.echo(m, err=True))
@@ -196,7 +206,20 @@ def export_run(checkpoint, out, quantize, fp32_embeddings, data, dev_file, task,
     click.echo(f"wrote {out}" + (f", signed with key {signer}" if sign_key is not None else ""))
 
 
-def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float):
+def _length_buckets(spec: str) -> list[int]:
+    """`--length-buckets`: increasing token counts >= 1, separated by commas (at most MAX_LENGTH_POINTS - 1)."""
+    from mpee_runtime.bundle.manifest import MAX_LENGTH_POINTS
+    try:
+        edges = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise MpeeExportError(f"--length-buckets: token counts separated by commas, got {spec!r}") from None
+    if not edges or edges != sorted(set(edges)) or edges[0] < 1 or len(edges) >= MAX_LENGTH_POINTS:
+        raise MpeeExportError(f"--length-buckets: 1 to {MAX_LENGTH_POINTS - 1} increasing token counts >= 1, "
+                              f"got {spec!r}")
+    return edges
+
+
+def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float, buckets: list[int] | None = None):
     """The dev examples as token ids with their labels, and the fp32 full model's metric on them."""
     from ..data.batching import encode
     from ..export.bundle import CalibrationRequest
@@ -205,7 +228,7 @@ def _calibration_request(model, tokenizer, examples, glue_task, max_drop: float)
     full = full_model_row(model, glue_task, encode(examples, tokenizer, model.mpee.max_length, model.mpee.truncation))
     return CalibrationRequest(max_drop=max_drop, examples=to_ids(tokenizer, _texts(examples), model),
                               labels=[e.label for e in examples], full_metric=full.metric,
-                              metric=glue_task.metric)
+                              metric=glue_task.metric, length_buckets=buckets)
 
 
 @export.command("reference", cls=MpeeCommand)

@@ -96,6 +96,7 @@ class CalibrationRequest:
     labels: list[int]
     full_metric: float
     metric: str = "accuracy"
+    length_buckets: list[int] | None = None   # also a point per input-length bucket (calibrate_length_points)
 
 
 @dataclass(frozen=True)
@@ -352,10 +353,14 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         # 3. calibration: returns values; the model is left as it was
         cal = None
         if calibration is not None:
-            from .calibrate import apply_calibration, calibrate_threshold
-            cal = calibrate_threshold(exporter_engine(tmp, manifest), calibration.examples, calibration.labels,
+            from .calibrate import apply_calibration, calibrate_length_points, calibrate_threshold
+            engine = exporter_engine(tmp, manifest)
+            cal = calibrate_threshold(engine, calibration.examples, calibration.labels,
                                       full_metric=calibration.full_metric, max_drop=calibration.max_drop,
                                       metric=calibration.metric)
+            if calibration.length_buckets:
+                cal = calibrate_length_points(engine, calibration.examples, calibration.labels,
+                                              calibration.length_buckets, base=cal)
             manifest = apply_calibration(manifest, cal)
         record = ExportRecord(fp32, int8, cal, single)
         # 4. publish: validation.json, then the manifest, written once and last and sealed (its integrity

@@ -396,3 +396,71 @@ def test_prune_layers_chosen_at_export(tmp_path, ckpt):
     for bad, message in [("2", "outside 0..1"), ("0,0", "named twice"), ("a", "expected 0-based layer numbers")]:
         click_error(export, [str(ckpt), str(tmp_path / "b2"), "--prune-layers", bad], message)
     assert not (tmp_path / "b2").exists()
+
+
+def test_length_points_are_the_cheapest_within_the_drop(tmp_path, tiny_backbone):
+    """--length-buckets: one point per bucket, chosen together; no other combination of the candidate points
+    (checked by brute force) runs fewer FLOPs with accuracy over all the examples within the drop; the manifest
+    carries them and the engine runs each text at its bucket's point."""
+    from dataclasses import replace
+    from itertools import product
+
+    from mpee_export.export.calibrate import _outcomes, calibrate_length_points, calibrate_threshold
+    model = tiny_model(layers=3, prune_layers=[1])
+    tok = _tokenizer(tiny_backbone)
+    words = ["the", "movie", "is", "great", "a", "boring", "film", "it", "was", "bad", "very", "good", "acting", "and",
+             "plot"]
+    rng = np.random.default_rng(0)
+    texts = [(" ".join(rng.choice(words, size=int(k))), None) for k in rng.integers(2, 20, size=40)]
+    examples = validate_mod.validation_examples(tok, texts, model)
+    export_bundle(model, tok, tmp_path / "plain", ExportOptions(), texts=TEXTS, log=lambda m: None)
+    plain = MpeeEngine(tmp_path / "plain", threads=1)
+    full = [plain.run_ids(ids, types, threshold=0.0, keep_ratio=1.0).label_index for ids, types in examples]
+    labels = [1 - y if i % 4 == 0 else y for i, y in enumerate(full)]   # the full model: 75% right
+    record = export_bundle(model, tok, tmp_path / "len", ExportOptions(), texts=TEXTS, log=lambda m: None,
+                           calibration=CalibrationRequest(max_drop=10.0, examples=examples, labels=labels,
+                                                          full_metric=0.75, length_buckets=[8, 14]))
+    cal = record.calibration
+    rows = cal.length_rows
+    assert [r.max_tokens for r in rows] == [8, 14, None] and sum(r.examples for r in rows) == len(texts)
+    assert cal.length_scores.accuracy >= 0.65 - 1e-9 and cal.length_rho >= cal.chosen.rho - 1e-9
+    # brute force over the same candidates
+    engine = MpeeEngine(tmp_path / "len", threads=1)
+    base = calibrate_threshold(engine, examples, labels, full_metric=0.75, max_drop=10.0)
+    again = calibrate_length_points(engine, examples, labels, [8, 14], base=base)
+    assert again.length_rows == rows
+    lens = np.array([int(ids.shape[1]) for ids, _ in examples])
+    bucket = np.searchsorted([8, 14], lens, side="left")
+    ratios = [None, 0.5, 1.0]
+    options = [(r, thr, preds, flops) for r in ratios
+               for thr, _, preds, flops in _outcomes(engine, examples, r, np.linspace(0, np.log(2), 70).round(4),
+                                                     "entropy")]
+    gold = np.asarray(labels)
+    best = np.inf
+    per_bucket = [[(int((o[2][bucket == b] == gold[bucket == b]).sum()), float(o[3][bucket == b].sum()))
+                   for o in options] for b in range(3)]
+    for combo in product(*[sorted(set(pb)) for pb in per_bucket]):
+        if sum(c for c, _ in combo) >= np.ceil(0.65 * len(texts) - 1e-9):
+            best = min(best, sum(f for _, f in combo))
+    full = sum(engine.flops_model.full_flops(int(n)) for n in lens)
+    assert cal.length_rho == pytest.approx(full / best)
+    manifest = Manifest.load(tmp_path / "len")
+    assert manifest.schema_version == 9 and [p.max_tokens for p in manifest.exit.length_points] == [8, 14, None]
+    assert all(p.keep_ratio is not None for p in manifest.exit.length_points)   # the bundle's own, as a number
+    assert manifest.exit.calibration["length_rows"][0]["max_tokens"] == 8
+    with pytest.raises(MpeeExportError, match="accuracy task"):
+        calibrate_length_points(engine, examples, labels, [8], base=replace(base, metric="f1"))
+    with pytest.raises(MpeeExportError, match="increasing token counts"):
+        calibrate_length_points(engine, examples, labels, [14, 8], base=base)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--length-buckets", "64"], "--length-buckets needs --calibrate"),
+    (["--calibrate", "--max-drop", "1", "--dev", "DEV", "--length-buckets", "64,32"], "increasing token counts"),
+    (["--calibrate", "--max-drop", "1", "--dev", "DEV", "--length-buckets", "a"], "token counts separated"),
+])
+def test_length_buckets_flag_refusals(ckpt, tmp_path, args, message):
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\na good film\t1\n")
+    click_error(export, [str(ckpt), str(tmp_path / "out"), *[str(dev) if a == "DEV" else a for a in args]], message)
+    assert not (tmp_path / "out").exists()

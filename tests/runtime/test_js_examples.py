@@ -251,3 +251,20 @@ def test_web_page_refuses_a_tampered_bundle(built, browser, tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+@needs_node
+def test_node_example_applies_length_points(built, tmp_path):
+    """A bundle with length points (schema 9): the Node example runs each text at its length's point, as mpee-run."""
+    from test_length_points import POINTS, _with_points
+    from test_length_points import _texts as bucketed_texts
+    bundle = _with_points(built / "bundle", tmp_path / "points", POINTS)
+    texts = bucketed_texts()
+    want = _mpee_run(bundle, [{"text": t} for t in texts], tmp_path)
+    done = _node("classify.mjs", str(bundle), stdin="\n".join(texts) + "\n")
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(g["exit_layer"], g["tokens_per_layer"]) for g in got] == [(w["exit_layer"], w["tokens_per_layer"])
+                                                                       for w in want]
+    lengths = [w["tokens_per_layer"][0] for w in want]   # every bucket of POINTS (6, 12, longer) is exercised
+    assert min(lengths) <= 6 and any(6 < n <= 12 for n in lengths) and max(lengths) > 12

@@ -102,7 +102,10 @@ def predict_examples(engine, examples: list[Example], *, batch_size: int = 1, bu
 def applied_knobs(engine, *, threshold: float | None = None, keep_ratio=None, policy: str | None = None) -> dict:
     """The exit policy, threshold and keep ratio a run applied: the ones given, else the bundle's (its keep
     ratio: one number when every pruning layer has the same, else the schedule in layer order; 1.0 when no
-    layer prunes)."""
+    layer prunes). A run at the bundle's length points says so: threshold and keep ratio null, and the points."""
+    if engine.knobs_unset(threshold, keep_ratio, policy) and engine.manifest.exit.length_points:
+        return {"policy": engine.default_policy, "threshold": None, "keep_ratio": None,
+                "length_points": [dict(p.__dict__) for p in engine.manifest.exit.length_points]}
     if keep_ratio is None:
         ratios = [engine.default_keep_ratios[i] for i in sorted(engine.default_keep_ratios)]
         keep_ratio = ratios[0] if len(set(ratios)) == 1 else ratios if ratios else 1.0

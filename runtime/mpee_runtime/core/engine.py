@@ -257,9 +257,10 @@ class MpeeEngine:
                      ) -> LengthPoint | None:
         """The bundle's length point for a row of `tokens` tokens when the call sets no knob but (at most) the
         default policy; None otherwise, or when the bundle has no length points (manifest.exit.length_points)."""
-        return self.manifest.exit.point_for(tokens) if self._knobs_unset(threshold, keep_ratio, policy) else None
+        return self.manifest.exit.point_for(tokens) if self.knobs_unset(threshold, keep_ratio, policy) else None
 
-    def _knobs_unset(self, threshold: float | None, keep_ratio, policy: str | None) -> bool:
+    def knobs_unset(self, threshold: float | None, keep_ratio, policy: str | None) -> bool:
+        """Whether a call leaves the operating point to the bundle (no knob, or only its default policy)."""
         return threshold is None and keep_ratio is None and policy in (None, self.default_policy)
 
     def keep_ratio_feeds(self, keep_ratio: float | Sequence[float] | None) -> dict[int, np.ndarray]:
@@ -366,7 +367,7 @@ class MpeeEngine:
         batch.run_rows). `tokenize_us`, `chars_cut` (per row) and `offset_us` as in `run_ids`. Without knobs,
         a bundle with length points runs the rows of each point together, at that point."""
         cut = list(chars_cut or [False] * len(input_ids))
-        if self.manifest.exit.length_points and self._knobs_unset(threshold, keep_ratio, policy):
+        if self.manifest.exit.length_points and self.knobs_unset(threshold, keep_ratio, policy):
             by_point: dict[LengthPoint, list[int]] = {}
             for r, ids in enumerate(input_ids):
                 by_point.setdefault(self.manifest.exit.point_for(len(ids)), []).append(r)

@@ -87,6 +87,7 @@ class ModelSummary:
     default_keep_ratios: dict[str, float] | None   # pruning layer (0-based, as a string) -> keep ratio
     calibration: dict | None
     full_model: str | None = None    # the graph's file name in --full-model mode
+    length_points: list[dict] | None = None   # the point of each input-length bucket, when the bundle has them
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -100,7 +101,8 @@ def _bundle_summary(engine, mode: str, **changes) -> ModelSummary:
         supports_batches=m.supports_batches, bundle_id=m.export.bundle_id, default_policy=engine.default_policy,
         default_threshold=engine.default_threshold,
         default_keep_ratios={str(i): r for i, r in engine.default_keep_ratios.items()},
-        calibration=m.exit.calibration)
+        calibration=m.exit.calibration,
+        length_points=None if not m.exit.length_points else [dict(p.__dict__) for p in m.exit.length_points])
     return ModelSummary(**{**base.__dict__, **changes})
 
 
@@ -216,7 +218,7 @@ class FullModelBackend:
         precision = next((m.precision for m in FULL_MODELS if m.file == self.path.name), None)
         return _bundle_summary(self.engine, self.mode, precision=precision, supports_batches=True,
                                default_policy=None, default_threshold=None, default_keep_ratios=None,
-                               calibration=None, full_model=self.path.name)
+                               calibration=None, full_model=self.path.name, length_points=None)
 
 
 WARMUP_TEXT = "warm up the batch graphs"
