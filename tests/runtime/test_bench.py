@@ -24,6 +24,7 @@ from mpee_runtime.bench.records import ROWS, RUN, RunRecord, VariantInfo, read_r
 from mpee_runtime.bench.render import markdown_table
 from mpee_runtime.bench.results import AAControl, BenchResults, VariantSummary
 from mpee_runtime.bench.tradeoff import pareto_front
+from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.core.metrics import Scores, latency_summary
 
 
@@ -391,3 +392,21 @@ def test_frequency_drop_flags_the_run(built, tmp_path, monkeypatch, capsys):
 def test_bench_bad_input(built, tmp_path, capsys):
     assert bench_main([str(built / "bundle"), "--input", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_bench_measures_the_length_points(built, tmp_path):
+    """A bundle with length points (schema 9) gets an `mpee_length` row: each text at its length's point, the
+    answers mpee-run gives without knobs."""
+    from test_length_points import POINTS, _with_points
+    bundle = _with_points(built / "bundle", tmp_path / "bundle", POINTS)
+    out = tmp_path / "bench"
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert bench_main([str(bundle), "--input", str(_data(tmp_path)), "--out", str(out), *SMOKE, "--no-sweep",
+                           "--no-static"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert "mpee_length" in [v["variant"] for v in result["variants"]]
+    engine = MpeeEngine(bundle, threads=1)
+    texts = [json.loads(line)["text"] for line in _data(tmp_path).read_text().splitlines()]
+    rows = [r for r in read_rows(out / ROWS) if r.variant == "mpee_length"]
+    want = {i: engine.predict(t) for i, t in enumerate(texts)}
+    assert rows and all(r.exit_layer == want[r.example].exit_layer and r.flops == want[r.example].flops for r in rows)

@@ -298,6 +298,18 @@ def companion_variants(setup: Setup, args: argparse.Namespace, notes: list[str])
     return variants, flops_fields(engine)
 
 
+def length_point_variants(setup: Setup, args: argparse.Namespace, int8) -> list[Variant]:
+    """`mpee_length` (and `mpee_int8_length`): MPEE at the bundle's length points (schema 9, `mpee-export
+    --calibrate --length-buckets`), each text at its length's point: no knob given, as mpee-run runs it."""
+    rows = []
+    for name, engine, precision in (("mpee_length", setup.engine, "fp32"), ("mpee_int8_length", int8, "int8")):
+        if engine is not None and engine.manifest.exit.length_points:
+            info = VariantInfo(name, f"MPEE{' int8' if precision == 'int8' else ''} at the bundle's length points",
+                               precision)
+            rows.append(chain_variant(info, engine))
+    return rows
+
+
 def single_graph_variants(setup: Setup, args: argparse.Namespace, exit_rule: dict, notes: list[str]) -> list[Variant]:
     """With the chain engine and bundles that have a single graph (mpee.onnx), the same rows in one call each:
     `graph` (every layer, no pruning: against `chain`), `mpee_graph` and `mpee_int8_graph` (against `mpee` and
@@ -352,6 +364,7 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
                                             threshold=int8.default_threshold, keep_ratio=setup.keep_ratio), int8)]
     else:
         notes.append("mpee_int8: skipped (no --int8 bundle)")
+    table += length_point_variants(setup, args, int8 if args.int8 is not None else None)
     table += single_graph_variants(setup, args, exit_rule, notes)
     sweep = [] if args.no_sweep else [
         chain_variant(VariantInfo(f"sweep_F{t}_r{r}", "sweep point", group="sweep", policy=setup.policy,

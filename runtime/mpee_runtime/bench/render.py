@@ -22,7 +22,8 @@ RESULTS, TABLE, SWEEP_CSV, PLOT = "results.json", "table.md", "sweep.csv", "trad
 LENGTH_PLOT = "speedup_by_length.png"
 
 
-LENGTH_PLOT_VARIANTS = ("mpee", "pruning", "exits", "chain", "mpee_int8", "chain_int8")
+LENGTH_PLOT_VARIANTS = ("mpee", "pruning", "exits", "chain", "mpee_int8", "chain_int8", "mpee_length",
+                        "mpee_int8_length")
 
 
 def _speedup_cell(r: VariantSummary, suffix: str = "") -> str:
