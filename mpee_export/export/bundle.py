@@ -353,14 +353,20 @@ def export_bundle(model: MpeeModel, tokenizer, out: Path, opts: ExportOptions, *
         # 3. calibration: returns values; the model is left as it was
         cal = None
         if calibration is not None:
-            from .calibrate import apply_calibration, calibrate_length_points, calibrate_threshold
+            from .calibrate import (
+                FullDepthPasses,
+                apply_calibration,
+                calibrate_length_points,
+                calibrate_threshold,
+            )
             engine = exporter_engine(tmp, manifest)
+            passes = FullDepthPasses(engine, calibration.examples)   # shared: each keep ratio's pass runs once
             cal = calibrate_threshold(engine, calibration.examples, calibration.labels,
                                       full_metric=calibration.full_metric, max_drop=calibration.max_drop,
-                                      metric=calibration.metric)
+                                      metric=calibration.metric, passes=passes)
             if calibration.length_buckets:
                 cal = calibrate_length_points(engine, calibration.examples, calibration.labels,
-                                              calibration.length_buckets, base=cal)
+                                              calibration.length_buckets, base=cal, passes=passes)
             manifest = apply_calibration(manifest, cal)
         record = ExportRecord(fp32, int8, cal, single)
         # 4. publish: validation.json, then the manifest, written once and last and sealed (its integrity

@@ -109,7 +109,7 @@ class Calibration:
 
 def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full_metric: float,
                         max_drop: float, metric: str = "accuracy", policy: str = "entropy",
-                        thresholds=None) -> Calibration:
+                        thresholds=None, passes: FullDepthPasses | None = None) -> Calibration:
     """The threshold with the fewest FLOPs executed (measured by the runtime on `examples`) whose task
     metric (`metric`: "accuracy", or "f1" for MRPC / QQP) stays within `max_drop` points of `full_metric`,
     the fp32 full model's. One full-depth pass per keep ratio, then the exit rule offline. Keep ratios
@@ -121,8 +121,9 @@ def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full
     if thresholds is None:   # entropy ranges over [0, log C]
         thresholds = [round(float(x), 4) for x in np.linspace(0, np.log(len(engine.labels)), 70)]
     ratios = [None] + ([1.0] if any(r != 1.0 for r in engine.default_keep_ratios.values()) else [])
+    passes = passes or FullDepthPasses(engine, examples)
     candidates = [c for ratio in ratios
-                  for c in _candidates(engine, examples, labels, ratio, thresholds, policy, metric)]
+                  for c in _candidates(engine, examples, labels, ratio, thresholds, policy, metric, passes)]
     floor = full_metric - max_drop / 100
     ok = [c for c in candidates if c.scores.metric >= floor]
     if not ok:
@@ -131,18 +132,33 @@ def calibrate_threshold(engine: MpeeEngine, examples, labels: list[int], *, full
     return Calibration(policy, metric, max_drop, full_metric, len(examples), best, candidates)
 
 
-def _outcomes(engine: MpeeEngine, examples, ratio: float | None, thresholds, policy: str):
+class FullDepthPasses:
+    """The runtime's full-depth passes over the calibration examples, one per keep ratio, each run once and
+    shared by `calibrate_threshold` and `calibrate_length_points` (on IMDB's 1,000 reviews a pass is minutes):
+    every layer's probabilities and entropies (n, L, C), (n, L), and the FLOPs executed up to each layer (n, L)."""
+
+    def __init__(self, engine: MpeeEngine, examples) -> None:
+        self.engine, self.examples = engine, examples
+        self._passes: dict = {}
+
+    def of(self, ratio: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if ratio not in self._passes:
+            fm = self.engine.flops_model
+            traces = [self.engine.run_ids(ids, types, **NO_EXIT, keep_ratio=ratio, record=True)
+                      for ids, types in self.examples]
+            per_layer = np.array([[fm.layer_flops(a, f) + fm.exit_flops()
+                                   for a, f in zip(t.tokens_per_layer, t.ffn_tokens_per_layer)] for t in traces],
+                                 dtype=np.float64)
+            self._passes[ratio] = (np.array([t.layer_probs for t in traces]),
+                                   np.array([t.layer_entropies for t in traces]), np.cumsum(per_layer, axis=1))
+        return self._passes[ratio]
+
+
+def _outcomes(engine: MpeeEngine, examples, ratio: float | None, thresholds, policy: str,
+              passes: FullDepthPasses | None = None):
     """Per threshold at one keep ratio, read off one full-depth pass of the runtime: each example's exit
     layer, predicted class and executed FLOPs, as (exits, preds, flops) arrays (n,)."""
-    fm = engine.flops_model
-    traces = [engine.run_ids(ids, types, **NO_EXIT, keep_ratio=ratio, record=True) for ids, types in examples]
-    probs = np.array([t.layer_probs for t in traces])             # (n, L, C)
-    ents = np.array([t.layer_entropies for t in traces])
-    # executed FLOPs up to each exit layer: cumulative over the layers each trace ran
-    per_layer = np.array([[fm.layer_flops(a, f) + fm.exit_flops() for a, f in zip(t.tokens_per_layer,
-                                                                                   t.ffn_tokens_per_layer)]
-                          for t in traces], dtype=np.float64)
-    cumulative = np.cumsum(per_layer, axis=1)
+    probs, ents, cumulative = (passes or FullDepthPasses(engine, examples)).of(ratio)
     for thr in thresholds:
         exits = first_exit_layers(probs, ents, policy, thr)
         rows = np.arange(len(exits))
@@ -150,19 +166,20 @@ def _outcomes(engine: MpeeEngine, examples, ratio: float | None, thresholds, pol
 
 
 def _candidates(engine: MpeeEngine, examples, labels: list[int], ratio: float | None, thresholds,
-                policy: str, metric: str) -> list[Candidate]:
+                policy: str, metric: str, passes: FullDepthPasses) -> list[Candidate]:
     """Every threshold at one keep ratio, read off one full-depth pass of the runtime."""
     seq_lens = [int(ids.shape[1]) for ids, _ in examples]
     return [Candidate(thr, ratio, Scores.of(preds.tolist(), labels, metric), float(exits.mean()),
                       engine.flops_model.dataset_speedups(seq_lens, flops.tolist())[0])
-            for thr, exits, preds, flops in _outcomes(engine, examples, ratio, thresholds, policy)]
+            for thr, exits, preds, flops in _outcomes(engine, examples, ratio, thresholds, policy, passes)]
 
 
 EXTRA_LENGTH_RATIOS = (0.5, 1.0)   # keep ratios the length points may choose besides the bundle's own
 
 
 def calibrate_length_points(engine: MpeeEngine, examples, labels: list[int], edges: list[int], *,
-                            base: Calibration, thresholds=None) -> Calibration:
+                            base: Calibration, thresholds=None, passes: FullDepthPasses | None = None
+                            ) -> Calibration:
     """`base` with one (threshold, keep ratio) per input-length bucket (`edges`: the buckets' largest token
     counts, increasing; one more bucket takes every longer text), chosen together: the fewest FLOPs executed
     over all the examples whose accuracy over all of them stays within `base.max_drop_points` of the fp32 full
@@ -180,8 +197,9 @@ def calibrate_length_points(engine: MpeeEngine, examples, labels: list[int], edg
     gold = np.asarray(labels)
     seq_lens = np.array([int(ids.shape[1]) for ids, _ in examples])
     bucket = np.searchsorted(np.asarray(edges), seq_lens, side="left")   # index of the first edge >= length
+    passes = passes or FullDepthPasses(engine, examples)
     options = [(thr, ratio, preds, preds == gold, flops) for ratio in ratios
-               for thr, _, preds, flops in _outcomes(engine, examples, ratio, thresholds, base.policy)]
+               for thr, _, preds, flops in _outcomes(engine, examples, ratio, thresholds, base.policy, passes)]
     n, buckets = len(examples), len(edges) + 1
     floor = int(np.ceil((base.fp32_full_model - base.max_drop_points / 100) * n - 1e-9))
     # best[c]: the fewest FLOPs of the buckets so far with c correct answers; choice[b][c]: bucket b's option
