@@ -160,6 +160,16 @@ class PruningSection:
 MAX_LENGTH_POINTS = 16
 
 
+def _threshold(f: Fields, key: str, policy: str) -> float:
+    """A threshold valid for `policy` (core.policy.check_threshold), refused naming its field."""
+    threshold = f.number(key, lo=0, hi=math.inf)
+    try:
+        check_threshold(policy, threshold)
+    except MpeeRuntimeError as e:
+        raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.{key}: {e}") from None
+    return threshold
+
+
 @dataclass(frozen=True)
 class LengthPoint:
     """The operating point of the texts of at most `max_tokens` tokens (special tokens included; None: every
@@ -173,11 +183,7 @@ class LengthPoint:
     @classmethod
     def parse(cls, f: Fields, policy: str) -> LengthPoint:
         max_tokens = f.integer("max_tokens", lo=1, optional=True)
-        threshold = f.number("threshold", lo=0, hi=math.inf)
-        try:
-            check_threshold(policy, threshold)
-        except MpeeRuntimeError as e:
-            raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.threshold: {e}") from None
+        threshold = _threshold(f, "threshold", policy)
         ratio = f.get("keep_ratio", optional=True)
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1):
             raise f.fail("keep_ratio", "null or a number in (0, 1]")
@@ -200,11 +206,7 @@ class ExitSection:
     def parse(cls, f: Fields, version: int = SCHEMA_VERSION) -> ExitSection:
         pooling = f.text("pooling", choices=EXIT_POOLINGS)
         policy = f.text("default_policy", choices=POLICIES)
-        threshold = f.number("default_threshold", lo=0, hi=math.inf)
-        try:
-            check_threshold(policy, threshold)
-        except MpeeRuntimeError as e:
-            raise MpeeRuntimeError(f"{MANIFEST}: {f.where}.default_threshold: {e}") from None
+        threshold = _threshold(f, "default_threshold", policy)
         calibration = f.section("calibration", optional=True)
         points = f.get("length_points", optional=True) if version >= 9 else None
         if points is not None:
