@@ -29,8 +29,9 @@ Where the attention probabilities themselves are read (scoring "all"), nothing i
 (the fused operator does not return them); the other rewrites still apply, and the score's mean of the
 probabilities over heads and query rows is one matrix-vector product (`received_attention_rows`: the
 ReduceMean over axes (1, 2) as exported is a slow strided reduction; at 400 tokens it cost as much as an
-FFN product: benchmarks/results/long_inputs/profile.md). A pattern that does not match exactly is left as it
-is, so the graph always stays correct.
+FFN product: benchmarks/results/long_inputs/profile.md); so is the "mean" score's mean of a family's attention
+bias over the query rows (`bias_row_means`). A pattern that does not match exactly is left as it is, so the
+graph always stays correct.
 
 No SkipLayerNormalization: onnxruntime's CPU kernel measured slower than Add + LayerNormalization at MiniLM
 width (benchmarks/results/fusion_log.md). The Sum form also keeps the session-level SkipLayerNormFusion,
@@ -87,6 +88,7 @@ def fuse_layer(path: Path, *, num_heads: int, hidden: int, model_type: str = "be
                                optimization_options=fusion_options(model_type), opt_level=0)
         fuse_attention(model, num_heads)
         received_attention_rows(model)
+        bias_row_means(model)
         residual_sums(model)
         model.prune_graph()
         model.topological_sort()
@@ -177,6 +179,48 @@ def received_attention_rows(model) -> int:
                helper.make_node("Cast", [pre + "_hn"], [pre + "_count"], name=pre + "_count",
                                 to=onnx.TensorProto.FLOAT),
                helper.make_node("Div", [pre + "_sum", pre + "_count"], [node.output[0]], name=pre)]
+        model.remove_node(node)
+        for n in new:
+            model.add_node(n)
+        done += 1
+    return done
+
+
+def bias_row_means(model) -> int:
+    """ReduceMean(B, axes=[2], keepdims=0) of an attention bias B (batch, H, N, N) laid out by a Transpose ->
+    MatMul(ones(1, 1, 1, N), B), squeezed, / N; return how many.
+
+    The family's attention bias averaged over the query rows (MPNet's relative position bias, read by the "mean"
+    token score: `modeling.query_scores`). onnxruntime's CPU ReduceMean over the third of four axes is a strided
+    reduction: on IMDB reviews (272 tokens) it cost 12 ms of an int8 MPNet's 176 ms, about 1 ms a layer
+    (benchmarks/results/map_imdb/profile_mpnet_int8.md); the product reads the bias once, contiguously."""
+    producer = model.output_name_to_node()
+    done = 0
+    for node in list(model.get_nodes_by_op_type("ReduceMean")):
+        source = producer.get(node.input[0])
+        axes = _attr(node, "axes")
+        if axes is None and len(node.input) > 1:
+            axes = model.get_constant_value(node.input[1])
+        if (source is None or source.op_type != "Transpose" or len(_attr(source, "perm", [])) != 4 or axes is None
+                or [int(a) % 4 for a in np.asarray(axes).reshape(-1)] != [2] or _attr(node, "keepdims", 1) != 0):
+            continue
+        pre = node.name + "_rows"
+        lead = numpy_helper.from_array(np.asarray([1, 1, 1], dtype=np.int64), pre + "_lead")
+        axis = numpy_helper.from_array(np.asarray([2], dtype=np.int64), pre + "_axis")
+        model.add_initializer(lead)
+        model.add_initializer(axis)
+        b = node.input[0]
+        ones = numpy_helper.from_array(np.asarray([1.0], dtype=np.float32), pre + "_ones_value")
+        new = [helper.make_node("Shape", [b], [pre + "_n"], name=pre + "_n", start=2, end=3),
+               helper.make_node("Concat", [lead.name, pre + "_n"], [pre + "_ones_shape"], name=pre + "_ones_shape",
+                                axis=0),
+               helper.make_node("ConstantOfShape", [pre + "_ones_shape"], [pre + "_ones"], name=pre + "_ones",
+                                value=ones),
+               helper.make_node("MatMul", [pre + "_ones", b], [pre + "_sum"], name=pre + "_sum"),   # (batch, H, 1, N)
+               helper.make_node("Squeeze", [pre + "_sum", axis.name], [pre + "_flat"], name=pre + "_flat"),
+               helper.make_node("Cast", [pre + "_n"], [pre + "_count"], name=pre + "_count",
+                                to=onnx.TensorProto.FLOAT),
+               helper.make_node("Div", [pre + "_flat", pre + "_count"], [node.output[0]], name=pre)]
         model.remove_node(node)
         for n in new:
             model.add_node(n)

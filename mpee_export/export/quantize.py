@@ -12,7 +12,8 @@ fuses it) for the dense layers.
 The embeddings graph is quantized too (unless `embeddings=False`), as the recipe's `Gather` does to the
 full model's embedding lookups (its QEmbedLayerNormalization): the three tables are stored int8 and only
 the gathered rows are dequantized, so the bundle is about a quarter the size at a small cost per request
-(docs/results.md). Left fp32: the exit heads (tiny, and their probabilities decide where samples stop). They
+(docs/results.md). Left fp32: the exit heads (tiny, and their probabilities decide where samples stop), and
+the lookups of a layer graph in a weight table (`table_lookups`: MPNet's relative position bias). They
 are recognised by what they read, not by their names: when the exporter writes a layer graph it records in the
 graph's metadata (`EXIT_HEAD_KEY`, `record_exit_head`) the initializer names of the exit head's weight
 matrices, taken from the PyTorch module (`subgraphs.exit_head_weights`); the MatMul / Gemm nodes that read
@@ -91,10 +92,24 @@ def exit_head_nodes(path: Path) -> list[str]:
 
 
 def excluded_nodes(path: Path) -> list[str]:
-    """The nodes quantization leaves fp32: the exit head's products (`exit_head_nodes`)."""
+    """The nodes quantization leaves fp32 in a layer graph: the exit head's products (`exit_head_nodes`) and
+    every lookup in a table of weights (`Gather` of an initializer)."""
     names = exit_head_nodes(path)
     # quantize_dynamic first rewrites each Gemm as a MatMul named NAME_MatMul: exclude that name too
-    return names + [n + "_MatMul" for n in names]
+    return names + [n + "_MatMul" for n in names] + table_lookups(path)
+
+
+def table_lookups(path: Path) -> list[str]:
+    """The Gather nodes of the graph at `path` that read a table of weights (an initializer).
+
+    The recipe quantizes Gather for the embedding tables, which live in the embeddings graph. In a layer graph
+    the only such table is a family's relative position bias (MPNet: 32 buckets x heads, a few hundred floats),
+    gathered into a (1, N, N, heads) tensor in every layer: quantized, each layer dequantizes all of it (10 ms
+    of an int8 MPNet's 176 ms on IMDB reviews, benchmarks/results/map_imdb/profile_mpnet_int8.md) to save
+    nothing."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
 
 
 def quantize_layers(folder: Path, entries: list[GraphEntry], *, exits_fp32: bool = True,

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from tiny import tiny_model
 from transformers import AutoTokenizer
@@ -241,3 +242,49 @@ def test_unmatched_attention_is_left_alone(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = dummy_feeds([i.name for i in sess.get_inputs()], hidden=32, num_labels=2, vocab_size=99)
     assert sess.run(None, feeds)[0].shape == (1, DUMMY_SEQ, 32)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_mpnet_bias_row_mean_is_one_product_and_its_table_stays_fp32(tmp_path, quantize):
+    """MPNet with the "mean" token score: the relative position bias averaged over the query rows is one
+    matrix-vector product (optimize.bias_row_means), not onnxruntime's strided ReduceMean over the third axis;
+    in int8 the bias table's lookup stays fp32 (quantize.table_lookups), so no layer dequantizes a (1, H, N, N)
+    tensor. The bundle still gives PyTorch's exit layers, labels, tokens and probabilities (fp32)."""
+    from families import SENTENCES, tiny_family_folder
+
+    from mpee_export.model.checkpoint import from_backbone
+    from mpee_export.model.config import MpeeConfig
+    folder = tiny_family_folder("mpnet", tmp_path / "mpnet")
+    torch.manual_seed(0)
+    model = from_backbone(folder, MpeeConfig.build(num_layers=3, labels=["0", "1"], prune_layers=[0, 1],
+                                                   keep_ratio=0.5, scoring="mean", exit_pooling="mean")).eval()
+    for p in model.backbone.encoder.parameters():   # peaky attention: rankings far from ties
+        if p.ndim == 2:
+            p.data.normal_(0, 0.2)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    out = tmp_path / "bundle"
+    record = export_bundle(model, tok, out, ExportOptions(quantize=quantize), texts=[(s, None) for s in SENTENCES],
+                           labels=[i % 2 for i in range(len(SENTENCES))], log=lambda m: None)
+    assert record.fp32.passed
+    manifest = Manifest.load(out)
+    for g in manifest.layers:
+        graph = onnx.load(str(out / g.file)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        strided = [n for n in graph.node if n.op_type == "ReduceMean" and n.input[0] in producer
+                   and producer[n.input[0]].op_type in ("Transpose", "DequantizeLinear")]
+        rows = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("_rows_sum")]
+        assert not strided and len(rows) == (g.layer <= 1), g.file   # scoring layers only
+        tables = [n for n in graph.node if n.op_type == "Gather" and "relative_attention_bias" in n.input[0]]
+        assert tables and all(not n.input[0].endswith("_quantized") for n in tables), g.file
+        assert not [n for n in graph.node if n.op_type == "DequantizeLinear"
+                    and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Transpose"]
+    if quantize is None:
+        engine = MpeeEngine(out, threads=1)
+        for text in SENTENCES:
+            enc = tok(text, return_tensors="pt")
+            for ratio, threshold in ((0.5, 0.0), (1.0, 0.0), (0.5, 0.6)):
+                ref = model.predict(enc["input_ids"], None, keep_ratio=ratio, policy=ExitPolicy("entropy", threshold, 2))
+                got = engine.predict(text, threshold=threshold, keep_ratio=ratio, policy="entropy")
+                assert (got.exit_layer, got.label_index) == (ref.exit_layer, ref.label)
+                assert got.tokens_per_layer == ref.attn_lens and got.ffn_tokens_per_layer == ref.ffn_lens
+                np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)

@@ -1,0 +1,76 @@
+"""Two exports of one checkpoint, timed side by side: did a change to the graphs make a bundle faster?
+
+    python benchmarks/compare_bundles.py OLD NEW --input dev.csv [--examples 100] [--engine graph|chain]
+        [--point F:R ...] [--threads 2]
+
+Both bundles run the same token ids (OLD's tokenizer; the two must share it) at each operating point (threshold
+F with the entropy policy, keep ratio R; default: full depth, `0:1`), interleaved in blocks of 16 examples (each
+block after one untimed run), with an A/A control: OLD loaded a second time. Printed per point: mean and p50
+latency of each, NEW / OLD (below 1: NEW is faster), the A/A spread, and whether both gave the same exit layer and
+label on every example (they should unless the change moved the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mpee_runtime.bundle.manifest import Manifest
+from mpee_runtime.core.engine import MpeeEngine
+from mpee_runtime.text.readers import Columns, read_examples
+
+BLOCK = 16
+
+
+def point(text: str) -> tuple[float, float]:
+    f, _, r = text.partition(":")
+    return float(f), float(r or 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--examples", type=int, default=100)
+    p.add_argument("--engine", choices=("chain", "graph"), default="graph")
+    p.add_argument("--point", type=point, action="append", help="F:R (entropy threshold, keep ratio)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1)
+    a = p.parse_args()
+    task = Manifest.load(a.old).task
+    common = {"threads": a.threads, "engine": a.engine, "thread_pool": "global"}
+    engines = {"old": MpeeEngine(a.old, **common), "new": MpeeEngine(a.new, **common),
+               "old_aa": MpeeEngine(a.old, **common)}
+    rows = read_examples(a.input, Columns(task.text_a, task.text_b, task.label_column), limit=a.examples)
+    ids = [engines["old"].encode(r.text, r.pair) for r in rows]
+    print(f"{a.old} against {a.new}: {len(ids)} examples ({np.mean([i.shape[1] for i, _ in ids]):.1f} tokens on "
+          f"average), engine {a.engine}, {a.threads} threads, {a.rounds} round(s)\n")
+    print("| point (F, r) | old mean ms | new mean ms | new / old (mean) | new / old (p50) | A/A (mean) | "
+          "same exit and label |\n|---|---:|---:|---:|---:|---:|---:|")
+    for f, r in a.point or [(0.0, 1.0)]:
+        knobs = {"threshold": f, "keep_ratio": r, "policy": "entropy"}
+        times: dict[str, list[float]] = {k: [] for k in engines}
+        answers: dict[str, list] = {k: [None] * len(ids) for k in engines}
+        for _ in range(a.rounds):
+            for start in range(0, len(ids), BLOCK):
+                block = range(start, min(start + BLOCK, len(ids)))
+                for name, engine in engines.items():
+                    engine.run_ids(*ids[block[0]], **knobs)
+                    for j in block:
+                        t = time.perf_counter()
+                        got = engine.run_ids(*ids[j], **knobs)
+                        times[name].append(time.perf_counter() - t)
+                        answers[name][j] = (got.exit_layer, got.label_index)
+        mean = {k: float(np.mean(v)) for k, v in times.items()}
+        p50 = {k: float(np.median(v)) for k, v in times.items()}
+        same = sum(x == y for x, y in zip(answers["old"], answers["new"]))
+        print(f"| {f:g}, {r:g} | {mean['old'] * 1e3:.2f} | {mean['new'] * 1e3:.2f} | {mean['new'] / mean['old']:.3f} | "
+              f"{p50['new'] / p50['old']:.3f} | {abs(mean['old_aa'] / mean['old'] - 1):.1%} | {same}/{len(ids)} |")
+
+
+if __name__ == "__main__":
+    main()
