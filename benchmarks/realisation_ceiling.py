@@ -104,7 +104,7 @@ def main() -> None:
           f"{np.mean([i.shape[1] for i, _ in ids]):.1f} tokens on average, {a.threads} threads\n")
     print("| figure | value |\n|---|---:|")
     print(f"| full model, mean us | {us['full']:.0f} |")
-    print(f"| its embeddings (cut at EmbedLayerNormalization), us | {us['full_emb']:.0f} |")
+    print(f"| its embeddings (the fused graph cut after them), us | {us['full_emb']:.0f} |")
     print(f"| the bundle's embeddings graph, us | {us['bundle_emb']:.0f} |")
     print(f"| MPEE at its operating point, us | {us['mpee']:.0f} |")
     print(f"| rho / mean exit layer | {rho:.2f} / {layers:.2f} |")
