@@ -104,9 +104,9 @@ def table_lookups(path: Path) -> list[str]:
 
     The recipe quantizes Gather for the embedding tables, which live in the embeddings graph. In a layer graph
     the only such table is a family's relative position bias (MPNet: 32 buckets x heads, a few hundred floats),
-    gathered into a (1, N, N, heads) tensor in every layer: quantized, each layer dequantizes all of it (10 ms
-    of an int8 MPNet's 176 ms on IMDB reviews, benchmarks/results/map_imdb/profile_mpnet_int8.md) to save
-    nothing."""
+    gathered into a (1, N, N, heads) tensor in every layer: quantized, each layer dequantizes all of it to save
+    nothing (on IMDB reviews the int8 MPNet runs 9-11% faster without it:
+    benchmarks/results/map_imdb/mpnet/position_bias_fix.md)."""
     graph = onnx.load(str(path), load_external_data=False).graph
     tables = {t.name for t in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
