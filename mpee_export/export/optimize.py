@@ -154,34 +154,17 @@ def received_attention_rows(model) -> int:
         softmax = producer.get(node.input[0])
         if softmax is None or softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
             continue
-        axes = _attr(node, "axes")
-        if axes is None and len(node.input) > 1:
-            axes = model.get_constant_value(node.input[1])
-        if axes is None or sorted(int(a) % 4 for a in np.asarray(axes).reshape(-1)) != [1, 2] or (
-                _attr(node, "keepdims", 1) != 0):
+        if sorted(_reduced_axes(model, node) or []) != [1, 2] or _attr(node, "keepdims", 1) != 0:
             continue
         pre = node.name + "_rows"
         minus1 = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), pre + "_minus1")
-        one = numpy_helper.from_array(np.asarray([1], dtype=np.int64), pre + "_one")
         model.add_initializer(minus1)
-        model.add_initializer(one)
         p = node.input[0]
-        ones = numpy_helper.from_array(np.asarray([1.0], dtype=np.float32), pre + "_ones_value")
-        new = [helper.make_node("Shape", [p], [pre + "_n"], name=pre + "_n", start=3),
-               helper.make_node("Concat", [minus1.name, pre + "_n"], [pre + "_shape"], name=pre + "_shape", axis=0),
-               helper.make_node("Reshape", [p, pre + "_shape"], [pre + "_flat"], name=pre + "_flat"),   # (H N, N)
-               helper.make_node("Shape", [pre + "_flat"], [pre + "_hn"], name=pre + "_hn", end=1),
-               helper.make_node("Concat", [one.name, pre + "_hn"], [pre + "_ones_shape"], name=pre + "_ones_shape",
-                                axis=0),
-               helper.make_node("ConstantOfShape", [pre + "_ones_shape"], [pre + "_ones"], name=pre + "_ones",
-                                value=ones),
-               helper.make_node("MatMul", [pre + "_ones", pre + "_flat"], [pre + "_sum"], name=pre + "_sum"),
-               helper.make_node("Cast", [pre + "_hn"], [pre + "_count"], name=pre + "_count",
-                                to=onnx.TensorProto.FLOAT),
-               helper.make_node("Div", [pre + "_sum", pre + "_count"], [node.output[0]], name=pre)]
-        model.remove_node(node)
-        for n in new:
-            model.add_node(n)
+        flat = [helper.make_node("Shape", [p], [pre + "_n"], name=pre + "_n", start=3),
+                helper.make_node("Concat", [minus1.name, pre + "_n"], [pre + "_shape"], name=pre + "_shape", axis=0),
+                helper.make_node("Reshape", [p, pre + "_shape"], [pre + "_flat"], name=pre + "_flat"),   # (H N, N)
+                helper.make_node("Shape", [pre + "_flat"], [pre + "_hn"], name=pre + "_hn", end=1)]
+        _mean_as_product(model, node, flat, pre + "_flat", pre + "_hn", lead=[1])
         done += 1
     return done
 
@@ -199,34 +182,48 @@ def bias_row_means(model) -> int:
     done = 0
     for node in list(model.get_nodes_by_op_type("ReduceMean")):
         source = producer.get(node.input[0])
-        axes = _attr(node, "axes")
-        if axes is None and len(node.input) > 1:
-            axes = model.get_constant_value(node.input[1])
-        if (source is None or source.op_type != "Transpose" or len(_attr(source, "perm", [])) != 4 or axes is None
-                or [int(a) % 4 for a in np.asarray(axes).reshape(-1)] != [2] or _attr(node, "keepdims", 1) != 0):
+        if (source is None or source.op_type != "Transpose" or len(_attr(source, "perm", [])) != 4
+                or _reduced_axes(model, node) != [2] or _attr(node, "keepdims", 1) != 0):
             continue
         pre = node.name + "_rows"
-        lead = numpy_helper.from_array(np.asarray([1, 1, 1], dtype=np.int64), pre + "_lead")
-        axis = numpy_helper.from_array(np.asarray([2], dtype=np.int64), pre + "_axis")
-        model.add_initializer(lead)
-        model.add_initializer(axis)
-        b = node.input[0]
-        ones = numpy_helper.from_array(np.asarray([1.0], dtype=np.float32), pre + "_ones_value")
-        new = [helper.make_node("Shape", [b], [pre + "_n"], name=pre + "_n", start=2, end=3),
-               helper.make_node("Concat", [lead.name, pre + "_n"], [pre + "_ones_shape"], name=pre + "_ones_shape",
-                                axis=0),
-               helper.make_node("ConstantOfShape", [pre + "_ones_shape"], [pre + "_ones"], name=pre + "_ones",
-                                value=ones),
-               helper.make_node("MatMul", [pre + "_ones", b], [pre + "_sum"], name=pre + "_sum"),   # (batch, H, 1, N)
-               helper.make_node("Squeeze", [pre + "_sum", axis.name], [pre + "_flat"], name=pre + "_flat"),
-               helper.make_node("Cast", [pre + "_n"], [pre + "_count"], name=pre + "_count",
-                                to=onnx.TensorProto.FLOAT),
-               helper.make_node("Div", [pre + "_flat", pre + "_count"], [node.output[0]], name=pre)]
-        model.remove_node(node)
-        for n in new:
-            model.add_node(n)
+        rows = helper.make_node("Shape", [node.input[0]], [pre + "_n"], name=pre + "_n", start=2, end=3)
+        _mean_as_product(model, node, [rows], node.input[0], pre + "_n", lead=[1, 1, 1], squeeze=2)
         done += 1
     return done
+
+
+def _reduced_axes(model, node) -> list[int] | None:
+    """The axes (mod 4) a ReduceMean reduces, from its attribute (opset < 18) or its constant input."""
+    axes = _attr(node, "axes")
+    if axes is None and len(node.input) > 1:
+        axes = model.get_constant_value(node.input[1])
+    return None if axes is None else [int(a) % 4 for a in np.asarray(axes).reshape(-1)]
+
+
+def _mean_as_product(model, node, before: list, matrix: str, rows: str, *, lead: list[int],
+                     squeeze: int | None = None) -> None:
+    """Replace the ReduceMean `node` by `before` (the nodes that make `matrix` and `rows`), then
+    MatMul(ones(lead + [R]), matrix) / R, where `rows` holds [R], the length of the reduced axis of `matrix`;
+    `squeeze`: the axis of the product to drop (the ones' row)."""
+    pre = node.name + "_rows"
+    shape = numpy_helper.from_array(np.asarray(lead, dtype=np.int64), pre + "_lead")
+    model.add_initializer(shape)
+    ones = numpy_helper.from_array(np.asarray([1.0], dtype=np.float32), pre + "_ones_value")
+    new = before + [
+        helper.make_node("Concat", [shape.name, rows], [pre + "_ones_shape"], name=pre + "_ones_shape", axis=0),
+        helper.make_node("ConstantOfShape", [pre + "_ones_shape"], [pre + "_ones"], name=pre + "_ones", value=ones),
+        helper.make_node("MatMul", [pre + "_ones", matrix], [pre + "_sum"], name=pre + "_sum"),
+        helper.make_node("Cast", [rows], [pre + "_count"], name=pre + "_count", to=onnx.TensorProto.FLOAT)]
+    total = pre + "_sum"
+    if squeeze is not None:
+        axis = numpy_helper.from_array(np.asarray([squeeze], dtype=np.int64), pre + "_axis")
+        model.add_initializer(axis)
+        new.append(helper.make_node("Squeeze", [total, axis.name], [pre + "_flat_sum"], name=pre + "_flat_sum"))
+        total = pre + "_flat_sum"
+    new.append(helper.make_node("Div", [total, pre + "_count"], [node.output[0]], name=pre))
+    model.remove_node(node)
+    for n in new:
+        model.add_node(n)
 
 
 def _batch_one(model) -> bool:
