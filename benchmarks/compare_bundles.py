@@ -3,7 +3,7 @@
     python benchmarks/compare_bundles.py OLD NEW --input dev.csv [--examples 100] [--engine graph|chain]
         [--point F:R ...] [--threads 2]
 
-Both bundles run the same token ids (OLD's tokenizer; the two must share it) at each operating point (threshold
+Both bundles run the same token ids (the two must have the same tokenizer) at each operating point (threshold
 F with the entropy policy, keep ratio R; default: full depth, `0:1`), interleaved in blocks of 16 examples (each
 block after one untimed run), with an A/A control: OLD loaded a second time. Printed per point: mean and p50
 latency of each, NEW / OLD (below 1: NEW is faster), the A/A spread, and whether both gave the same exit layer and
@@ -41,7 +41,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     a = p.parse_args()
-    task = Manifest.load(a.old).task
+    old, new = Manifest.load(a.old), Manifest.load(a.new)
+    if old.tokenizer.sha256 != new.tokenizer.sha256:
+        raise SystemExit(f"Error: {a.old} and {a.new} have different tokenizers; compare exports of one checkpoint")
+    task = old.task
     common = {"threads": a.threads, "engine": a.engine, "thread_pool": "global"}
     engines = {"old": MpeeEngine(a.old, **common), "new": MpeeEngine(a.new, **common),
                "old_aa": MpeeEngine(a.old, **common)}
