@@ -4,8 +4,8 @@
         [--point F:R ...] [--threads 2]
 
 Both bundles run the same token ids (the two must have the same tokenizer) at each operating point (threshold
-F with the entropy policy, keep ratio R; default: full depth, `0:1`), interleaved in blocks of 16 examples (each
-block after one untimed run), with an A/A control: OLD loaded a second time. Printed per point: mean and p50
+F with the entropy policy, keep ratio R; default: full depth, `0:1`), in mpee-bench's interleaved pass
+(`bench.measure.measure`: blocks of 16 examples, a shuffled turn order, one untimed run first), with an A/A control: OLD loaded a second time. Printed per point: mean and p50
 latency of each, NEW / OLD (below 1: NEW is faster), the A/A spread, and whether both gave the same exit layer and
 label on every example (they should unless the change moved the numbers).
 """
@@ -13,16 +13,16 @@ label on every example (they should unless the change moved the numbers).
 from __future__ import annotations
 
 import argparse
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from mpee_runtime.bench.measure import chain_variant, measure
+from mpee_runtime.bench.records import VariantInfo
 from mpee_runtime.bundle.manifest import Manifest
 from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.text.readers import Columns, read_examples
-
-BLOCK = 16
 
 
 def point(text: str) -> tuple[float, float]:
@@ -55,25 +55,17 @@ def main() -> None:
     print("| point (F, r) | old mean ms | new mean ms | new / old (mean) | new / old (p50) | A/A (mean) | "
           "same exit and label |\n|---|---:|---:|---:|---:|---:|---:|")
     for f, r in a.point or [(0.0, 1.0)]:
-        knobs = {"threshold": f, "keep_ratio": r, "policy": "entropy"}
-        times: dict[str, list[float]] = {k: [] for k in engines}
-        answers: dict[str, list] = {k: [None] * len(ids) for k in engines}
+        info = VariantInfo("", "", threshold=f, keep_ratio=r, policy="entropy")
+        variants = [chain_variant(replace(info, name=name), engine) for name, engine in engines.items()]
         for _ in range(a.rounds):
-            for start in range(0, len(ids), BLOCK):
-                block = range(start, min(start + BLOCK, len(ids)))
-                for name, engine in engines.items():
-                    engine.run_ids(*ids[block[0]], **knobs)
-                    for j in block:
-                        t = time.perf_counter()
-                        got = engine.run_ids(*ids[j], **knobs)
-                        times[name].append(time.perf_counter() - t)
-                        answers[name][j] = (got.exit_layer, got.label_index)
-        mean = {k: float(np.mean(v)) for k, v in times.items()}
-        p50 = {k: float(np.median(v)) for k, v in times.items()}
-        same = sum(x == y for x, y in zip(answers["old"], answers["new"]))
-        print(f"| {f:g}, {r:g} | {mean['old'] * 1e3:.2f} | {mean['new'] * 1e3:.2f} | {mean['new'] / mean['old']:.3f} | "
+            measure(variants, ids, warmup=0, progress=False)
+        rows = {v.name: v.rows for v in variants}
+        mean = {k: float(np.mean([x.time_us for x in v])) for k, v in rows.items()}
+        p50 = {k: float(np.median([x.time_us for x in v])) for k, v in rows.items()}
+        same = sum((x.exit_layer, x.label_index) == (y.exit_layer, y.label_index)
+                   for x, y in zip(rows["old"][:len(ids)], rows["new"]))
+        print(f"| {f:g}, {r:g} | {mean['old'] / 1e3:.2f} | {mean['new'] / 1e3:.2f} | {mean['new'] / mean['old']:.3f} | "
               f"{p50['new'] / p50['old']:.3f} | {abs(mean['old_aa'] / mean['old'] - 1):.1%} | {same}/{len(ids)} |")
-
 
 if __name__ == "__main__":
     main()

@@ -10,30 +10,31 @@ the full model's time give
     T_ideal = T_emb + (T_full - T_emb_full) / rho,    ceiling = T_full / (rho x T_ideal)
 
 with T_emb the bundle's embeddings graph and T_emb_full the full model's own embeddings (the fused graph cut at
-its embeddings' LayerNormalization). T_layers counts layers instead of FLOPs (each executed layer at the full model's
-mean layer time): the gap between the two is what pruning saves in FLOPs but not in time. What the bundle spends above T_ideal is the method's own work per executed layer
-(exit head, score, pruning step, exit rule, the call or branch per layer): `extra per layer` below, against the
-`budget per layer` a target realisation leaves. Every model runs on the same token ids, interleaved in blocks of
-16 examples (each block after one untimed run), 2 threads on onnxruntime's process-wide pool (as the map's
-runs), the runtime's session options; MPEE at the bundle's
-own operating point (its default threshold and keep ratios, or its length points).
+its embeddings' LayerNormalization). T_layers counts layers instead of FLOPs (each executed layer at the full
+model's mean layer time): the gap between the two is what pruning saves in FLOPs but not in time. What the bundle
+spends above T_ideal is the method's own work per executed layer (exit head, score, pruning step, exit rule, the
+call or branch per layer): `extra per layer` below, against the `budget per layer` a target realisation leaves.
+Every model runs on the same token ids in mpee-bench's interleaved pass (`bench.measure.measure`: blocks of 16
+examples, a shuffled turn order, one untimed run first), 2 threads on onnxruntime's process-wide pool (as the
+map's runs), the runtime's session options; MPEE at the bundle's own operating point (its default threshold and
+keep ratios, or its length points).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from mpee_runtime.bench.measure import Outcome, Variant, chain_variant, full_model_variant, measure
+from mpee_runtime.bench.records import VariantInfo
 from mpee_runtime.bundle.manifest import Manifest
 from mpee_runtime.core.engine import MpeeEngine
 from mpee_runtime.core.session import open_session, session_options
 from mpee_runtime.text.readers import Columns, read_examples
 
-BLOCK = 16
 TARGETS = (0.9, 0.97)
 
 
@@ -46,6 +47,19 @@ def embeddings_of(full_model: Path, out: Path) -> Path:
     inputs = [i.name for i in model.graph.input]
     onnx.save(onnx.utils.Extractor(model).extract_model(inputs, [node.output[0]]), str(out))
     return out
+
+
+def graph_variant(name: str, path: Path, threads: int, thread_pool: str) -> Variant:
+    """One graph on the embeddings' inputs (a cut of the full model, the bundle's embeddings graph), as a Variant
+    of mpee-bench's interleaved pass; its outcome fields are placeholders (only its time is read)."""
+    sess = open_session(path, session_options(threads, thread_pool=thread_pool))
+    names = {x.name for x in sess.get_inputs()}
+
+    def run(ids, types):
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
+        sess.run(None, {k: v for k, v in feeds.items() if k in names})
+        return Outcome(0, 0, 0, [])
+    return Variant(VariantInfo(name, name), run)
 
 
 def main() -> None:
@@ -66,34 +80,19 @@ def main() -> None:
     rows = read_examples(a.input, Columns(task.text_a, task.text_b, task.label_column), limit=a.examples)
     ids = [engine.encode(r.text, r.pair) for r in rows]
     cut = embeddings_of(a.full_model, Path("/tmp") / f"{a.full_model.stem}_embeddings.onnx")
-    opts = session_options(a.threads, thread_pool=a.thread_pool)
-    sessions = {"full": open_session(a.full_model, opts), "full_emb": open_session(cut, opts),
-                "bundle_emb": open_session(a.bundle / manifest.graphs[0].file, opts)}
-    feeds = {}
-    for name, s in sessions.items():
-        names = {x.name for x in s.get_inputs()}
-        feeds[name] = [{k: v for k, v in (engine.embedding_feeds(i, t) | {"attention_mask": np.ones_like(i)}).items()
-                        if k in names} for i, t in ids]
-    times: dict[str, list[float]] = {name: [] for name in [*sessions, "mpee"]}
-    predictions = [None] * len(ids)
-    for _ in range(a.rounds):
-        for start in range(0, len(ids), BLOCK):
-            block = range(start, min(start + BLOCK, len(ids)))
-            for name, s in sessions.items():
-                s.run(None, feeds[name][block[0]])
-                for j in block:
-                    t = time.perf_counter()
-                    s.run(None, feeds[name][j])
-                    times[name].append(time.perf_counter() - t)
-            engine.run_ids(*ids[block[0]])
-            for j in block:
-                t = time.perf_counter()
-                predictions[j] = engine.run_ids(*ids[j])
-                times["mpee"].append(time.perf_counter() - t)
     fm = manifest.flops_model()
-    rho, _ = fm.dataset_speedups([i.shape[1] for i, _ in ids], [q.flops for q in predictions])
-    layers = float(np.mean([q.exit_layer for q in predictions]))
-    us = {k: float(np.mean(v)) * 1e6 for k, v in times.items()}
+    full = full_model_variant(VariantInfo("full", "the full model", path=str(a.full_model)), fm, a.threads,
+                              True, a.thread_pool)
+    variants = [full, graph_variant("full_emb", cut, a.threads, a.thread_pool),
+                graph_variant("bundle_emb", a.bundle / manifest.graphs[0].file, a.threads, a.thread_pool),
+                chain_variant(VariantInfo("mpee", "MPEE at the bundle's point"), engine)]
+    for _ in range(a.rounds):
+        measure(variants, ids, warmup=0, progress=False)
+    times = {v.name: [r.time_us for r in v.rows] for v in variants}
+    mpee = variants[-1].rows[:len(ids)]
+    rho, _ = fm.dataset_speedups([r.input_tokens for r in mpee], [r.flops for r in mpee])
+    layers = float(np.mean([r.exit_layer for r in mpee]))
+    us = {k: float(np.mean(v)) for k, v in times.items()}
     ideal = us["bundle_emb"] + (us["full"] - us["full_emb"]) / rho
     extra = (us["mpee"] - ideal) / layers
     # The same by layers run rather than FLOPs: each executed layer at the full model's mean layer time. What
