@@ -8,6 +8,7 @@
 # benchmark on one process-wide pool, the chain's fastest setting). Calibration: MAX_DROP_FP32 (default 0.5) and
 # MAX_DROP_INT8 (default 1.0) points below the fp32 full model. COMPANION / COMPANION_REF: another model's bundle
 # and reference folder, measured in the same pass (mpee-bench --companion; e.g. MiniLM-L6 beside MPNet).
+# INT8_POINTS=1: the sweep and the static-depth points on the int8 bundle too (mpee-bench --int8-points).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1; CKPT=$2; ART=${3:-artifacts/$1}; THREADS=${THREADS:-2}; THREAD_POOL=${THREAD_POOL:-global}
@@ -34,10 +35,11 @@ echo "== $TASK: runtime vs PyTorch on the whole dev set"
 mpee-export validate "$ART/bundle" "$CKPT" --data "$GLUE_DIR" --task "$TASK" --validation-examples 100000 \
   --json "$RES/parity_full_dev.json" | tee "$RES/parity_full_dev.txt"
 echo "== $TASK: benchmark (onnxruntime variants interleaved, then PyTorch in a process of its own, then the report)"
-COMPANION_ARGS=()
-if [ -n "${COMPANION:-}" ]; then COMPANION_ARGS=(--companion "$COMPANION"); fi
-if [ -n "${COMPANION_REF:-}" ]; then COMPANION_ARGS+=(--companion-reference "$COMPANION_REF"); fi
+EXTRA_ARGS=()
+if [ -n "${COMPANION:-}" ]; then EXTRA_ARGS=(--companion "$COMPANION"); fi
+if [ -n "${COMPANION_REF:-}" ]; then EXTRA_ARGS+=(--companion-reference "$COMPANION_REF"); fi
+if [ -n "${INT8_POINTS:-}" ]; then EXTRA_ARGS+=(--int8-points); fi
 mpee-bench "$ART/bundle" --input "$DEV" --reference "$ART/reference" --int8 "$ART/bundle-int8" \
-  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop "$MAX_DROP_FP32" "${COMPANION_ARGS[@]}" --out "$RES" > /dev/null
+  --threads "$THREADS" --thread-pool "$THREAD_POOL" --max-drop "$MAX_DROP_FP32" "${EXTRA_ARGS[@]}" --out "$RES" > /dev/null
 python -m mpee_export.baselines.bench_pytorch "$ART/reference" --input "$DEV" --threads "$THREADS" --out "$RES"
 mpee-bench report "$RES" | tee "$RES/bench.txt"

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from mpee_runtime.bench import env as env_mod
-from mpee_runtime.bench.analysis import aa_control, add_speedups, choose_baselines, operating_point
+from mpee_runtime.bench.analysis import (
+    aa_control,
+    add_speedups,
+    choose_baselines,
+    operating_point,
+    static_comparison,
+)
 from mpee_runtime.bench.cli import main as bench_main
 from mpee_runtime.bench.measure import Outcome, Variant, measure, measure_alone
 from mpee_runtime.bench.records import ROWS, RUN, RunRecord, VariantInfo, read_rows
@@ -57,6 +63,19 @@ def test_operating_point():
     assert operating_point(POINTS, budget_ms=0.1) is None
     with pytest.raises(ValueError):
         operating_point(POINTS, reference_metric=0.9, max_drop=1, budget_ms=1)
+
+
+def test_static_depth_is_compared_within_its_precision():
+    """An int8 sweep point faster and more accurate than an fp32 static point does not count against it."""
+    def row(name, precision, metric, speedup, rho):
+        return VariantSummary(name, name, precision, 1.0, rho, rho, {"p50_us": 1.0, "mean_us": 1.0},
+                              threshold=1, keep_ratio=1.0, metric=metric, speedup_mean=speedup)
+    static = [row("static_k1_r1.0", "fp32", 0.80, 3.0, 3.0), row("static_int8_k1_r1.0", "int8", 0.79, 2.5, 3.0)]
+    sweep = [row("sweep_F0.6_r1.0", "fp32", 0.82, 3.2, 3.1), row("sweep_int8_F0.6_r1.0", "int8", 0.90, 4.0, 4.0)]
+    fp32, int8 = static_comparison(sweep, static)
+    assert (fp32.precision, fp32.mpee_metric_measured, fp32.mpee_metric_rho) == ("fp32", 0.82, 0.82)
+    assert (int8.precision, int8.mpee_metric_measured) == ("int8", 0.90)
+    assert int8.gain_measured == pytest.approx(0.11)
 
 
 def test_scores():
@@ -392,6 +411,48 @@ def test_frequency_drop_flags_the_run(built, tmp_path, monkeypatch, capsys):
 def test_bench_bad_input(built, tmp_path, capsys):
     assert bench_main([str(built / "bundle"), "--input", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_int8_points_run_the_sweep_and_static_depth_on_the_int8_bundle(built, tmp_path):
+    """--int8-points: the sweep and the static-depth points on the --int8 bundle too, as int8 rows against the
+    int8 baseline; the Pareto front and the operating point stay the fp32 sweep's; the map lists the int8 points
+    with the mpee-run line of the int8 bundle. (The tiny bundle stands in for both bundles: its int8 rows must
+    give its fp32 rows' answers.)"""
+    from mpee_runtime.bench.deployment_map import build_map
+    out = tmp_path / "bench"
+    bundle = str(built / "bundle")
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert bench_main([bundle, "--input", str(_data(tmp_path)), "--int8", bundle, "--int8-points",
+                           "--out", str(out), *SMOKE]) == 0
+    result = json.loads((out / "results.json").read_text())
+    by_name = {r["variant"]: r for r in result["sweep"] + result["static"]}
+    int8 = [r for r in result["sweep"] + result["static"] if r["precision"] == "int8"]
+    assert sorted(r["variant"] for r in int8) == sorted(
+        [f"sweep_int8_F{t}_r{r}" for t in (0.0, 0.6) for r in (0.5, 1.0)]
+        + [f"static_int8_k{k}_r{r}" for k in (1, 2, 3) for r in (0.6, 1.0)])
+    for r in int8:
+        twin = by_name[r["variant"].replace("_int8_", "_")]
+        assert twin["precision"] == "fp32"
+        assert (r["accuracy"], r["mean_exit_layer"], r["rho"]) == (twin["accuracy"], twin["mean_exit_layer"], twin["rho"])
+        assert r["speedup_baseline"] == result["baselines"]["int8"]
+    res = BenchResults.from_dict(result)
+    fp32_sweep = [r for r in res.sweep if r.precision == "fp32"]
+    assert result["pareto"] == [p.point() for p in pareto_front(fp32_sweep)]
+    assert result["operating_point"]["latency"] in [r.latency for r in fp32_sweep]
+    assert [c.to_dict() for c in res.static_comparison] == [c.to_dict() for c in static_comparison(res.sweep, res.static)]
+    assert {c.precision for c in res.static_comparison} == {"fp32", "int8"}
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "tradeoff.png").is_file() and (out / "tradeoff_int8.png").is_file()
+    dmap = build_map([str(out)])
+    int8_sweep = [p for p in dmap.points if p.kind == "sweep" and p.precision == "int8"]
+    assert len(int8_sweep) == 4 and all(p.deploy.startswith(f"mpee-run {bundle} ") for p in int8_sweep)
+
+
+def test_int8_points_need_an_int8_bundle(built, tmp_path, capsys):
+    assert bench_main([str(built / "bundle"), "--input", str(_data(tmp_path)), "--int8-points",
+                       "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error:") and "--int8-points needs --int8" in err and err.count("\n") == 1
 
 
 def test_bench_measures_the_length_points(built, tmp_path):

@@ -118,17 +118,18 @@ def add_speedups(rows: Sequence[VariantSummary], table: Sequence[VariantSummary]
 
 
 def static_comparison(sweep: Sequence[VariantSummary], static: Sequence[VariantSummary]) -> list[StaticComparison]:
-    """For each static-depth point, the best MPEE sweep point at least as fast (by measured mean-latency
-    speed-up, and separately by FLOPs rho)."""
+    """For each static-depth point, the best MPEE sweep point of its precision at least as fast (by measured
+    mean-latency speed-up, each against the best full model of that precision, and separately by FLOPs rho)."""
     out = []
     for st in static:
         best = {}
         for key in ("speedup_mean", "rho"):
-            faster = [p for p in sweep if getattr(p, key) >= getattr(st, key)]
+            faster = [p for p in sweep if p.precision == st.precision and getattr(p, key) >= getattr(st, key)]
             best[key] = max(faster, key=lambda p: p.metric).metric if faster else None
         gain = {k: None if m is None else m - st.metric for k, m in best.items()}
         out.append(StaticComparison(int(st.threshold), st.keep_ratio, st.metric, st.speedup_mean, st.rho,
-                                    best["speedup_mean"], gain["speedup_mean"], best["rho"], gain["rho"]))
+                                    best["speedup_mean"], gain["speedup_mean"], best["rho"], gain["rho"],
+                                    st.precision))
     return out
 
 
@@ -271,10 +272,11 @@ def build_results(m: Measurement, *, max_drop: float | None = None, budget_ms: f
     longest = max(r.input_tokens for r in m.rows)
     res.length_bins = length_breakdown(table_infos, by_variant, run.gold, run.metric_name, fm,
                                        plot_bin_edges(longest), max_length)
-    if run.gold is not None and sweep:
-        res.pareto = [p.point() for p in pareto_front(sweep)]
+    fp32_sweep = [p for p in sweep if p.precision == "fp32"]   # the operating point's rule is the fp32 bundle's
+    if run.gold is not None and fp32_sweep:
+        res.pareto = [p.point() for p in pareto_front(fp32_sweep)]
         if max_drop is not None or budget_ms is not None:
-            best = operating_point(sweep, reference_metric=res.reference.metric, max_drop=max_drop,
+            best = operating_point(fp32_sweep, reference_metric=res.reference.metric, max_drop=max_drop,
                                    budget_ms=budget_ms)
             res.operating_point, res.asked_point = best and best.point(with_latency=True), True
             res.point_rule = (f"the fastest within {max_drop:g} point{'' if max_drop == 1 else 's'} of "

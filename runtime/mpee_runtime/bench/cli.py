@@ -12,8 +12,8 @@ by input length), sweep.csv, tradeoff.png and speedup_by_length.png. The PyTorch
 `python -m mpee_export.baselines.bench_pytorch REF --input DEV --threads N --out OUT` after the measurement, in a
 process of its own; `mpee-bench report OUT` then puts it in the table. Variants: the full models of REF
 (bundle.reference.FULL_MODELS), our chain (twice: the A/A control), exits only, pruning only, MPEE, the int8 chain and
-MPEE int8, a threshold x keep-ratio sweep and the static-depth points (exit k for every example). The method,
-its rules and why: docs/benchmarking.md.
+MPEE int8, a threshold x keep-ratio sweep and the static-depth points (exit k for every example), on the int8
+bundle too with --int8-points. The method, its rules and why: docs/benchmarking.md.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-ratios", default="0.5,0.7,1.0", help="sweep keep ratios")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--no-static", action="store_true", help="skip the static-depth points (exit k for every example)")
+    p.add_argument("--int8-points", action="store_true",
+                   help="the sweep and the static-depth points on the --int8 bundle too (the int8 trade-off and "
+                   "the deployment map's int8 points)")
     p.add_argument("--max-examples", type=int, help="use the first N examples")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--block", type=int, default=BLOCK,

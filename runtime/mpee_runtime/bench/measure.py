@@ -7,6 +7,8 @@ Rules (the method and why: docs/benchmarking.md):
   blocks of --block examples: per block the variants take turns in a fresh random order drawn from
   ORDER_SEED, each running the whole block back to back after one untimed run of its first example; the
   first --warmup examples are run by every variant beforehand and not kept.
+- The sweep and the static-depth points run on the fp32 bundle and, with --int8-points, on the --int8 bundle too
+  (rows of precision int8, named sweep_int8_* and static_int8_*).
 - Only the model is timed; tokenisation is timed once per example and recorded apart.
 - The A/A control: the chain is measured twice (AA_NAMES), each on its own load of the bundle.
 - A companion model (--companion BUNDLE2 [--companion-reference REF2]: another model of the same task, e.g. a
@@ -193,6 +195,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise MpeeRuntimeError(f"--block must be at least 1, got {args.block}")
     if getattr(args, "companion_reference", None) is not None and getattr(args, "companion", None) is None:
         raise MpeeRuntimeError("--companion-reference needs --companion (the companion's bundle: its tokenizer)")
+    if getattr(args, "int8_points", False) and args.int8 is None:
+        raise MpeeRuntimeError("--int8-points needs --int8 (the int8 bundle the points run on)")
     check_output_folder(args.out, force=True)
     engine = open_engine(args, args.bundle)
     policy = args.policy or engine.default_policy
@@ -334,6 +338,25 @@ def single_graph_variants(setup: Setup, args: argparse.Namespace, exit_rule: dic
     return rows
 
 
+def _tag(precision: str) -> str:
+    return "" if precision == "fp32" else f"{precision}_"
+
+
+def sweep_variants(setup: Setup, engine, precision: str) -> list[Variant]:
+    """The threshold x keep-ratio grid on one bundle: `sweep_F{t}_r{r}` (fp32), `sweep_int8_F{t}_r{r}`."""
+    return [chain_variant(VariantInfo(f"sweep_{_tag(precision)}F{t}_r{r}", "sweep point", precision, group="sweep",
+                                      policy=setup.policy, threshold=t, keep_ratio=r), engine)
+            for r in setup.grid_ratios for t in setup.grid_thresholds]
+
+
+def static_variants(setup: Setup, engine, precision: str) -> list[Variant]:
+    """Exit k for every example, k = 1..L, at keep ratio 1 and the bundle's: `static_k{k}_r{r}` (fp32),
+    `static_int8_k{k}_r{r}`."""
+    return [chain_variant(VariantInfo(f"static_{_tag(precision)}k{k}_r{r}", f"static depth: exit {k}", precision,
+                                      group="static", policy="depth", threshold=k, keep_ratio=r), engine)
+            for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
+
+
 def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
     """The table's variants (full models, chain and its A/A twin, exits, pruning, MPEE, MPEE int8), the
     sweep's and the static-depth points, and notes."""
@@ -356,24 +379,19 @@ def build_variants(setup: Setup, args: argparse.Namespace) -> Plan:
               chain_variant(VariantInfo("pruning", "token pruning only", **NO_EXIT, keep_ratio=setup.keep_ratio),
                             engine),
               chain_variant(VariantInfo("mpee", "MPEE", **exit_rule, keep_ratio=setup.keep_ratio), engine)]
-    if args.int8 is not None:
-        int8 = open_engine(args, args.int8)
+    int8 = open_engine(args, args.int8) if args.int8 is not None else None
+    if int8 is not None:
         table += [chain_variant(VariantInfo("chain_int8", "our int8 chain, no exit, no pruning", "int8", **NO_EXIT,
                                             keep_ratio=1.0), int8),
                   chain_variant(VariantInfo("mpee_int8", "MPEE int8", "int8", policy=int8.default_policy,
                                             threshold=int8.default_threshold, keep_ratio=setup.keep_ratio), int8)]
     else:
         notes.append("mpee_int8: skipped (no --int8 bundle)")
-    table += length_point_variants(setup, args, int8 if args.int8 is not None else None)
+    table += length_point_variants(setup, args, int8)
     table += single_graph_variants(setup, args, exit_rule, notes)
-    sweep = [] if args.no_sweep else [
-        chain_variant(VariantInfo(f"sweep_F{t}_r{r}", "sweep point", group="sweep", policy=setup.policy,
-                                  threshold=t, keep_ratio=r), engine)
-        for r in setup.grid_ratios for t in setup.grid_thresholds]
-    static = [] if args.no_static else [
-        chain_variant(VariantInfo(f"static_k{k}_r{r}", f"static depth: exit {k}", group="static", policy="depth",
-                                  threshold=k, keep_ratio=r), engine)
-        for r in sorted({1.0, setup.keep_ratio}) for k in range(1, engine.num_layers + 1)]
+    engines = [(engine, "fp32")] + ([(int8, "int8")] if getattr(args, "int8_points", False) else [])
+    sweep = [] if args.no_sweep else [v for e, precision in engines for v in sweep_variants(setup, e, precision)]
+    static = [] if args.no_static else [v for e, precision in engines for v in static_variants(setup, e, precision)]
     companion, companion_flops = [], None
     if getattr(args, "companion", None) is not None:
         companion, companion_flops = companion_variants(setup, args, notes)

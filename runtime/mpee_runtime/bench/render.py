@@ -17,6 +17,7 @@ from .results import AAControl, Baselines, BenchResults, LengthBreakdown, Varian
 from .tradeoff import Curve, Level, plot_tradeoff
 
 RESULTS, TABLE, SWEEP_CSV, PLOT = "results.json", "table.md", "sweep.csv", "tradeoff.png"
+PLOT_INT8 = "tradeoff_int8.png"   # the int8 sweep's (--int8-points), against the best int8 full model
 
 
 LENGTH_PLOT = "speedup_by_length.png"
@@ -132,9 +133,12 @@ def write_csv(path: Path, rows: Sequence[VariantSummary]) -> None:
 
 
 def plot(path: Path, sweep: Sequence[VariantSummary], reference: VariantSummary, task: str,
-         static: Sequence[VariantSummary] = ()) -> str | None:
+         static: Sequence[VariantSummary] = (), precision: str = "fp32") -> str | None:
     """Metric against measured speed-up and against FLOPs rho per keep ratio (one colour per ratio), the
-    static-depth points in black, the baseline's metric as a level; None or why it was skipped."""
+    static-depth points in black, the baseline's metric as a level, for the rows of one precision (`reference`:
+    the best full model of that precision); None or why it was skipped."""
+    sweep = [r for r in sweep if r.precision == precision]
+    static = [r for r in static if r.precision == precision]
     base = reference.variant
     curves = []
     for ratio in sorted({r.keep_ratio for r in sweep}):
@@ -148,10 +152,10 @@ def plot(path: Path, sweep: Sequence[VariantSummary], reference: VariantSummary,
         pts = sorted((r for r in static if r.keep_ratio == ratio), key=lambda r: r.threshold)
         curves.append(Curve(f"static depth (exit k), measured, keep ratio {ratio}", [r.speedup_mean for r in pts],
                             [r.metric for r in pts], "s:", color="black", alpha=0.35 + 0.4 * (ratio == 1.0)))
-    what = "best fp32 full model" if base != "chain" else "our chain, no --reference"
+    what = f"best {precision} full model" if base != "chain" else "our chain, no --reference"
     return plot_tradeoff(path, curves, xlabel=f"speed-up over {base} ({what}; mean latency) (x)",
                          ylabel=f"{task} {reference.metric_name or 'metric'} (%)",
-                         title=f"MPEE trade-off on {task}: measured latency vs FLOPs (fp32)",
+                         title=f"MPEE trade-off on {task}: measured latency vs FLOPs ({precision})",
                          levels=[Level(reference.metric, f"{base} ({what})")])
 
 
@@ -200,9 +204,13 @@ def write_outputs(res: BenchResults, out: Path) -> None:
     if res.sweep:
         write_csv(out / SWEEP_CSV, res.sweep + res.static)
         if res.sweep[0].metric is not None:
-            note = plot(out / PLOT, res.sweep, res.reference, res.task, res.static)
-            if note:
-                res.notes.append(f"plot: {note}")
+            rows = {r.variant: r for r in res.variants}
+            for precision, name in (("fp32", PLOT), ("int8", PLOT_INT8)):
+                if any(r.precision == precision for r in res.sweep):
+                    note = plot(out / name, res.sweep, rows[res.baselines.of(precision)], res.task, res.static,
+                                precision)
+                    if note:
+                        res.notes.append(f"plot ({precision}): {note}")
     text = table_text(res)
     if res.length_buckets is not None:
         text += ("\n" if text else "") + length_table(res.length_buckets, res.variants, res.baselines)

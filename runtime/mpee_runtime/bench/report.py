@@ -1,7 +1,7 @@
 """Reporting, the half of mpee-bench that runs anywhere (numpy, matplotlib optional): read the rows and run
 records a measuring pass left in OUT (`mpee_runtime.bench.measure`, `mpee_export.baselines.bench_pytorch`) and write
-results.json, table.md, sweep.csv, tradeoff.png and speedup_by_length.png. `mpee-bench report OUT` does
-this alone.
+results.json, table.md, sweep.csv, tradeoff.png (tradeoff_int8.png for the int8 sweep) and speedup_by_length.png.
+`mpee-bench report OUT` does this alone.
 
 Rules (the method and why: docs/benchmarking.md):
 - Every speed-up says what it is against. speedup_mean / speedup_p50: against the best full model of the
@@ -12,8 +12,10 @@ Rules (the method and why: docs/benchmarking.md):
 - The A/A control: the relative spread |a - b| / ((a + b) / 2) of the mean and of the p50 latencies of
   `chain` and `chain_aa`; above AA_THRESHOLD the run is flagged (`warning`), and so is a run whose CPU
   clock dropped or was throttled (`device_warnings`).
-- The operating point: the fastest sweep point (mean latency) within --max-drop points of the fp32 baseline's
-  metric, or the most accurate one whose p50 fits --budget-ms.
+- The operating point and the Pareto front: of the fp32 sweep, the fastest point (mean latency) within
+  --max-drop points of the fp32 baseline's metric, or the most accurate one whose p50 fits --budget-ms.
+- The static comparison: each static-depth point against the most accurate sweep point of its own precision
+  at least as fast (--int8-points gives int8 rows of both).
 - By input length (--length-buckets, input tokens as given to the model, [CLS]/[SEP] included): every table
   variant summarised again on the examples of each bucket, its speed-ups against the best full model of its
   precision *on those examples* (chosen again per bucket), rho over those examples, and realisation =

@@ -113,7 +113,7 @@ class AAControl:
 
 @dataclass(frozen=True)
 class StaticComparison:
-    """A static-depth point against the best MPEE sweep point at least as fast, by measured mean-latency
+    """A static-depth point against the best MPEE sweep point of its precision at least as fast, by measured mean-latency
     speed-up and by FLOPs rho: positive gain = MPEE is more accurate at equal speed-up."""
 
     exit: int
@@ -125,13 +125,14 @@ class StaticComparison:
     gain_measured: float | None
     mpee_metric_rho: float | None
     gain_rho: float | None
+    precision: str = "fp32"          # of both points (results files before --int8-points: fp32)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> StaticComparison:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
@@ -215,7 +216,7 @@ class BenchResults:
 
     @property
     def reference(self) -> VariantSummary:
-        """The fp32 baseline row: the sweep's speed-ups are against it."""
+        """The fp32 baseline row: the fp32 sweep's speed-ups are against it."""
         return next(r for r in self.variants if r.variant == self.baselines.fp32)
 
     def to_dict(self) -> dict:
