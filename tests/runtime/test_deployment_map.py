@@ -87,12 +87,16 @@ def test_the_companion_runs_in_the_same_pass_on_its_own_inputs(runs):
     assert "Another model, in the same pass" in (runs["a"] / "table.md").read_text()
 
 
+def res_task(folder) -> str:
+    return json.loads((folder / "results.json").read_text())["task"]
+
+
 def test_the_map_puts_every_point_of_both_folders_on_one_front(runs, tmp_path):
     out = tmp_path / "map"
     code, stdout, err = _bench(["map", f"{runs['a']}=big", f"{runs['b']}=small", "--out", out])
     assert code == 0, err
     dmap = json.loads((out / "map.json").read_text())
-    assert [m["name"] for m in dmap["models"]] == ["big", "small"]
+    assert [m["name"] for m in dmap["models"]] == ["big", "small"] and dmap["task"] == res_task(runs["a"])
     points = dmap["points"]
     res_a = json.loads((runs["a"] / "results.json").read_text())
     res_b = json.loads((runs["b"] / "results.json").read_text())
@@ -138,6 +142,9 @@ def test_map_bad_input_is_one_line(runs, tmp_path, capsys):
     data["task"] = "imdb_elsewhere"
     (other / "results.json").write_text(json.dumps(data))
     assert bench_main(["map", f"{runs['a']}=A", f"{other}=B", "--out", str(tmp_path / "same")]) == 0
+    assert json.loads((tmp_path / "same" / "map.json").read_text())["task"] == "dev.jsonl"   # tasks differ: the file
+    assert bench_main(["map", f"{runs['a']}=A", f"{other}=B", "--title", "IMDB", "--out", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t" / "map.md").read_text().startswith("# Deployment map: IMDB\n")
     capsys.readouterr()
     run = json.loads((other / "run.json").read_text())
     run["gold"] = [1 - g for g in run["gold"]]

@@ -15,6 +15,8 @@ Rules:
   companion row and the folder's own rows), else the two latencies come from two runs.
 - Every point names the command that measured it (the folder's recorded mpee-bench command) and, for a chain
   point, the `mpee-run` line that deploys it.
+- The map's title: --title, else the folders' task when they all name the same one, else the measured file's name
+  (tasks on a user's files are named after each model's training folder).
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def points_of(model: MapModel, res: BenchResults, companion_name: str) -> list[M
     return out
 
 
-def build_map(specs: Sequence[str]) -> DeploymentMap:
+def build_map(specs: Sequence[str], title: str | None = None) -> DeploymentMap:
     folders = [parse_folder(s) for s in specs]
     loaded = [load_model(*f) for f in folders]
     if not loaded:
@@ -180,7 +182,9 @@ def build_map(specs: Sequence[str]) -> DeploymentMap:
         tasks = ", ".join(sorted({res.task for _, res in loaded}))
         raise MpeeRuntimeError(f"the folders measured different examples ({tasks}: their gold labels differ): one "
                                "map per data set, measured on the same examples")
-    tasks = [loaded[0][1].task]
+    tasks = sorted({res.task for _, res in loaded})
+    if title is None:
+        title = tasks[0] if len(tasks) == 1 else Path(runs[0].input["path"]).name
     names = [m.name for m, _ in loaded]
     if len(set(names)) != len(names):
         raise MpeeRuntimeError(f"two folders have the same model name ({names}): name them, FOLDER=NAME")
@@ -192,7 +196,7 @@ def build_map(specs: Sequence[str]) -> DeploymentMap:
     for p in _front(points):
         p.on_front = True
     metric = next((r.metric_name for _, res in loaded for r in res.variants if r.metric_name), None) or "metric"
-    dmap = DeploymentMap(tasks[0], metric, [m for m, _ in loaded], points, notes=notes)
+    dmap = DeploymentMap(title, metric, [m for m, _ in loaded], points, notes=notes)
     dmap.answers = latency_answers(dmap)
     return dmap
 
@@ -321,12 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="+", metavar="RESULTS[=NAME]", help="a folder with results.json and run.json "
                    "(mpee-bench --out), optionally with the model's name on the map")
     p.add_argument("--out", type=Path, required=True, help="folder for map.json, map.md and map.png")
+    p.add_argument("--title", help="the data set's name on the map [default: the folders' task when they agree, "
+                   "else the measured file's name]")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    dmap = build_map(args.folders)
+    dmap = build_map(args.folders, args.title)
     write_map(dmap, args.out)
     for a in dmap.answers:
         if a.best is not None:
