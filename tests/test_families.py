@@ -151,6 +151,20 @@ def test_pruning_keeps_each_tokens_position():
     assert one.hidden[0, :3, 0].tolist() == [0.0, 2.0, 3.0]
 
 
+def test_mpnet_position_bias_of_any_positions_is_transformers(folders):
+    """The distance table gives, for positions as pruning leaves them (gaps, up to the last position), the bias
+    transformers' bucketing gives: every distance from -(P - 1) to P - 1 is looked up."""
+    from mpee_export.model.modeling import LayerState
+    model = from_backbone(folders["mpnet", False], MpeeConfig.build(num_layers=3, labels=["0", "1"]))
+    encoder, last = model.backbone.encoder, model.backbone.config.max_position_embeddings - 1
+    positions = torch.tensor([[0, 1, 5, 17, last // 2, last - 1, last], [last, last // 3, 9, 3, 2, 1, 0]])
+    got = model.family.attention_bias(model.backbone, 0, LayerState(None, None, positions=positions))
+    relative = positions[:, None, :] - positions[:, :, None]
+    buckets = encoder.relative_position_bucket(relative, num_buckets=model.backbone.config.relative_attention_num_buckets)
+    want = encoder.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
 def test_from_classifier_refuses_a_bare_encoder(folders):
     with pytest.raises(MpeeExportError, match="not a fine-tuned BertForSequenceClassification"):
         from_classifier(folders["bert", False], MpeeConfig.build(num_layers=3, labels=["0", "1"], lam_last=1.0))

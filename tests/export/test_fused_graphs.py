@@ -246,10 +246,11 @@ def test_unmatched_attention_is_left_alone(tmp_path):
 
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_mpnet_bias_row_mean_is_one_product_and_its_table_stays_fp32(tmp_path, quantize):
-    """MPNet with the "mean" token score: the relative position bias averaged over the query rows is one
-    matrix-vector product (optimize.bias_row_means), not onnxruntime's strided ReduceMean over the third axis;
-    in int8 the bias table's lookup stays fp32 (quantize.table_lookups), so no layer dequantizes a (1, H, N, N)
-    tensor. The bundle still gives PyTorch's exit layers, labels, tokens and probabilities (fp32)."""
+    """MPNet with the "mean" token score: the relative position bias is one lookup in a table of every distance
+    (no bucketing of the N x N distances in the layer graph); averaged over the query rows it is one matrix-vector
+    product (optimize.bias_row_means), not onnxruntime's strided ReduceMean over the third axis; in int8 the table's
+    lookup stays fp32 (quantize.table_lookups), so no layer dequantizes a (1, H, N, N) tensor. The bundle still
+    gives PyTorch's exit layers, labels, tokens and probabilities (fp32)."""
     from families import SENTENCES, tiny_family_folder
 
     from mpee_export.model.checkpoint import from_backbone
@@ -262,6 +263,7 @@ def test_mpnet_bias_row_mean_is_one_product_and_its_table_stays_fp32(tmp_path, q
         if p.ndim == 2:
             p.data.normal_(0, 0.2)
     tok = AutoTokenizer.from_pretrained(str(folder))
+    config = model.backbone.config
     out = tmp_path / "bundle"
     record = export_bundle(model, tok, out, ExportOptions(quantize=quantize), texts=[(s, None) for s in SENTENCES],
                            labels=[i % 2 for i in range(len(SENTENCES))], log=lambda m: None)
@@ -274,8 +276,12 @@ def test_mpnet_bias_row_mean_is_one_product_and_its_table_stays_fp32(tmp_path, q
                    and producer[n.input[0]].op_type in ("Transpose", "DequantizeLinear")]
         rows = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("_rows_sum")]
         assert not strided and len(rows) == (g.layer <= 1), g.file   # scoring layers only
-        tables = [n for n in graph.node if n.op_type == "Gather" and "relative_attention_bias" in n.input[0]]
-        assert tables and all(not n.input[0].endswith("_quantized") for n in tables), g.file
+        # the bias of every distance is one fp32 table (heads, 2 P - 1), looked up once per layer
+        tables = {t.name: t for t in graph.initializer}
+        lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
+        assert [(list(tables[n.input[0]].dims), tables[n.input[0]].data_type) for n in lookups] == [
+            ([config.num_attention_heads, 2 * config.max_position_embeddings - 1], onnx.TensorProto.FLOAT)], g.file
+        assert not {"Log", "Where", "Less", "Abs"} & {n.op_type for n in graph.node}, g.file   # no bucketing
         assert not [n for n in graph.node if n.op_type == "DequantizeLinear"
                     and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Transpose"]
     if quantize is None:
