@@ -276,11 +276,11 @@ def test_mpnet_bias_row_mean_is_one_product_and_its_table_stays_fp32(tmp_path, q
                    and producer[n.input[0]].op_type in ("Transpose", "DequantizeLinear")]
         rows = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("_rows_sum")]
         assert not strided and len(rows) == (g.layer <= 1), g.file   # scoring layers only
-        # the bias of every distance is one fp32 table (heads, 2 P - 1), looked up once per layer
+        # the bias of every distance is one fp32 table (2 P - 1, heads), looked up once per layer
         tables = {t.name: t for t in graph.initializer}
         lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
         assert [(list(tables[n.input[0]].dims), tables[n.input[0]].data_type) for n in lookups] == [
-            ([config.num_attention_heads, 2 * config.max_position_embeddings - 1], onnx.TensorProto.FLOAT)], g.file
+            ([2 * config.max_position_embeddings - 1, config.num_attention_heads], onnx.TensorProto.FLOAT)], g.file
         assert not {"Log", "Where", "Less", "Abs"} & {n.op_type for n in graph.node}, g.file   # no bucketing
         assert not [n for n in graph.node if n.op_type == "DequantizeLinear"
                     and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Transpose"]

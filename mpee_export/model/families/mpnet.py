@@ -17,12 +17,12 @@ from .base import AttentionParts, ClassifierHead, Family, Sizes
 
 def distance_bias(backbone: nn.Module) -> tuple[torch.Tensor, int]:
     """The relative position bias of every distance d = key - query in [-span, span] (span = P - 1, P the
-    position embeddings): a (H, 2 span + 1) table whose column d + span is the bias of d, and span."""
+    position embeddings): a (2 span + 1, H) table whose row d + span is the bias of d, and span."""
     config = backbone.config
     span = config.max_position_embeddings - 1
     distances = torch.arange(-span, span + 1, device=backbone.encoder.relative_attention_bias.weight.device)
     buckets = backbone.encoder.relative_position_bucket(distances, num_buckets=config.relative_attention_num_buckets)
-    return backbone.encoder.relative_attention_bias(buckets).t(), span
+    return backbone.encoder.relative_attention_bias(buckets), span
 
 
 class MPNetFamily(Family):
@@ -60,15 +60,17 @@ class MPNetFamily(Family):
     def attention_bias(self, backbone: nn.Module, layer_index: int, state) -> torch.Tensor:
         """MPNetEncoder.compute_position_bias on the tokens' original positions: (B, H, N, N).
 
-        The bias of every distance a pair of positions can have is one (H, 2P - 1) table (`distance_bias`), and
+        The bias of every distance a pair of positions can have is one (2P - 1, H) table (`distance_bias`), and
         each pair looks its distance up in it: the same values as bucketing the (B, N, N) distances, but the
-        bucket arithmetic runs on constants, which onnxruntime folds when it loads a layer graph, instead of on
-        N x N distances in every layer (eight elementwise ops on (B, N, N) per layer: about 6% of an int8 MPNet
-        on IMDB reviews, benchmarks/results/map_imdb/profile_mpnet_int8.md)."""
+        bucket arithmetic runs on constants, which the ONNX export folds into the table, instead of on N x N
+        distances in every layer graph (eight elementwise ops on (B, N, N) a layer: about 6% of an int8 MPNet on
+        IMDB reviews, benchmarks/results/map_imdb/profile_mpnet_int8.md)."""
         positions = state.positions
         table, span = distance_bias(backbone)
         relative = positions[:, None, :] - positions[:, :, None] + span          # key - query + span, (B, N, N)
-        return table[:, relative].transpose(0, 1)                               # (H, B, N, N) -> (B, H, N, N)
+        # rows of H floats gathered, then one transpose: a Gather along the table's second axis copies element by
+        # element (1.2-1.3x slower on IMDB reviews, int8)
+        return table[relative].permute(0, 3, 1, 2)
 
     def classifier_head(self, classifier) -> ClassifierHead:
         return ClassifierHead(classifier.classifier.dense, classifier.classifier.out_proj)
