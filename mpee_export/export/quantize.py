@@ -103,9 +103,9 @@ def table_lookups(path: Path) -> list[str]:
     """The Gather nodes of the graph at `path` that read a table of weights (an initializer).
 
     The recipe quantizes Gather for the embedding tables, which live in the embeddings graph. In a layer graph
-    the only such table is a family's relative position bias (MPNet: the bias of every distance, (2
-    positions - 1) x heads floats), gathered into a (1, N, N, heads) tensor in every layer: quantized, each layer dequantizes all of it to save
-    nothing (on IMDB reviews the int8 MPNet runs 9-11% faster without it:
+    the only such table is a family's relative position bias (MPNet: the bias of every distance, (2 positions - 1)
+    x heads floats), gathered into a (1, N, N, heads) tensor in every layer: quantized, each layer dequantizes all
+    of it to save nothing (on IMDB reviews the int8 MPNet runs 9-11% faster without it:
     benchmarks/results/map_imdb/mpnet/position_bias_fix.md)."""
     graph = onnx.load(str(path), load_external_data=False).graph
     tables = {t.name for t in graph.initializer}
