@@ -137,11 +137,9 @@ def stability_oracle(trace: Trace, rows: np.ndarray) -> tuple[float, float, floa
     """(accuracy, rho, mean exit layer) when each example leaves at the first layer from which its prediction
     equals the last layer's at every later layer."""
     preds = trace.probs[rows].argmax(-1)                       # (n, L)
-    same = preds == preds[:, -1:]
-    # the first layer of the final run of agreeing layers: after the last disagreeing layer
-    disagree = ~same
-    last_bad = np.where(disagree.any(1), disagree.shape[1] - 1 - disagree[:, ::-1].argmax(1), -1)
-    exits = last_bad + 1
+    disagree = preds != preds[:, -1:]
+    # 0-based exit: the layer after the last one that disagrees with the last layer (0 where none does)
+    exits = np.where(disagree.any(1), disagree.shape[1] - disagree[:, ::-1].argmax(1), 0)
     right = preds[:, -1] == trace.labels[rows]
     return float(right.mean()), float(trace.full[rows].sum() / trace.flops[rows, exits].sum()), float(exits.mean() + 1)
 
@@ -208,8 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-drop", type=float, default=1.0, help="allowed drop below the full model, in points")
     p.add_argument("--out", type=Path, default=None, help="write the table here (and the rows as .json beside it)")
     args = p.parse_args(argv)
-    ratios = sorted({float(x) for x in args.keep_ratios.split(",")} | {1.0})
-    rows = bound_rows(traces(args.checkpoint, args.data, args.dev, args.task, args.max_eval_samples, ratios), args.max_drop)
+    try:
+        ratios = sorted({float(x) for x in args.keep_ratios.split(",")} | {1.0})
+    except ValueError:
+        p.error(f"--keep-ratios {args.keep_ratios!r}: give numbers in (0, 1] separated by commas")
+    if not all(0 < r <= 1 for r in ratios) or args.max_drop < 0:
+        p.error("keep ratios must be in (0, 1] and --max-drop >= 0")
+    from mpee_export.errors import MpeeExportError
+    try:
+        found = traces(args.checkpoint, args.data, args.dev, args.task, args.max_eval_samples, ratios)
+    except MpeeExportError as e:   # no checkpoint, no data, wrong task: one line, as the CLIs do
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)
+    rows = bound_rows(found, args.max_drop)
     command = "python benchmarks/exit_bound.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = render(rows, command, args.max_drop)
     print(table)

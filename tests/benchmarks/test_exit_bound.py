@@ -118,3 +118,14 @@ def test_a_rule_with_nothing_within_the_drop_gets_a_row_that_says_so():
     empty = [r for r in rows if r.keep_ratio == 0.5 and r.rule == "one threshold"]
     assert len(empty) == 1 and empty[0].rho is None and empty[0].full == 75.0
     assert "| 0.5 | one threshold | none within the drop | 75.00 |" in eb.render(rows, "cmd", 1.0)
+
+
+def test_bad_input_gets_one_line(tmp_path, capsys):
+    eb = load_script()
+    for argv in ([str(tmp_path), "--keep-ratios", "half"], [str(tmp_path), "--keep-ratios", "1.5"],
+                 [str(tmp_path / "missing"), "--data", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            eb.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "error:" in err[-1].lower() and "Traceback" not in "\n".join(err)
